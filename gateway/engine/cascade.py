@@ -1,0 +1,255 @@
+"""Bill level: deductible, the basic pooled fund, then the supplementary layers, on the bill's in-scope
+total S.
+
+After the basic layer the person's in-scope burden is three parts:
+    deductible D  +  co-payment P (the share of covered cost the ratio leaves)  +  excess X (cost above
+    the basic layer's annual maximum).
+A supplementary layer's base is X, plus D and P when its policy includes them. What a layer pays
+reduces the parts it drew on, X first, then P, then D, so the next layer sees what is left.
+
+Rounding: each layer's payment is one sum of (fen x basis points) products over its bands, rounded once,
+half-up (money.round_bp_sum)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from gateway.engine.model import PersonState, PersonType, VisitType
+from gateway.engine.money import BP_ONE, apply_bp, clamp_bp, require, round_bp_sum
+from gateway.engine.policy import (
+    Band,
+    BandScope,
+    BasicLayer,
+    CapOn,
+    Deductible,
+    DeductibleScope,
+    Penalty,
+    Ratio,
+    StayRule,
+    SupplementaryLayer,
+)
+from gateway.engine.result import FundPayment, TraceStep
+
+
+@dataclass(frozen=True, slots=True)
+class Visit:
+    """The facts about this visit the cascade depends on."""
+
+    visit_type: VisitType
+    level: int
+    person_type: PersonType
+    age: int
+    tags: frozenset[str]
+    year: int
+    penalty: Penalty | None
+
+
+@dataclass(slots=True)
+class Burden:
+    """The in-scope burden left to the person, by part. Mutated as layers pay."""
+
+    deductible: int
+    copay: int
+    excess: int
+
+
+def segments(bands: tuple[Band, ...], start: int, length: int) -> Iterator[tuple[int, int]]:
+    """(cost, ratio) pieces of the slice [start, start + length) of a banded base."""
+    end = start + length
+    lower = 0
+    for band in bands:
+        upper = end if band.upto_fen is None else band.upto_fen
+        lo, hi = max(lower, start), min(upper, end)
+        if hi > lo:
+            yield hi - lo, band.ratio_bp
+        if band.upto_fen is None or upper >= end:
+            return
+        lower = upper
+
+
+def deductible_standard(
+    rule: Deductible, visit: Visit, state: PersonState, trace: list[TraceStep]
+) -> int:
+    standard = rule.by_level_fen[visit.level]
+    trace.append(TraceStep("deductible.level", f"level {visit.level} standard", standard))
+    multiplier = rule.person_type_bp.get(visit.person_type)
+    if multiplier is not None:
+        standard = apply_bp(standard, multiplier)
+        trace.append(TraceStep("deductible.person_type", f"{visit.person_type} x{multiplier}bp", standard))
+    if rule.stays_key is not None and rule.stay_rule is not StayRule.NONE:
+        stay_no = state.acc(rule.stays_key, visit.year) + 1
+        if rule.stay_rule is StayRule.REDUCE and stay_no > 1:
+            reduced = standard - apply_bp(standard, rule.reduce_each_stay_bp * (stay_no - 1))
+            standard = max(rule.floor_fen, reduced, 0) if standard > rule.floor_fen else standard
+        elif rule.stay_rule is StayRule.HALF_THEN_NONE and stay_no > 1:
+            standard = apply_bp(standard, BP_ONE // 2) if stay_no == 2 else 0
+        trace.append(TraceStep("deductible.stay_rule", f"{rule.stay_rule} stay {stay_no}", standard))
+    if visit.penalty is not None:
+        standard = apply_bp(standard, visit.penalty.deductible_bp)
+        trace.append(TraceStep("deductible.penalty", f"x{visit.penalty.deductible_bp}bp", standard))
+    return standard
+
+
+def deductible_due(
+    rule: Deductible, visit: Visit, state: PersonState, in_scope: int, trace: list[TraceStep]
+) -> int:
+    standard = deductible_standard(rule, visit, state, trace)
+    paid_this_year = state.acc(rule.key, visit.year)
+    due = standard
+    if rule.scope is DeductibleScope.YEAR:
+        due = max(0, standard - paid_this_year)
+        trace.append(TraceStep("deductible.year", f"already met {paid_this_year}", due))
+    if rule.yearly_cap_fen is not None:
+        due = min(due, max(0, rule.yearly_cap_fen - paid_this_year))
+        trace.append(TraceStep("deductible.yearly_cap", f"cap {rule.yearly_cap_fen}", due))
+    deductible = min(in_scope, due)
+    trace.append(TraceStep("deductible.paid", "min(in scope, due)", deductible))
+    return deductible
+
+
+def adjusted_bands(ratio: Ratio, visit: Visit, trace: list[TraceStep]) -> tuple[Band, ...]:
+    """The ratio bands with this visit's adjustments (level, person type, age, penalty) added."""
+    adjust = ratio.level_add_bp.get(visit.level, 0) + ratio.person_type_add_bp.get(visit.person_type, 0)
+    bonus = ratio.age_bonus
+    if bonus is not None and visit.age > bonus.from_age:
+        adjust += min(bonus.max_bp, (visit.age - bonus.from_age) * bonus.bp_per_year)
+    if visit.penalty is not None:
+        adjust -= visit.penalty.ratio_minus_bp
+    bands = tuple(Band(b.upto_fen, clamp_bp(b.ratio_bp + adjust)) for b in ratio.bands)
+    trace.append(
+        TraceStep("basic.ratio", " ".join(f"{b.upto_fen or 'rest'}:{b.ratio_bp}bp" for b in bands), 0)
+    )
+    return bands
+
+
+def pay_basic(
+    layer: BasicLayer,
+    visit: Visit,
+    state: PersonState,
+    eligible: int,
+    deltas: dict[str, int],
+    trace: list[TraceStep],
+) -> tuple[FundPayment, int, int]:
+    """Returns the payment, the co-payment and the excess over the annual maximum."""
+    bands = adjusted_bands(layer.ratio, visit, trace)
+    cost_before = state.acc(layer.cost_key, visit.year)
+    fund_before = state.acc(layer.fund_key, visit.year)
+    cap = layer.annual_max_fen
+
+    covered = eligible
+    if cap is not None and layer.annual_max_on is CapOn.COST:
+        covered = min(eligible, max(0, cap - cost_before))
+        trace.append(TraceStep("basic.cost_cap", f"eligible cost left {max(0, cap - cost_before)}", covered))
+    start = cost_before if layer.ratio.bands_scope is BandScope.YEAR else 0
+    pieces = list(segments(bands, start, covered))
+    payment = round_bp_sum(sum(cost * ratio for cost, ratio in pieces))
+    trace.append(TraceStep("basic.ratio_applied", f"on {covered}", payment))
+
+    if cap is not None and layer.annual_max_on is CapOn.FUND:
+        room = max(0, cap - fund_before)
+        if payment > room:
+            covered = cost_covered_by(pieces, room)
+            payment = room
+            trace.append(TraceStep("basic.fund_cap", f"fund left {room}", payment))
+
+    deltas[layer.cost_key] = deltas.get(layer.cost_key, 0) + (
+        covered if layer.annual_max_on is CapOn.COST else eligible
+    )
+    deltas[layer.fund_key] = deltas.get(layer.fund_key, 0) + payment
+    remaining = None
+    if cap is not None:
+        used_after = (cost_before + covered) if layer.annual_max_on is CapOn.COST else fund_before + payment
+        remaining = max(0, cap - used_after)
+    return FundPayment(layer.name, layer.fund_code, payment, remaining), covered - payment, eligible - covered
+
+
+def cost_covered_by(pieces: list[tuple[int, int]], payment_fen: int) -> int:
+    """The cost, walking the pieces in order, whose payment reaches `payment_fen` (the fund's cap)."""
+    target = payment_fen * BP_ONE
+    paid = 0
+    covered = 0
+    for cost, ratio in pieces:
+        if paid + cost * ratio <= target:
+            paid += cost * ratio
+            covered += cost
+            continue
+        covered += (target - paid) // ratio
+        break
+    return covered
+
+
+def layer_applies(layer: SupplementaryLayer, visit: Visit) -> bool:
+    return (
+        visit.visit_type in layer.visit_types
+        and (not layer.person_types or visit.person_type in layer.person_types)
+        and (not layer.person_tags or bool(layer.person_tags & visit.tags))
+    )
+
+
+def pay_layer(
+    layer: SupplementaryLayer,
+    visit: Visit,
+    state: PersonState,
+    burden: Burden,
+    deltas: dict[str, int],
+    trace: list[TraceStep],
+) -> FundPayment:
+    base = burden.excess
+    if layer.include_deductible:
+        base += burden.deductible
+    if layer.include_copay:
+        base += burden.copay
+    base_before = state.acc(layer.base_key, visit.year)
+    payment = round_bp_sum(sum(c * r for c, r in segments(layer.bands, base_before, base)))
+    trace.append(TraceStep(f"{layer.name}.bands", f"base {base} after {base_before} this year", payment))
+    remaining = None
+    if layer.annual_max_fen is not None:
+        room = max(0, layer.annual_max_fen - state.acc(layer.fund_key, visit.year))
+        if payment > room:
+            payment = room
+            trace.append(TraceStep(f"{layer.name}.cap", f"fund left {room}", payment))
+        remaining = room - payment
+    require(payment <= base, f"layer {layer.name} pays {payment} on a base of {base}")
+    deltas[layer.base_key] = deltas.get(layer.base_key, 0) + base
+    deltas[layer.fund_key] = deltas.get(layer.fund_key, 0) + payment
+
+    left = payment  # reduce the parts it drew on: excess, then co-payment, then deductible
+    take = min(left, burden.excess)
+    burden.excess -= take
+    left -= take
+    if layer.include_copay:
+        take = min(left, burden.copay)
+        burden.copay -= take
+        left -= take
+    if layer.include_deductible:
+        take = min(left, burden.deductible)
+        burden.deductible -= take
+        left -= take
+    require(left == 0, f"layer {layer.name} paid {left} more than the parts it drew on")
+    return FundPayment(layer.name, layer.fund_code, payment, remaining)
+
+
+def run_cascade(
+    basic: BasicLayer,
+    layers: tuple[SupplementaryLayer, ...],
+    visit: Visit,
+    state: PersonState,
+    in_scope: int,
+    deltas: dict[str, int],
+    trace: list[TraceStep],
+) -> tuple[int, list[FundPayment]]:
+    deductible = 0
+    if basic.deductible is not None:
+        deductible = deductible_due(basic.deductible, visit, state, in_scope, trace)
+        rule = basic.deductible
+        deltas[rule.key] = deltas.get(rule.key, 0) + deductible
+        if rule.stays_key is not None and visit.visit_type is VisitType.INPATIENT:
+            deltas[rule.stays_key] = deltas.get(rule.stays_key, 0) + 1
+    basic_payment, copay, excess = pay_basic(basic, visit, state, in_scope - deductible, deltas, trace)
+    funds = [basic_payment]
+    burden = Burden(deductible, copay, excess)
+    for layer in layers:
+        if layer_applies(layer, visit):
+            funds.append(pay_layer(layer, visit, state, burden, deltas, trace))
+    return deductible, funds

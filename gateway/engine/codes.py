@@ -1,0 +1,36 @@
+"""Every expected outcome that is not a split, in one ordered, numbered enum. Codes are stable: never
+renumber or reuse one; add new codes at the end of their hundred. The gateway sends the name as the
+`google.rpc.ErrorInfo.reason` and the number in its metadata; docs/REJECTION_CODES.md lists them all."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class Rejection(IntEnum):
+    # 1xx: the person, the card, the enrolment
+    PERSON_NOT_FOUND = 101
+    CARD_LOST = 102
+    CARD_FROZEN = 103
+    CARD_CANCELLED = 104
+    NOT_ENROLLED = 110  # no enrolment of this region in force on the date of care
+    ENROLMENT_SUSPENDED = 111  # contributions in arrears (欠费暂停)
+    NO_PLAN = 112  # the policy has no plan for the person's scheme and tier
+
+    # 2xx: the institution and what it may settle
+    INSTITUTION_UNKNOWN = 201
+    INSTITUTION_NOT_DESIGNATED = 202  # pay in full at the counter, claim later (先自付后报销)
+    VISIT_TYPE_NOT_AGREED = 203  # the service agreement does not cover this visit type
+    OUT_OF_REGION_NOT_FILED = 204  # the insured region's policy rejects unfiled out-of-region care
+    VISIT_TYPE_NOT_COVERED = 205  # the person's plan has no benefit for this visit type
+    POLICY_NOT_IN_FORCE = 206  # no policy version of the insured region covers the date of care
+
+    # 3xx: the bill
+    UNKNOWN_ITEM = 301  # a line's code is not in the catalog of the place of treatment
+    SPECIAL_DISEASE_NOT_REGISTERED = 302
+    MATERNITY_EVENT_UNKNOWN = 303
+    DISEASE_CODE_MISSING = 304
+
+    @property
+    def reason(self) -> str:
+        return self.name

@@ -1,0 +1,212 @@
+"""What the engine reads: catalog entries, institutions, persons, bills. Immutable values; money in fen,
+ratios in basis points, dates as `datetime.date`. Loaders (rules_cache, adapters) build these; the engine
+never parses anything."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from enum import StrEnum
+
+
+class Scheme(StrEnum):
+    EMPLOYEE = "employee"  # 职工基本医疗保险
+    RESIDENT = "resident"  # 城乡居民基本医疗保险
+
+
+class VisitType(StrEnum):
+    OUTPATIENT = "outpatient"  # 普通门诊 (门诊统筹)
+    INPATIENT = "inpatient"  # 住院
+    PHARMACY = "pharmacy"  # 定点零售药店购药
+    SPECIAL = "special"  # 门诊特殊疾病 / 慢性病 / 规定病种
+    MATERNITY = "maternity"  # 生育
+
+
+class InstitutionType(StrEnum):
+    HOSPITAL = "hospital"
+    CLINIC = "clinic"
+    PHARMACY = "pharmacy"
+
+
+class ItemKind(StrEnum):
+    DRUG = "drug"  # 药品
+    ITEM = "item"  # 诊疗项目
+    MATERIAL = "material"  # 医用耗材
+    FACILITY = "facility"  # 医疗服务设施
+
+
+class ItemClass(StrEnum):
+    A = "A"  # 甲类: fully in scope
+    B = "B"  # 乙类: first self-pay ratio, then in scope
+    C = "C"  # 丙类: full self-pay
+
+
+class PersonType(StrEnum):
+    IN_SERVICE = "in_service"
+    RETIREE = "retiree"
+    MIGRANT_WORKER = "migrant_worker"
+    FLEXIBLE = "flexible"  # 灵活就业
+    STUDENT = "student"
+    CHILD = "child"
+    ADULT = "adult"
+    ELDERLY = "elderly"
+
+
+class EnrolmentStatus(StrEnum):
+    ACTIVE = "active"
+    SUSPENDED = "suspended"  # 欠费暂停
+
+
+class ApprovalKind(StrEnum):
+    REFERRAL = "referral"  # 转诊
+    FILING = "filing"  # 异地就医备案
+    EMERGENCY_REPORT = "emergency_report"  # 急诊报备
+    LEVEL3 = "level3"  # 参保区县经办机构同意到区外三级医院住院
+
+
+class Sex(StrEnum):
+    MALE = "M"
+    FEMALE = "F"
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogEntry:
+    code: str
+    name: str
+    kind: ItemKind
+    item_class: ItemClass
+    # First self-pay ratio for class B; None means "use the policy's default for this kind".
+    selfpay_bp: int | None = None
+    selfpay_bp_by_scheme: Mapping[Scheme, int] = field(default_factory=dict)
+    price_limit_fen: int | None = None  # unit price upper limit (限价 / 最高支付标准)
+    min_level: int | None = None  # covered only at institutions of this level or above
+    inpatient_only: bool = False
+    special_diseases: frozenset[str] = frozenset()  # covered only for persons registered for one
+    sex: Sex | None = None
+    age_min: int | None = None
+    age_max: int | None = None
+    quantity_per_visit_max: int | None = None
+    effective_from: date = date(1900, 1, 1)
+    effective_to: date | None = None
+    unit: str = ""
+    ref_price_fen: int = 0  # reference price for demos and load tests; never used in a split
+
+
+@dataclass(frozen=True, slots=True)
+class Institution:
+    code: str
+    name: str
+    type: InstitutionType
+    level: int  # 0 community/primary/ungraded, 1, 2, 3
+    region: str  # pooling region (city) code, e.g. 500000
+    district: str
+    designated: bool
+    visit_types: frozenset[VisitType]
+    city_managed: bool = False  # the city agency, not the district's, settles with it (Yancheng level 3)
+
+
+@dataclass(frozen=True, slots=True)
+class TierChange:
+    tier: int
+    applied_on: date
+
+
+@dataclass(frozen=True, slots=True)
+class Enrolment:
+    region: str
+    district: str
+    scheme: Scheme
+    person_type: PersonType
+    status: EnrolmentStatus
+    valid_from: date
+    valid_to: date | None
+    tiers: tuple[TierChange, ...]
+
+    def in_force(self, on: date) -> bool:
+        return self.valid_from <= on and (self.valid_to is None or on <= self.valid_to)
+
+
+@dataclass(frozen=True, slots=True)
+class Approval:
+    kind: ApprovalKind
+    valid_from: date
+    valid_to: date | None
+    institution: str | None = None  # None: any institution
+
+    def covers(self, on: date, institution_code: str) -> bool:
+        in_dates = self.valid_from <= on and (self.valid_to is None or on <= self.valid_to)
+        return in_dates and (self.institution is None or self.institution == institution_code)
+
+
+@dataclass(frozen=True, slots=True)
+class DiseaseRegistration:
+    code: str
+    valid_from: date
+    valid_to: date | None
+
+    def in_force(self, on: date) -> bool:
+        return self.valid_from <= on and (self.valid_to is None or on <= self.valid_to)
+
+
+@dataclass(frozen=True, slots=True)
+class Person:
+    """A person's static record (from the core system's enrolment export)."""
+
+    person_id: str
+    name: str
+    id_number: str
+    card_no: str
+    sex: Sex
+    birth_date: date
+    enrolments: tuple[Enrolment, ...]
+    approvals: tuple[Approval, ...] = ()
+    special_diseases: tuple[DiseaseRegistration, ...] = ()
+    tags: frozenset[str] = frozenset()  # e.g. low_income (医疗救助), civil_servant
+
+    def age_on(self, on: date) -> int:
+        before_birthday = (on.month, on.day) < (self.birth_date.month, self.birth_date.day)
+        return on.year - self.birth_date.year - int(before_birthday)
+
+
+@dataclass(frozen=True, slots=True)
+class PersonState:
+    """The mutable part, read from Redis just before a split: personal account and the year-to-date
+    accumulators of `year`. Accumulator names are chosen by the policy (for example `ded.inpatient`,
+    `fund.basic`, `stays.inpatient`); a missing name is zero."""
+
+    account_balance_fen: int
+    year: int
+    accumulators: Mapping[str, int] = field(default_factory=dict)
+
+    def acc(self, name: str, year: int) -> int:
+        if year != self.year:
+            return 0  # a new year starts every accumulator from zero
+        return self.accumulators.get(name, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class BillLine:
+    code: str
+    unit_price_fen: int
+    quantity: int  # in the catalog entry's dispensing unit (a tablet, a box, a day)
+    line_no: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Bill:
+    visit_type: VisitType
+    lines: tuple[BillLine, ...]
+    disease_code: str | None = None  # the registered special disease treated (visit type special)
+    maternity_event: str | None = None  # e.g. vaginal_delivery, caesarean (visit type maternity)
+    emergency: bool = False
+    use_account: bool = True  # the patient may decline paying from the personal account
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    """One published version of a region's catalog (the place of treatment's, for cross-region care)."""
+
+    region: str
+    version: str
+    entries: Mapping[str, CatalogEntry]

@@ -1,0 +1,186 @@
+"""A region's insurance policy as validated, immutable data (built by rules_cache.policy_files from
+TOML). Names mirror the policy language documented in docs/POLICY_LANGUAGE.md."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from enum import StrEnum
+
+from gateway.engine.model import ApprovalKind, ItemKind, PersonType, Scheme, VisitType
+
+
+class StayRule(StrEnum):
+    NONE = "none"  # every stay pays the full standard
+    REDUCE = "reduce"  # each later stay lower by a share of the standard, down to a floor
+    HALF_THEN_NONE = "half_then_none"  # full, then half on the second stay, none after
+
+
+class DeductibleScope(StrEnum):
+    VISIT = "visit"  # each bill (each stay) has its own deductible
+    YEAR = "year"  # one deductible met across all visits of the year
+
+
+class CapOn(StrEnum):
+    FUND = "fund"  # the annual maximum limits what the fund pays
+    COST = "cost"  # the annual maximum limits the eligible cost the ratio applies to
+
+
+class BandScope(StrEnum):
+    BILL = "bill"  # bands are measured on this bill's eligible cost
+    YEAR = "year"  # bands are measured on the year's cumulative eligible cost
+
+
+@dataclass(frozen=True, slots=True)
+class Band:
+    """Slice [previous upto, upto) of a base, paid at ratio_bp. upto None: no upper bound."""
+
+    upto_fen: int | None
+    ratio_bp: int
+
+
+@dataclass(frozen=True, slots=True)
+class Deductible:
+    by_level_fen: Mapping[int, int]
+    key: str  # yearly accumulator of deductible paid
+    scope: DeductibleScope = DeductibleScope.VISIT
+    person_type_bp: Mapping[PersonType, int] = field(default_factory=dict)  # multiplier on the standard
+    stay_rule: StayRule = StayRule.NONE
+    stays_key: str | None = None  # yearly count of stays; needed by the stay rules
+    reduce_each_stay_bp: int = 0  # REDUCE: share of the standard removed per later stay
+    floor_fen: int = 0  # REDUCE: never below this
+    yearly_cap_fen: int | None = None  # total deductible paid in a year never exceeds this
+
+
+@dataclass(frozen=True, slots=True)
+class AgeBonus:
+    """ratio + min(max_bp, max(0, age - from_age) * bp_per_year)"""
+
+    from_age: int
+    bp_per_year: int
+    max_bp: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ratio:
+    bands: tuple[Band, ...]  # by_level in the file becomes one open band at 0 plus level_add_bp
+    level_add_bp: Mapping[int, int] = field(default_factory=dict)
+    bands_scope: BandScope = BandScope.BILL
+    person_type_add_bp: Mapping[PersonType, int] = field(default_factory=dict)
+    age_bonus: AgeBonus | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BasicLayer:
+    fund_code: str
+    ratio: Ratio
+    fund_key: str  # yearly accumulator of what this fund paid
+    cost_key: str  # yearly accumulator of the eligible cost it was applied to
+    deductible: Deductible | None = None
+    annual_max_fen: int | None = None
+    annual_max_on: CapOn = CapOn.FUND
+    name: str = "basic"
+
+
+@dataclass(frozen=True, slots=True)
+class SupplementaryLayer:
+    """A layer paid after the basic one: large-amount mutual aid, relief fund, critical illness,
+    civil-servant subsidy, medical assistance.
+
+    Its base is the in-scope burden the person still carries: the excess over the basic layer's maximum
+    always, plus the deductible and the co-payment when the policy says so. The base accumulates over
+    the year (base_key); `bands` are absolute slices of that cumulative base (the file may give them
+    measured on the excess over `threshold_fen`; the loader shifts them), and nothing is paid below
+    the threshold."""
+
+    name: str
+    fund_code: str
+    bands: tuple[Band, ...]
+    fund_key: str
+    base_key: str
+    visit_types: frozenset[VisitType]
+    threshold_fen: int = 0
+    include_deductible: bool = False
+    include_copay: bool = False
+    annual_max_fen: int | None = None
+    person_types: frozenset[PersonType] = frozenset()  # empty: everyone
+    person_tags: frozenset[str] = frozenset()  # empty: everyone; else any of these tags
+
+
+@dataclass(frozen=True, slots=True)
+class Benefit:
+    """What a plan pays for one visit type."""
+
+    basic: BasicLayer | None  # None: no pooled fund pays (e.g. Jinan: pharmacies are account only)
+    account_allowed: bool = True
+    account_excludes_full_selfpay: bool = False
+    account_excludes_over_limit: bool = False
+    # Maternity: event -> level -> lump sum in fen, paid by lump_sum_fund_code instead of a cascade.
+    lump_sums_fen: Mapping[str, Mapping[int, int]] = field(default_factory=dict)
+    lump_sum_fund_code: str = "510100"
+    lump_sum_key: str = "fund.maternity"
+    requires_registration: bool = False  # special diseases: bill's disease must be registered
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    scheme: Scheme
+    tier: int
+    benefits: Mapping[VisitType, Benefit]
+    layers: tuple[SupplementaryLayer, ...]
+    first_selfpay_bp: Mapping[ItemKind, int]  # class B default by kind when the entry has none
+    account_fund_code: str = "310200"
+
+
+@dataclass(frozen=True, slots=True)
+class Penalty:
+    deductible_bp: int  # multiplier on the deductible standard: 10500 = +5%
+    ratio_minus_bp: int  # percentage points off the ratio: 500 = -5 points
+
+
+@dataclass(frozen=True, slots=True)
+class Level3Rule:
+    """Chongqing: an inpatient stay at a level-3 hospital outside the insured district needs the insured
+    district agency's approval; without it the penalty applies, unless both districts are in one
+    exempt group (the main city's nine districts choose freely among themselves)."""
+
+    penalty: Penalty
+    visit_types: frozenset[VisitType]
+    approval_kinds: frozenset[ApprovalKind]
+    exempt_groups: tuple[frozenset[str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class OutOfRegionRule:
+    """Care at a designated institution of another region (cross-region direct settlement)."""
+
+    reject_unfiled: bool
+    penalty: Penalty  # applied to unfiled care when not rejected
+    approval_kinds: frozenset[ApprovalKind]
+
+
+@dataclass(frozen=True, slots=True)
+class TierSwitch:
+    """Ziyang: a switch to a lower tier applies from the first day of the next month; a switch to a
+    higher tier waits `upgrade_wait_months` more months, the old tier in force meanwhile."""
+
+    tiers_low_to_high: Mapping[Scheme, tuple[int, ...]]
+    upgrade_wait_months: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    region: str
+    name: str
+    version: str
+    effective_from: date
+    effective_to: date | None
+    plans: Mapping[tuple[Scheme, int], Plan]
+    tier_switch: TierSwitch
+    level3: Level3Rule | None = None
+    out_of_region: OutOfRegionRule | None = None
+    source: str = ""  # the file it was loaded from, for error messages and audit
+
+    def in_force(self, on: date) -> bool:
+        return self.effective_from <= on and (self.effective_to is None or on <= self.effective_to)

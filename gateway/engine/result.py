@@ -1,0 +1,74 @@
+"""What the engine returns: a Rejected value or a Split. Field names follow the national platform's
+vocabulary where one exists (see docs/NATIONAL_MAPPING.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from gateway.engine.codes import Rejection
+from gateway.engine.model import ItemClass
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    code: Rejection
+    reason: str  # human readable, names the line or the rule
+    line_no: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LineSplit:
+    line_no: int
+    code: str
+    item_class: ItemClass  # chrgitm_lv
+    amount_fen: int  # det_item_fee_sumamt
+    full_selfpay_fen: int  # fulamt_ownpay_amt
+    over_limit_fen: int  # overlmt_amt
+    first_selfpay_fen: int  # preselfpay_amt
+    in_scope_fen: int  # inscp_scp_amt
+    selfpay_bp: int  # selfpay_prop
+    price_limit_fen: int | None  # pric_uplmt_amt
+    flags: tuple[str, ...]  # why a part is not in scope, e.g. CLASS_C, MIN_LEVEL, OVER_QUANTITY
+
+
+@dataclass(frozen=True, slots=True)
+class FundPayment:
+    layer: str
+    fund_code: str
+    amount_fen: int
+    remaining_max_fen: int | None  # what the layer may still pay this year after this bill
+
+
+@dataclass(frozen=True, slots=True)
+class TraceStep:
+    rule: str  # e.g. "deductible.stay_rule", "basic.band", "penalty.level3"
+    detail: str
+    amount_fen: int
+
+
+@dataclass(frozen=True, slots=True)
+class Split:
+    policy_version: str
+    catalog_version: str
+    scheme: str
+    tier: int
+    lines: tuple[LineSplit, ...]
+    total_fen: int  # medfee_sumamt
+    full_selfpay_fen: int
+    over_limit_fen: int
+    first_selfpay_fen: int
+    in_scope_fen: int
+    deductible_fen: int  # act_pay_dedc
+    funds: tuple[FundPayment, ...]  # one per paying layer, in cascade order
+    fund_total_fen: int  # fund_pay_sumamt
+    person_share_fen: int  # psn_part_amt
+    account_fen: int  # acct_pay
+    cash_fen: int  # psn_cash_pay
+    account_balance_after_fen: int  # balc
+    deltas: Mapping[str, int]  # accumulator increments to commit atomically with the account debit
+    trace: tuple[TraceStep, ...]
+    flags: tuple[str, ...]  # bill-level: PENALTY_LEVEL3, PENALTY_OUT_OF_REGION, CROSS_REGION, ...
+
+
+SplitOutcome = Split | Rejected

@@ -1,0 +1,332 @@
+"""Policy files (TOML) -> validated, immutable `Policy` values. The language is documented in
+docs/POLICY_LANGUAGE.md; every error names the file, the field path and the reason."""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from gateway.engine.model import ApprovalKind, ItemKind, PersonType, Scheme, VisitType
+from gateway.engine.policy import (
+    AgeBonus,
+    Band,
+    BandScope,
+    BasicLayer,
+    Benefit,
+    CapOn,
+    Deductible,
+    DeductibleScope,
+    Level3Rule,
+    OutOfRegionRule,
+    Penalty,
+    Plan,
+    Policy,
+    Ratio,
+    StayRule,
+    SupplementaryLayer,
+    TierSwitch,
+)
+from rules_cache.reader import DataError, Reader
+
+LEVELS = (0, 1, 2, 3)
+
+
+def load_policy_file(path: Path) -> Policy:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise DataError(path.name, "", f"not valid TOML: {exc}") from None
+    return parse_policy(data, path.name)
+
+
+def parse_policy(data: dict[str, Any], source: str) -> Policy:
+    top = Reader(data, source)
+    plans: dict[tuple[Scheme, int], Plan] = {}
+    raw_plans = {plan_key(r): r for r in top.tables("plans")}
+    defaults = first_selfpay(top.table("first_selfpay_bp"))
+    for key, reader in raw_plans.items():
+        if key in plans:
+            raise reader.error(f"duplicate plan {key[0]} tier {key[1]}")
+        plans[key] = parse_plan(resolve_extends(reader, raw_plans), defaults)
+    if not plans:
+        raise top.error("a policy needs at least one [[plans]] entry", "plans")
+    policy = Policy(
+        region=top.str("region"),
+        name=top.str("name"),
+        version=top.str("version"),
+        effective_from=top.date("effective_from"),
+        effective_to=top.opt_date("effective_to"),
+        plans=plans,
+        tier_switch=parse_tiers(top.table("tiers")),
+        level3=parse_level3(top.opt_table("level3_out_of_district")),
+        out_of_region=parse_out_of_region(top.opt_table("out_of_region")),
+        source=source,
+    )
+    top.done()
+    return policy
+
+
+def plan_key(reader: Reader) -> tuple[Scheme, int]:
+    return reader.enum("scheme", Scheme), reader.int("tier", minimum=1)
+
+
+def resolve_extends(reader: Reader, raw_plans: dict[tuple[Scheme, int], Reader]) -> Reader:
+    """`extends = "resident:1"`: start from that plan's table and override key by key (tables merge,
+    everything else replaces)."""
+    if not reader.has("extends"):
+        return reader
+    target = reader.str("extends")
+    scheme, _, tier = target.partition(":")
+    try:
+        base = raw_plans[(Scheme(scheme), int(tier))]
+    except (ValueError, KeyError):
+        raise reader.error(f"extends {target!r}: no such plan (write scheme:tier)", "extends") from None
+    if base.has("extends"):
+        raise reader.error("extends a plan that itself extends another", "extends")
+    merged = deep_merge(base.data, {k: v for k, v in reader.data.items() if k != "extends"})
+    return Reader(merged, reader.source, reader.path)
+
+
+def deep_merge(base: Any, override: Any) -> Any:
+    if isinstance(base, dict) and isinstance(override, dict):
+        out = copy.deepcopy(base)
+        for key, value in override.items():
+            out[key] = deep_merge(base[key], value) if key in base else copy.deepcopy(value)
+        return out
+    return copy.deepcopy(override)
+
+
+def first_selfpay(reader: Reader) -> dict[ItemKind, int]:
+    result = {kind: reader.bp(kind.value) for kind in ItemKind}
+    reader.done()
+    return result
+
+
+def parse_plan(r: Reader, defaults: dict[ItemKind, int]) -> Plan:
+    scheme, tier = plan_key(r)
+    own_defaults = r.opt_table("first_selfpay_bp")
+    benefits = {
+        visit: parse_benefit(r.table(visit.value), visit) for visit in VisitType if r.has(visit.value)
+    }
+    plan = Plan(
+        scheme=scheme,
+        tier=tier,
+        benefits=benefits,
+        layers=tuple(parse_layer(layer) for layer in r.tables("layers")),
+        first_selfpay_bp=first_selfpay(own_defaults) if own_defaults else defaults,
+        account_fund_code=r.str("account_fund_code", "310200"),
+    )
+    r.done()
+    return plan
+
+
+def parse_benefit(r: Reader, visit: VisitType) -> Benefit:
+    excludes = set(r.strs("account_excludes"))
+    unknown = excludes - {"full_selfpay", "over_limit"}
+    if unknown:
+        raise r.error(f"unknown account exclusion(s) {sorted(unknown)}: use full_selfpay, over_limit")
+    lump_sums: dict[str, dict[int, int]] = {}
+    lump_table = r.opt_table("lump_sums_fen")
+    if lump_table is not None:
+        for event in lump_table.data:
+            lump_sums[event] = by_level(lump_table.table(event))
+        lump_table.done()
+    if visit is VisitType.MATERNITY and not lump_sums:
+        raise r.error("a maternity benefit needs lump_sums_fen", "lump_sums_fen")
+    pooled = r.bool("pooled", visit is not VisitType.MATERNITY)
+    benefit = Benefit(
+        basic=parse_basic(r) if pooled else None,
+        account_allowed=r.bool("account", True),
+        account_excludes_full_selfpay="full_selfpay" in excludes,
+        account_excludes_over_limit="over_limit" in excludes,
+        lump_sums_fen=lump_sums,
+        lump_sum_fund_code=r.str("lump_sum_fund_code", "510100"),
+        lump_sum_key=r.str("lump_sum_key", "fund.maternity"),
+        requires_registration=r.bool("requires_registration", visit is VisitType.SPECIAL),
+    )
+    r.done()
+    return benefit
+
+
+def by_level(r: Reader, minimum: int = 0) -> dict[int, int]:
+    if r.has("all"):
+        amount = r.int("all", minimum=minimum)
+        r.done()
+        return dict.fromkeys(LEVELS, amount)
+    missing = [lv for lv in LEVELS if str(lv) not in r.data]
+    if missing:
+        raise r.error(f"missing level(s) {missing}: give every level 0-3, or `all`")
+    result = {lv: r.int(str(lv), minimum=minimum) for lv in LEVELS}
+    r.done()
+    return result
+
+
+def parse_basic(r: Reader) -> BasicLayer:
+    ded = r.opt_table("deductible")
+    return BasicLayer(
+        fund_code=r.str("fund_code"),
+        ratio=parse_ratio(r.table("ratio")),
+        fund_key=r.str("fund_key"),
+        cost_key=r.str("cost_key"),
+        deductible=parse_deductible(ded) if ded is not None else None,
+        annual_max_fen=r.opt_int("annual_max_fen"),
+        annual_max_on=r.enum("annual_max_on", CapOn, CapOn.FUND),
+    )
+
+
+def parse_deductible(r: Reader) -> Deductible:
+    stay_rule = r.enum("stay_rule", StayRule, StayRule.NONE)
+    stays_key = r.str("stays_key") if stay_rule is not StayRule.NONE else None
+    if stay_rule is StayRule.NONE and r.has("stays_key"):
+        stays_key = r.str("stays_key")
+    person_type_bp = {
+        r.to_enum(k, PersonType, f"person_type_bp.{k}"): v
+        for k, v in r.int_map("person_type_bp", maximum=100_000).items()
+    } if r.has("person_type_bp") else {}  # fmt: skip
+    rule = Deductible(
+        by_level_fen=by_level(r.table("by_level")),
+        key=r.str("key"),
+        scope=r.enum("scope", DeductibleScope, DeductibleScope.VISIT),
+        person_type_bp=person_type_bp,
+        stay_rule=stay_rule,
+        stays_key=stays_key,
+        reduce_each_stay_bp=r.bp("reduce_each_stay_bp", 0),
+        floor_fen=r.int("floor_fen", 0),
+        yearly_cap_fen=r.opt_int("yearly_cap_fen"),
+    )
+    if stay_rule is StayRule.REDUCE and rule.reduce_each_stay_bp == 0:
+        raise r.error("stay_rule = reduce needs reduce_each_stay_bp > 0", "reduce_each_stay_bp")
+    r.done()
+    return rule
+
+
+def parse_bands(r: Reader, key: str, shift_fen: int = 0) -> tuple[Band, ...]:
+    bands: list[Band] = []
+    previous = 0
+    tables = list(r.tables(key))
+    if not tables:
+        raise r.error("needs at least one band", key)
+    for i, band in enumerate(tables):
+        upto = band.opt_int("upto_fen", minimum=1)
+        ratio = band.bp("ratio_bp")
+        if upto is None and i != len(tables) - 1:
+            raise band.error("only the last band may be open (no upto_fen)", "upto_fen")
+        if upto is not None and upto <= previous:
+            raise band.error(f"bands must rise: {upto} <= {previous}", "upto_fen")
+        if upto is not None and i == len(tables) - 1:
+            raise band.error("the last band must be open (omit upto_fen)", "upto_fen")
+        previous = upto or previous
+        bands.append(Band(None if upto is None else upto + shift_fen, ratio))
+        band.done()
+    if shift_fen:
+        bands.insert(0, Band(shift_fen, 0))
+    return tuple(bands)
+
+
+def parse_ratio(r: Reader) -> Ratio:
+    if r.has("by_level") == r.has("bands"):
+        raise r.error("give exactly one of by_level or bands")
+    if r.has("by_level"):
+        bands: tuple[Band, ...] = (Band(None, 0),)
+        level_add = by_level(r.table("by_level"))
+    else:
+        bands = parse_bands(r, "bands")
+        level_add = by_level(r.table("level_add_bp"), -10_000) if r.has("level_add_bp") else {}
+    person_add = {
+        r.to_enum(k, PersonType, f"person_type_add_bp.{k}"): v
+        for k, v in r.int_map("person_type_add_bp", minimum=-10_000, maximum=10_000).items()
+    } if r.has("person_type_add_bp") else {}  # fmt: skip
+    age = r.opt_table("age_bonus")
+    bonus = None
+    if age is not None:
+        bonus = AgeBonus(age.int("from_age"), age.bp("bp_per_year"), age.bp("max_bp"))
+        age.done()
+    ratio = Ratio(
+        bands=bands,
+        level_add_bp=level_add,
+        bands_scope=r.enum("bands_scope", BandScope, BandScope.BILL),
+        person_type_add_bp=person_add,
+        age_bonus=bonus,
+    )
+    r.done()
+    return ratio
+
+
+def parse_layer(r: Reader) -> SupplementaryLayer:
+    threshold = r.int("threshold_fen", 0)
+    measured_on = r.str("bands_measured_on", "excess")
+    if measured_on not in ("excess", "total"):
+        raise r.error(f"{measured_on!r} is not one of: excess, total", "bands_measured_on")
+    if measured_on == "excess":
+        bands = parse_bands(r, "bands", shift_fen=threshold)
+    else:
+        bands = (Band(threshold, 0), *parse_bands(r, "bands")) if threshold else parse_bands(r, "bands")
+    layer = SupplementaryLayer(
+        name=r.str("name"),
+        fund_code=r.str("fund_code"),
+        bands=bands,
+        fund_key=r.str("fund_key"),
+        base_key=r.str("base_key"),
+        visit_types=r.enums("visit_types", VisitType, (VisitType.INPATIENT,)),
+        threshold_fen=threshold,
+        include_deductible=r.bool("include_deductible", False),
+        include_copay=r.bool("include_copay", False),
+        annual_max_fen=r.opt_int("annual_max_fen"),
+        person_types=r.enums("person_types", PersonType),
+        person_tags=frozenset(r.strs("person_tags")),
+    )
+    r.done()
+    return layer
+
+
+def parse_tiers(r: Reader) -> TierSwitch:
+    order: dict[Scheme, tuple[int, ...]] = {}
+    for scheme in Scheme:
+        if r.has(scheme.value):
+            tiers = r.raw(scheme.value)
+            if not isinstance(tiers, list) or not all(isinstance(t, int) for t in tiers) or not tiers:
+                raise r.error("expected a list of tier numbers, lowest benefit first", scheme.value)
+            order[scheme] = tuple(tiers)
+    rule = TierSwitch(order, r.int("upgrade_wait_months", 0, maximum=24))
+    r.done()
+    return rule
+
+
+def parse_penalty(r: Reader) -> Penalty:
+    return Penalty(r.int("deductible_bp", minimum=10_000, maximum=100_000), r.bp("ratio_minus_bp"))
+
+
+def parse_level3(r: Reader | None) -> Level3Rule | None:
+    if r is None:
+        return None
+    groups = []
+    r.seen.add("exempt_groups")
+    for i, group in enumerate(r.data.get("exempt_groups", [])):
+        if not isinstance(group, list) or not all(isinstance(d, str) for d in group):
+            raise r.error("expected a list of district codes", f"exempt_groups[{i}]")
+        groups.append(frozenset(group))
+    rule = Level3Rule(
+        penalty=parse_penalty(r),
+        visit_types=r.enums("visit_types", VisitType, (VisitType.INPATIENT,)),
+        approval_kinds=r.enums("approvals", ApprovalKind),
+        exempt_groups=tuple(groups),
+    )
+    r.done()
+    return rule
+
+
+def parse_out_of_region(r: Reader | None) -> OutOfRegionRule | None:
+    if r is None:
+        return None
+    unfiled = r.str("unfiled")
+    if unfiled not in ("penalty", "reject"):
+        raise r.error(f"{unfiled!r} is not one of: penalty, reject", "unfiled")
+    rule = OutOfRegionRule(
+        reject_unfiled=unfiled == "reject",
+        penalty=parse_penalty(r) if unfiled == "penalty" else Penalty(10_000, 0),
+        approval_kinds=r.enums("approvals", ApprovalKind),
+    )
+    r.done()
+    return rule

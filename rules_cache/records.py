@@ -1,0 +1,207 @@
+"""Records <-> engine values. One codec per record kind, shared by the file importers (adapters) and,
+later, by the Redis codecs, so a field means the same thing wherever it is read. Every error names the
+source, the field path and the reason (rules_cache.reader.DataError)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.engine.model import (
+    Approval,
+    ApprovalKind,
+    Bill,
+    BillLine,
+    CatalogEntry,
+    DiseaseRegistration,
+    Enrolment,
+    EnrolmentStatus,
+    Institution,
+    InstitutionType,
+    ItemClass,
+    ItemKind,
+    Person,
+    PersonState,
+    PersonType,
+    Scheme,
+    Sex,
+    TierChange,
+    VisitType,
+)
+from rules_cache.reader import Reader
+
+LINES_MAX = 500  # a bill longer than this is an input error, not a big bill
+QUANTITY_MAX = 100_000
+UNIT_PRICE_MAX_FEN = 100_000_000  # one million yuan per unit
+
+
+def blank_to_none(row: dict[str, Any]) -> dict[str, Any]:
+    """CSV has no null: an empty cell means 'not given'."""
+    return {k: v for k, v in row.items() if v not in ("", None)}
+
+
+def csv_int(value: Any) -> Any:
+    if isinstance(value, str) and value.lstrip("-").isdigit():
+        return int(value)
+    return value
+
+
+def catalog_entry(row: dict[str, Any], source: str, path: str) -> CatalogEntry:
+    data = {k: csv_int(v) for k, v in blank_to_none(row).items()}
+    for key in ("name", "unit", "code", "special_diseases", "selfpay_bp_by_scheme"):
+        if key in data:
+            data[key] = str(data[key])
+    r = Reader(data, source, path)
+    by_scheme: dict[Scheme, int] = {}
+    for part in r.str("selfpay_bp_by_scheme", "-").split(";"):
+        if part == "-":
+            continue
+        scheme, _, bp = part.partition("=")
+        if not bp.isdigit() or int(bp) > 10_000:
+            raise r.error(f"expected scheme=basis_points, got {part!r}", "selfpay_bp_by_scheme")
+        by_scheme[r.to_enum(scheme, Scheme, "selfpay_bp_by_scheme")] = int(bp)
+    sex = r.str("sex", "-")
+    entry = CatalogEntry(
+        code=r.str("code"),
+        name=r.str("name"),
+        kind=r.enum("kind", ItemKind),
+        item_class=r.enum("class", ItemClass),
+        selfpay_bp=r.opt_int("selfpay_bp", maximum=10_000),
+        selfpay_bp_by_scheme=by_scheme,
+        price_limit_fen=r.opt_int("price_limit_fen", minimum=1),
+        min_level=r.opt_int("min_level", maximum=3),
+        inpatient_only=bool(r.int("inpatient_only", 0, maximum=1)),
+        special_diseases=frozenset(d for d in r.str("special_diseases", "-").split(";") if d != "-"),
+        sex=None if sex == "-" else r.to_enum(sex, Sex, "sex"),
+        age_min=r.opt_int("age_min", maximum=150),
+        age_max=r.opt_int("age_max", maximum=150),
+        quantity_per_visit_max=r.opt_int("quantity_per_visit_max", minimum=1),
+        effective_from=r.date("effective_from"),
+        effective_to=r.opt_date("effective_to"),
+        unit=r.str("unit", "-"),
+        ref_price_fen=r.int("ref_price_fen", 0),
+    )
+    r.done()
+    return entry
+
+
+def institution(row: dict[str, Any], source: str, path: str) -> Institution:
+    data = {k: csv_int(v) for k, v in blank_to_none(row).items()}
+    for key in ("code", "name", "region", "district", "visit_types"):
+        if key in data:
+            data[key] = str(data[key])
+    if isinstance(data.get("visit_types"), str):
+        data["visit_types"] = data["visit_types"].split(";")
+    r = Reader(data, source, path)
+    inst = Institution(
+        code=r.str("code"),
+        name=r.str("name"),
+        type=r.enum("type", InstitutionType),
+        level=r.int("level", maximum=3),
+        region=r.str("region"),
+        district=r.str("district"),
+        designated=bool(r.int("designated", maximum=1)),
+        visit_types=r.enums("visit_types", VisitType),
+        city_managed=bool(r.int("city_managed", 0, maximum=1)),
+    )
+    r.done()
+    return inst
+
+
+def person(data: dict[str, Any], source: str, path: str) -> Person:
+    r = Reader(data, source, path)
+    enrolments = []
+    for e in r.tables("enrolments"):
+        tiers = []
+        for t in e.tables("tiers"):
+            tiers.append(TierChange(t.int("tier", minimum=1), t.date("applied_on")))
+            t.done()
+        if not tiers:
+            raise e.error("an enrolment needs at least one tier", "tiers")
+        enrolments.append(
+            Enrolment(
+                region=e.str("region"),
+                district=e.str("district"),
+                scheme=e.enum("scheme", Scheme),
+                person_type=e.enum("person_type", PersonType),
+                status=e.enum("status", EnrolmentStatus),
+                valid_from=e.date("valid_from"),
+                valid_to=e.opt_date("valid_to"),
+                tiers=tuple(tiers),
+            )
+        )
+        e.done()
+    approvals = []
+    for a in r.tables("approvals"):
+        inst = a.data.get("institution")
+        a.seen.add("institution")
+        approvals.append(
+            Approval(a.enum("kind", ApprovalKind), a.date("valid_from"), a.opt_date("valid_to"), inst or None)
+        )
+        a.done()
+    diseases = []
+    for d in r.tables("special_diseases"):
+        diseases.append(DiseaseRegistration(d.str("code"), d.date("valid_from"), d.opt_date("valid_to")))
+        d.done()
+    result = Person(
+        person_id=r.str("person_id"),
+        name=r.str("name"),
+        id_number=r.str("id_number"),
+        card_no=r.str("card_no"),
+        sex=r.enum("sex", Sex),
+        birth_date=r.date("birth_date"),
+        enrolments=tuple(enrolments),
+        approvals=tuple(approvals),
+        special_diseases=tuple(diseases),
+        tags=frozenset(r.strs("tags")),
+    )
+    for key in ("card_status", "account_balance_fen", "accumulators"):
+        r.seen.add(key)  # the mutable part: read by person_state() and by the card check
+    r.done()
+    return result
+
+
+def person_state(data: dict[str, Any], source: str, path: str) -> PersonState:
+    r = Reader({k: data[k] for k in ("account_balance_fen", "accumulators") if k in data}, source, path)
+    acc = r.table("accumulators") if r.has("accumulators") else None
+    year = 0
+    values: dict[str, int] = {}
+    if acc is not None:
+        year = acc.int("year", minimum=1900, maximum=9999)
+        table = acc.table("values") if acc.has("values") else None
+        if table is not None:
+            values = {k: table.int(k) for k in table.data}
+        acc.seen.add("values")
+        acc.done()
+    state = PersonState(r.int("account_balance_fen", 0), year, values)
+    r.done()
+    return state
+
+
+def bill(data: dict[str, Any], source: str, path: str) -> Bill:
+    r = Reader(data, source, path)
+    lines = []
+    for i, line in enumerate(r.tables("lines")):
+        lines.append(
+            BillLine(
+                code=line.str("code"),
+                unit_price_fen=line.int("unit_price_fen", maximum=UNIT_PRICE_MAX_FEN),
+                quantity=line.int("quantity", minimum=1, maximum=QUANTITY_MAX),
+                line_no=line.int("line_no", i + 1, minimum=1) if line.has("line_no") else i + 1,
+            )
+        )
+        line.seen.add("line_no")
+        line.done()
+    if not lines:
+        raise r.error("a bill needs at least one line", "lines")
+    if len(lines) > LINES_MAX:
+        raise r.error(f"{len(lines)} lines: at most {LINES_MAX} per bill", "lines")
+    result = Bill(
+        visit_type=r.enum("visit_type", VisitType),
+        lines=tuple(lines),
+        disease_code=r.str("disease_code") if r.has("disease_code") else None,
+        maternity_event=r.str("maternity_event") if r.has("maternity_event") else None,
+        emergency=r.bool("emergency", False),
+        use_account=r.bool("use_account", True),
+    )
+    r.done()
+    return result
