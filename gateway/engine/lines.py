@@ -18,6 +18,9 @@ from gateway.engine.money import apply_bp
 from gateway.engine.result import LineSplit
 
 
+STAY_VISITS = frozenset({VisitType.INPATIENT, VisitType.MATERNITY})  # a delivery is an inpatient stay
+
+
 @dataclass(frozen=True, slots=True)
 class LineContext:
     """Everything about the visit a line restriction may look at."""
@@ -40,7 +43,7 @@ def coverage_flag(entry: CatalogEntry, ctx: LineContext) -> str | None:
         return "CLASS_C"
     if entry.min_level is not None and ctx.institution_level < entry.min_level:
         return "MIN_LEVEL"
-    if entry.inpatient_only and ctx.visit_type is not VisitType.INPATIENT:
+    if entry.inpatient_only and ctx.visit_type not in STAY_VISITS:
         return "INPATIENT_ONLY"
     if entry.special_diseases and not (entry.special_diseases & ctx.registered_diseases):
         return "SPECIAL_DISEASE_ONLY"
