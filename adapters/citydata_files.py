@@ -66,10 +66,10 @@ CARD_STATUSES = ("normal", "lost", "frozen", "cancelled")
 def person_record(data: dict[str, Any], source: str, path: str) -> PersonRecord:
     status = data.get("card_status", "normal")
     if status not in CARD_STATUSES:
-        raise DataError(source, f"{path}.card_status", f"{status!r} is not one of: {', '.join(CARD_STATUSES)}")
-    return PersonRecord(
-        records.person(data, source, path), records.person_state(data, source, path), status
-    )
+        raise DataError(
+            source, f"{path}.card_status", f"{status!r} is not one of: {', '.join(CARD_STATUSES)}"
+        )
+    return PersonRecord(records.person(data, source, path), records.person_state(data, source, path), status)
 
 
 def load_persons(path: Path) -> dict[str, PersonRecord]:

@@ -41,7 +41,7 @@ def load_case(path: Path) -> tuple[Any, ...]:
     except json.JSONDecodeError as exc:
         raise DataError(path.name, "", f"not valid JSON: {exc}") from None
     r = Reader(data, path.name)
-    on = r.date("as_of")
+    on = r.day("as_of")
     policy = resolve_policy(r.raw("policy"), path)
     inst = records.institution(r.raw("institution"), path.name, "institution")
     entries: dict[str, CatalogEntry] = {}
@@ -51,7 +51,7 @@ def load_case(path: Path) -> tuple[Any, ...]:
     for i, row in enumerate(rows):
         entry = records.catalog_entry(row, path.name, f"catalog[{i}]")
         entries[entry.code] = entry
-    catalog = Catalog(inst.region, r.str("catalog_version", f"{path.stem}-inline"), entries)
+    catalog = Catalog(inst.region, r.text("catalog_version", f"{path.stem}-inline"), entries)
     rec = person_record(r.raw("person"), path.name, "person")
     bill = records.bill(r.raw("bill"), path.name, "bill")
     r.seen.update({"expect", "description"})  # for readers and for tests

@@ -53,11 +53,11 @@ def parse_policy(data: dict[str, Any], source: str) -> Policy:
     if not plans:
         raise top.error("a policy needs at least one [[plans]] entry", "plans")
     policy = Policy(
-        region=top.str("region"),
-        name=top.str("name"),
-        version=top.str("version"),
-        effective_from=top.date("effective_from"),
-        effective_to=top.opt_date("effective_to"),
+        region=top.text("region"),
+        name=top.text("name"),
+        version=top.text("version"),
+        effective_from=top.day("effective_from"),
+        effective_to=top.opt_day("effective_to"),
         plans=plans,
         tier_switch=parse_tiers(top.table("tiers")),
         level3=parse_level3(top.opt_table("level3_out_of_district")),
@@ -69,7 +69,7 @@ def parse_policy(data: dict[str, Any], source: str) -> Policy:
 
 
 def plan_key(reader: Reader) -> tuple[Scheme, int]:
-    return reader.enum("scheme", Scheme), reader.int("tier", minimum=1)
+    return reader.enum("scheme", Scheme), reader.integer("tier", minimum=1)
 
 
 def resolve_extends(reader: Reader, raw_plans: dict[tuple[Scheme, int], Reader]) -> Reader:
@@ -77,7 +77,7 @@ def resolve_extends(reader: Reader, raw_plans: dict[tuple[Scheme, int], Reader])
     everything else replaces)."""
     if not reader.has("extends"):
         return reader
-    target = reader.str("extends")
+    target = reader.text("extends")
     scheme, _, tier = target.partition(":")
     try:
         base = raw_plans[(Scheme(scheme), int(tier))]
@@ -116,7 +116,7 @@ def parse_plan(r: Reader, defaults: dict[ItemKind, int]) -> Plan:
         benefits=benefits,
         layers=tuple(parse_layer(layer) for layer in r.tables("layers")),
         first_selfpay_bp=first_selfpay(own_defaults) if own_defaults else defaults,
-        account_fund_code=r.str("account_fund_code", "310200"),
+        account_fund_code=r.text("account_fund_code", "310200"),
     )
     r.done()
     return plan
@@ -135,16 +135,16 @@ def parse_benefit(r: Reader, visit: VisitType) -> Benefit:
         lump_table.done()
     if visit is VisitType.MATERNITY and not lump_sums:
         raise r.error("a maternity benefit needs lump_sums_fen", "lump_sums_fen")
-    pooled = r.bool("pooled", visit is not VisitType.MATERNITY)
+    pooled = r.flag("pooled", visit is not VisitType.MATERNITY)
     benefit = Benefit(
         basic=parse_basic(r) if pooled else None,
-        account_allowed=r.bool("account", True),
+        account_allowed=r.flag("account", True),
         account_excludes_full_selfpay="full_selfpay" in excludes,
         account_excludes_over_limit="over_limit" in excludes,
         lump_sums_fen=lump_sums,
-        lump_sum_fund_code=r.str("lump_sum_fund_code", "510100"),
-        lump_sum_key=r.str("lump_sum_key", "fund.maternity"),
-        requires_registration=r.bool("requires_registration", visit is VisitType.SPECIAL),
+        lump_sum_fund_code=r.text("lump_sum_fund_code", "510100"),
+        lump_sum_key=r.text("lump_sum_key", "fund.maternity"),
+        requires_registration=r.flag("requires_registration", visit is VisitType.SPECIAL),
     )
     r.done()
     return benefit
@@ -152,13 +152,13 @@ def parse_benefit(r: Reader, visit: VisitType) -> Benefit:
 
 def by_level(r: Reader, minimum: int = 0) -> dict[int, int]:
     if r.has("all"):
-        amount = r.int("all", minimum=minimum)
+        amount = r.integer("all", minimum=minimum)
         r.done()
         return dict.fromkeys(LEVELS, amount)
     missing = [lv for lv in LEVELS if str(lv) not in r.data]
     if missing:
         raise r.error(f"missing level(s) {missing}: give every level 0-3, or `all`")
-    result = {lv: r.int(str(lv), minimum=minimum) for lv in LEVELS}
+    result = {lv: r.integer(str(lv), minimum=minimum) for lv in LEVELS}
     r.done()
     return result
 
@@ -166,10 +166,10 @@ def by_level(r: Reader, minimum: int = 0) -> dict[int, int]:
 def parse_basic(r: Reader) -> BasicLayer:
     ded = r.opt_table("deductible")
     return BasicLayer(
-        fund_code=r.str("fund_code"),
+        fund_code=r.text("fund_code"),
         ratio=parse_ratio(r.table("ratio")),
-        fund_key=r.str("fund_key"),
-        cost_key=r.str("cost_key"),
+        fund_key=r.text("fund_key"),
+        cost_key=r.text("cost_key"),
         deductible=parse_deductible(ded) if ded is not None else None,
         annual_max_fen=r.opt_int("annual_max_fen"),
         annual_max_on=r.enum("annual_max_on", CapOn, CapOn.FUND),
@@ -178,22 +178,22 @@ def parse_basic(r: Reader) -> BasicLayer:
 
 def parse_deductible(r: Reader) -> Deductible:
     stay_rule = r.enum("stay_rule", StayRule, StayRule.NONE)
-    stays_key = r.str("stays_key") if stay_rule is not StayRule.NONE else None
+    stays_key = r.text("stays_key") if stay_rule is not StayRule.NONE else None
     if stay_rule is StayRule.NONE and r.has("stays_key"):
-        stays_key = r.str("stays_key")
+        stays_key = r.text("stays_key")
     person_type_bp = {
         r.to_enum(k, PersonType, f"person_type_bp.{k}"): v
         for k, v in r.int_map("person_type_bp", maximum=100_000).items()
     } if r.has("person_type_bp") else {}  # fmt: skip
     rule = Deductible(
         by_level_fen=by_level(r.table("by_level")),
-        key=r.str("key"),
+        key=r.text("key"),
         scope=r.enum("scope", DeductibleScope, DeductibleScope.VISIT),
         person_type_bp=person_type_bp,
         stay_rule=stay_rule,
         stays_key=stays_key,
         reduce_each_stay_bp=r.bp("reduce_each_stay_bp", 0),
-        floor_fen=r.int("floor_fen", 0),
+        floor_fen=r.integer("floor_fen", 0),
         yearly_cap_fen=r.opt_int("yearly_cap_fen"),
     )
     if stay_rule is StayRule.REDUCE and rule.reduce_each_stay_bp == 0:
@@ -241,7 +241,7 @@ def parse_ratio(r: Reader) -> Ratio:
     age = r.opt_table("age_bonus")
     bonus = None
     if age is not None:
-        bonus = AgeBonus(age.int("from_age"), age.bp("bp_per_year"), age.bp("max_bp"))
+        bonus = AgeBonus(age.integer("from_age"), age.bp("bp_per_year"), age.bp("max_bp"))
         age.done()
     ratio = Ratio(
         bands=bands,
@@ -255,8 +255,8 @@ def parse_ratio(r: Reader) -> Ratio:
 
 
 def parse_layer(r: Reader) -> SupplementaryLayer:
-    threshold = r.int("threshold_fen", 0)
-    measured_on = r.str("bands_measured_on", "excess")
+    threshold = r.integer("threshold_fen", 0)
+    measured_on = r.text("bands_measured_on", "excess")
     if measured_on not in ("excess", "total"):
         raise r.error(f"{measured_on!r} is not one of: excess, total", "bands_measured_on")
     if measured_on == "excess":
@@ -264,15 +264,15 @@ def parse_layer(r: Reader) -> SupplementaryLayer:
     else:
         bands = (Band(threshold, 0), *parse_bands(r, "bands")) if threshold else parse_bands(r, "bands")
     layer = SupplementaryLayer(
-        name=r.str("name"),
-        fund_code=r.str("fund_code"),
+        name=r.text("name"),
+        fund_code=r.text("fund_code"),
         bands=bands,
-        fund_key=r.str("fund_key"),
-        base_key=r.str("base_key"),
+        fund_key=r.text("fund_key"),
+        base_key=r.text("base_key"),
         visit_types=r.enums("visit_types", VisitType, (VisitType.INPATIENT,)),
         threshold_fen=threshold,
-        include_deductible=r.bool("include_deductible", False),
-        include_copay=r.bool("include_copay", False),
+        include_deductible=r.flag("include_deductible", False),
+        include_copay=r.flag("include_copay", False),
         annual_max_fen=r.opt_int("annual_max_fen"),
         person_types=r.enums("person_types", PersonType),
         person_tags=frozenset(r.strs("person_tags")),
@@ -289,13 +289,13 @@ def parse_tiers(r: Reader) -> TierSwitch:
             if not isinstance(tiers, list) or not all(isinstance(t, int) for t in tiers) or not tiers:
                 raise r.error("expected a list of tier numbers, lowest benefit first", scheme.value)
             order[scheme] = tuple(tiers)
-    rule = TierSwitch(order, r.int("upgrade_wait_months", 0, maximum=24))
+    rule = TierSwitch(order, r.integer("upgrade_wait_months", 0, maximum=24))
     r.done()
     return rule
 
 
 def parse_penalty(r: Reader) -> Penalty:
-    return Penalty(r.int("deductible_bp", minimum=10_000, maximum=100_000), r.bp("ratio_minus_bp"))
+    return Penalty(r.integer("deductible_bp", minimum=10_000, maximum=100_000), r.bp("ratio_minus_bp"))
 
 
 def parse_level3(r: Reader | None) -> Level3Rule | None:
@@ -320,7 +320,7 @@ def parse_level3(r: Reader | None) -> Level3Rule | None:
 def parse_out_of_region(r: Reader | None) -> OutOfRegionRule | None:
     if r is None:
         return None
-    unfiled = r.str("unfiled")
+    unfiled = r.text("unfiled")
     if unfiled not in ("penalty", "reject"):
         raise r.error(f"{unfiled!r} is not one of: penalty, reject", "unfiled")
     rule = OutOfRegionRule(

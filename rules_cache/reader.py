@@ -45,7 +45,7 @@ class Reader:
             raise self.error("required field missing", key)
         return self.data[key]
 
-    def str(self, key: str, default: str | None = None) -> str:
+    def text(self, key: str, default: str | None = None) -> str:
         if default is not None and key not in self.data:
             self.seen.add(key)
             return default
@@ -54,7 +54,7 @@ class Reader:
             raise self.error(f"expected a non-empty string, got {value!r}", key)
         return value
 
-    def int(self, key: str, default: int | None = None, minimum: int = 0, maximum: int | None = None) -> int:
+    def integer(self, key: str, default: int | None = None, minimum: int = 0, maximum: int | None = None) -> int:
         if default is not None and key not in self.data:
             self.seen.add(key)
             return default
@@ -68,23 +68,25 @@ class Reader:
 
     def check_int(self, value: Any, key: str, minimum: int, maximum: int | None) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self.error(f"expected an integer (money in fen, ratios in basis points), got {value!r}", key)
+            raise self.error(
+                f"expected an integer (money in fen, ratios in basis points), got {value!r}", key
+            )
         if value < minimum or (maximum is not None and value > maximum):
             bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
             raise self.error(f"{value} is out of range: must be {bound}", key)
         return value
 
     def bp(self, key: str, default: int | None = None, maximum: int = 10_000) -> int:
-        return self.int(key, default, 0, maximum)
+        return self.integer(key, default, 0, maximum)
 
-    def bool(self, key: str, default: bool) -> bool:
+    def flag(self, key: str, default: bool) -> bool:
         self.seen.add(key)
         value = self.data.get(key, default)
         if not isinstance(value, bool):
             raise self.error(f"expected true or false, got {value!r}", key)
         return value
 
-    def date(self, key: str) -> date:
+    def day(self, key: str) -> date:
         value = self.raw(key)
         if isinstance(value, date):
             return value
@@ -93,11 +95,11 @@ class Reader:
         except (TypeError, ValueError):
             raise self.error(f"expected a date YYYY-MM-DD, got {value!r}", key) from None
 
-    def opt_date(self, key: str) -> date | None:
+    def opt_day(self, key: str) -> date | None:
         self.seen.add(key)
         if self.data.get(key) in (None, ""):
             return None
-        return self.date(key)
+        return self.day(key)
 
     def enum(self, key: str, kind: type[E], default: E | None = None) -> E:
         if default is not None and key not in self.data:
@@ -143,7 +145,7 @@ class Reader:
 
     def int_map(self, key: str, minimum: int = 0, maximum: int | None = None) -> dict[str, int]:
         table = self.table(key)
-        return {k: table.int(k, minimum=minimum, maximum=maximum) for k in table.data}
+        return {k: table.integer(k, minimum=minimum, maximum=maximum) for k in table.data}
 
     def done(self) -> None:
         """Raise on any key nobody asked for."""

@@ -52,33 +52,33 @@ def catalog_entry(row: dict[str, Any], source: str, path: str) -> CatalogEntry:
             data[key] = str(data[key])
     r = Reader(data, source, path)
     by_scheme: dict[Scheme, int] = {}
-    for part in r.str("selfpay_bp_by_scheme", "-").split(";"):
+    for part in r.text("selfpay_bp_by_scheme", "-").split(";"):
         if part == "-":
             continue
         scheme, _, bp = part.partition("=")
         if not bp.isdigit() or int(bp) > 10_000:
             raise r.error(f"expected scheme=basis_points, got {part!r}", "selfpay_bp_by_scheme")
         by_scheme[r.to_enum(scheme, Scheme, "selfpay_bp_by_scheme")] = int(bp)
-    sex = r.str("sex", "-")
+    sex = r.text("sex", "-")
     entry = CatalogEntry(
-        code=r.str("code"),
-        name=r.str("name"),
+        code=r.text("code"),
+        name=r.text("name"),
         kind=r.enum("kind", ItemKind),
         item_class=r.enum("class", ItemClass),
         selfpay_bp=r.opt_int("selfpay_bp", maximum=10_000),
         selfpay_bp_by_scheme=by_scheme,
         price_limit_fen=r.opt_int("price_limit_fen", minimum=1),
         min_level=r.opt_int("min_level", maximum=3),
-        inpatient_only=bool(r.int("inpatient_only", 0, maximum=1)),
-        special_diseases=frozenset(d for d in r.str("special_diseases", "-").split(";") if d != "-"),
+        inpatient_only=bool(r.integer("inpatient_only", 0, maximum=1)),
+        special_diseases=frozenset(d for d in r.text("special_diseases", "-").split(";") if d != "-"),
         sex=None if sex == "-" else r.to_enum(sex, Sex, "sex"),
         age_min=r.opt_int("age_min", maximum=150),
         age_max=r.opt_int("age_max", maximum=150),
         quantity_per_visit_max=r.opt_int("quantity_per_visit_max", minimum=1),
-        effective_from=r.date("effective_from"),
-        effective_to=r.opt_date("effective_to"),
-        unit=r.str("unit", "-"),
-        ref_price_fen=r.int("ref_price_fen", 0),
+        effective_from=r.day("effective_from"),
+        effective_to=r.opt_day("effective_to"),
+        unit=r.text("unit", "-"),
+        ref_price_fen=r.integer("ref_price_fen", 0),
     )
     r.done()
     return entry
@@ -93,15 +93,15 @@ def institution(row: dict[str, Any], source: str, path: str) -> Institution:
         data["visit_types"] = data["visit_types"].split(";")
     r = Reader(data, source, path)
     inst = Institution(
-        code=r.str("code"),
-        name=r.str("name"),
+        code=r.text("code"),
+        name=r.text("name"),
         type=r.enum("type", InstitutionType),
-        level=r.int("level", maximum=3),
-        region=r.str("region"),
-        district=r.str("district"),
-        designated=bool(r.int("designated", maximum=1)),
+        level=r.integer("level", maximum=3),
+        region=r.text("region"),
+        district=r.text("district"),
+        designated=bool(r.integer("designated", maximum=1)),
         visit_types=r.enums("visit_types", VisitType),
-        city_managed=bool(r.int("city_managed", 0, maximum=1)),
+        city_managed=bool(r.integer("city_managed", 0, maximum=1)),
     )
     r.done()
     return inst
@@ -113,19 +113,19 @@ def person(data: dict[str, Any], source: str, path: str) -> Person:
     for e in r.tables("enrolments"):
         tiers = []
         for t in e.tables("tiers"):
-            tiers.append(TierChange(t.int("tier", minimum=1), t.date("applied_on")))
+            tiers.append(TierChange(t.integer("tier", minimum=1), t.day("applied_on")))
             t.done()
         if not tiers:
             raise e.error("an enrolment needs at least one tier", "tiers")
         enrolments.append(
             Enrolment(
-                region=e.str("region"),
-                district=e.str("district"),
+                region=e.text("region"),
+                district=e.text("district"),
                 scheme=e.enum("scheme", Scheme),
                 person_type=e.enum("person_type", PersonType),
                 status=e.enum("status", EnrolmentStatus),
-                valid_from=e.date("valid_from"),
-                valid_to=e.opt_date("valid_to"),
+                valid_from=e.day("valid_from"),
+                valid_to=e.opt_day("valid_to"),
                 tiers=tuple(tiers),
             )
         )
@@ -135,20 +135,20 @@ def person(data: dict[str, Any], source: str, path: str) -> Person:
         inst = a.data.get("institution")
         a.seen.add("institution")
         approvals.append(
-            Approval(a.enum("kind", ApprovalKind), a.date("valid_from"), a.opt_date("valid_to"), inst or None)
+            Approval(a.enum("kind", ApprovalKind), a.day("valid_from"), a.opt_day("valid_to"), inst or None)
         )
         a.done()
     diseases = []
     for d in r.tables("special_diseases"):
-        diseases.append(DiseaseRegistration(d.str("code"), d.date("valid_from"), d.opt_date("valid_to")))
+        diseases.append(DiseaseRegistration(d.text("code"), d.day("valid_from"), d.opt_day("valid_to")))
         d.done()
     result = Person(
-        person_id=r.str("person_id"),
-        name=r.str("name"),
-        id_number=r.str("id_number"),
-        card_no=r.str("card_no"),
+        person_id=r.text("person_id"),
+        name=r.text("name"),
+        id_number=r.text("id_number"),
+        card_no=r.text("card_no"),
         sex=r.enum("sex", Sex),
-        birth_date=r.date("birth_date"),
+        birth_date=r.day("birth_date"),
         enrolments=tuple(enrolments),
         approvals=tuple(approvals),
         special_diseases=tuple(diseases),
@@ -166,13 +166,13 @@ def person_state(data: dict[str, Any], source: str, path: str) -> PersonState:
     year = 0
     values: dict[str, int] = {}
     if acc is not None:
-        year = acc.int("year", minimum=1900, maximum=9999)
+        year = acc.integer("year", minimum=1900, maximum=9999)
         table = acc.table("values") if acc.has("values") else None
         if table is not None:
-            values = {k: table.int(k) for k in table.data}
+            values = {k: table.integer(k) for k in table.data}
         acc.seen.add("values")
         acc.done()
-    state = PersonState(r.int("account_balance_fen", 0), year, values)
+    state = PersonState(r.integer("account_balance_fen", 0), year, values)
     r.done()
     return state
 
@@ -183,10 +183,10 @@ def bill(data: dict[str, Any], source: str, path: str) -> Bill:
     for i, line in enumerate(r.tables("lines")):
         lines.append(
             BillLine(
-                code=line.str("code"),
-                unit_price_fen=line.int("unit_price_fen", maximum=UNIT_PRICE_MAX_FEN),
-                quantity=line.int("quantity", minimum=1, maximum=QUANTITY_MAX),
-                line_no=line.int("line_no", i + 1, minimum=1) if line.has("line_no") else i + 1,
+                code=line.text("code"),
+                unit_price_fen=line.integer("unit_price_fen", maximum=UNIT_PRICE_MAX_FEN),
+                quantity=line.integer("quantity", minimum=1, maximum=QUANTITY_MAX),
+                line_no=line.integer("line_no", i + 1, minimum=1) if line.has("line_no") else i + 1,
             )
         )
         line.seen.add("line_no")
@@ -198,10 +198,10 @@ def bill(data: dict[str, Any], source: str, path: str) -> Bill:
     result = Bill(
         visit_type=r.enum("visit_type", VisitType),
         lines=tuple(lines),
-        disease_code=r.str("disease_code") if r.has("disease_code") else None,
-        maternity_event=r.str("maternity_event") if r.has("maternity_event") else None,
-        emergency=r.bool("emergency", False),
-        use_account=r.bool("use_account", True),
+        disease_code=r.text("disease_code") if r.has("disease_code") else None,
+        maternity_event=r.text("maternity_event") if r.has("maternity_event") else None,
+        emergency=r.flag("emergency", False),
+        use_account=r.flag("use_account", True),
     )
     r.done()
     return result

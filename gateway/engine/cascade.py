@@ -68,9 +68,7 @@ def segments(bands: tuple[Band, ...], start: int, length: int) -> Iterator[tuple
         lower = upper
 
 
-def deductible_standard(
-    rule: Deductible, visit: Visit, state: PersonState, trace: list[TraceStep]
-) -> int:
+def deductible_standard(rule: Deductible, visit: Visit, state: PersonState, trace: list[TraceStep]) -> int:
     standard = rule.by_level_fen[visit.level]
     trace.append(TraceStep("deductible.level", f"level {visit.level} standard", standard))
     multiplier = rule.person_type_bp.get(visit.person_type)

@@ -17,7 +17,6 @@ from gateway.engine.model import BillLine, CatalogEntry, ItemClass, ItemKind, Sc
 from gateway.engine.money import apply_bp
 from gateway.engine.result import LineSplit
 
-
 STAY_VISITS = frozenset({VisitType.INPATIENT, VisitType.MATERNITY})  # a delivery is an inpatient stay
 
 
@@ -67,9 +66,7 @@ def first_selfpay_bp(entry: CatalogEntry, ctx: LineContext) -> int:
     return ctx.first_selfpay_bp.get(entry.kind, 0)
 
 
-def split_line(
-    line: BillLine, entry: CatalogEntry, ctx: LineContext, quantity_used_before: int
-) -> LineSplit:
+def split_line(line: BillLine, entry: CatalogEntry, ctx: LineContext, quantity_used_before: int) -> LineSplit:
     """`quantity_used_before`: units of the same code on earlier lines of this bill, so a per-visit
     quantity limit holds across lines."""
     price = line.unit_price_fen

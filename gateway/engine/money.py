@@ -48,9 +48,7 @@ def allocate(total_fen: int, weights: Sequence[int]) -> list[int]:
         return [0] * len(weights)
     require(total_fen <= weight_sum, "allocation exceeds the weights it is spread over")
     parts = [total_fen * w // weight_sum for w in weights]
-    remainders = sorted(
-        range(len(weights)), key=lambda i: (-(total_fen * weights[i] % weight_sum), i)
-    )
+    remainders = sorted(range(len(weights)), key=lambda i: (-(total_fen * weights[i] % weight_sum), i))
     for i in remainders[: total_fen - sum(parts)]:
         parts[i] += 1
     return parts

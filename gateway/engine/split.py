@@ -60,7 +60,8 @@ def split(
     benefit = plan.benefits.get(bill.visit_type)
     if benefit is None:
         return Rejected(
-            Rejection.VISIT_TYPE_NOT_COVERED, f"{enrolment.scheme} tier {tier} has no {bill.visit_type} benefit"
+            Rejection.VISIT_TYPE_NOT_COVERED,
+            f"{enrolment.scheme} tier {tier} has no {bill.visit_type} benefit",
         )
     cross_region = institution.region != enrolment.region
     out_rule = policy.out_of_region
@@ -124,9 +125,7 @@ def split(
     elif benefit.basic is not None:
         deductible, funds = run_cascade(benefit.basic, plan.layers, visit, state, in_scope, deltas, trace)
 
-    return finish(
-        policy, catalog, plan, benefit, bill, state, lines, deductible, funds, deltas, trace, flags
-    )
+    return finish(policy, catalog, plan, benefit, bill, state, lines, deductible, funds, deltas, trace, flags)
 
 
 def pay_lump_sum(

@@ -131,7 +131,12 @@ def test_employee_level3_first_stay_account_then_cash() -> None:
     # 5,000 yuan, level 3: deductible 800; 4,200 x 85% = 3,570.00. Person's share 1,430.00: the
     # personal account (balance 1,000.00) pays 1,000.00, cash 430.00.
     s = settle(inpatient(500_000), person(CQ, "500103"), institution(CQ, "500103", 3), CAT, state(100_000))
-    assert (s.deductible_fen, fund(s, "basic"), s.account_fen, s.cash_fen) == (80_000, 357_000, 100_000, 43_000)
+    assert (s.deductible_fen, fund(s, "basic"), s.account_fen, s.cash_fen) == (
+        80_000,
+        357_000,
+        100_000,
+        43_000,
+    )
     assert s.account_balance_after_fen == 0
 
 

@@ -54,7 +54,12 @@ def test_yancheng_maternity_lump_sum() -> None:
     inst = institution(YC, "320903", 2)
     s = settle(bill("maternity", ("T1", 400_000, 1), maternity_event="caesarean"), mother, inst, YC_CAT,
                state(50_000))  # fmt: skip
-    assert (s.funds[0].fund_code, s.fund_total_fen, s.account_fen, s.cash_fen) == ("510100", 320_000, 0, 80_000)
+    assert (s.funds[0].fund_code, s.fund_total_fen, s.account_fen, s.cash_fen) == (
+        "510100",
+        320_000,
+        0,
+        80_000,
+    )
     assert s.deltas == {"fund.maternity": 320_000}
     # A bill below the lump sum is paid in full by the fund
     small = settle(bill("maternity", ("T1", 250_000, 1), maternity_event="caesarean"), mother, inst, YC_CAT)

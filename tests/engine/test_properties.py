@@ -64,7 +64,9 @@ def cases(draw: st.DrawFn) -> tuple[Bill, Policy, Catalog, object, object, Perso
     cat = draw(catalogs(where))
     codes = sorted(cat.entries)
     lines = tuple(
-        BillLine(draw(st.sampled_from(codes)), draw(st.integers(0, 3_000_000)), draw(st.integers(1, 5)), i + 1)
+        BillLine(
+            draw(st.sampled_from(codes)), draw(st.integers(0, 3_000_000)), draw(st.integers(1, 5)), i + 1
+        )
         for i in range(draw(st.integers(1, 12)))
     )
     b = Bill(visit, lines, disease_code="M001" if visit is VisitType.SPECIAL else None,
@@ -183,7 +185,9 @@ def test_two_settlements_in_sequence_never_pay_more_than_the_combined_bill(case,
     first = run((dataclasses.replace(b, lines=b.lines[:cut]), pol, cat, inst, who, s))
     if combined is None or first is None:
         return
-    second = run((dataclasses.replace(b, lines=b.lines[cut:]), pol, cat, inst, who, carried(s, dict(first.deltas))))
+    second = run(
+        (dataclasses.replace(b, lines=b.lines[cut:]), pol, cat, inst, who, carried(s, dict(first.deltas)))
+    )
     assert second is not None
     # Each bill rounds each layer once, half-up: allow one fen per paying layer per bill.
     slack = len(first.funds) + len(second.funds)
