@@ -54,7 +54,9 @@ class Reader:
             raise self.error(f"expected a non-empty string, got {value!r}", key)
         return value
 
-    def integer(self, key: str, default: int | None = None, minimum: int = 0, maximum: int | None = None) -> int:
+    def integer(
+        self, key: str, default: int | None = None, minimum: int = 0, maximum: int | None = None
+    ) -> int:
         if default is not None and key not in self.data:
             self.seen.add(key)
             return default
