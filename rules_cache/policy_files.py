@@ -150,15 +150,15 @@ def parse_benefit(r: Reader, visit: VisitType) -> Benefit:
     return benefit
 
 
-def by_level(r: Reader, minimum: int = 0) -> dict[int, int]:
+def by_level(r: Reader, minimum: int = 0, maximum: int | None = None) -> dict[int, int]:
     if r.has("all"):
-        amount = r.integer("all", minimum=minimum)
+        amount = r.integer("all", minimum=minimum, maximum=maximum)
         r.done()
         return dict.fromkeys(LEVELS, amount)
     missing = [lv for lv in LEVELS if str(lv) not in r.data]
     if missing:
         raise r.error(f"missing level(s) {missing}: give every level 0-3, or `all`")
-    result = {lv: r.integer(str(lv), minimum=minimum) for lv in LEVELS}
+    result = {lv: r.integer(str(lv), minimum=minimum, maximum=maximum) for lv in LEVELS}
     r.done()
     return result
 
@@ -230,10 +230,10 @@ def parse_ratio(r: Reader) -> Ratio:
         raise r.error("give exactly one of by_level or bands")
     if r.has("by_level"):
         bands: tuple[Band, ...] = (Band(None, 0),)
-        level_add = by_level(r.table("by_level"))
+        level_add = by_level(r.table("by_level"), 0, 10_000)
     else:
         bands = parse_bands(r, "bands")
-        level_add = by_level(r.table("level_add_bp"), -10_000) if r.has("level_add_bp") else {}
+        level_add = by_level(r.table("level_add_bp"), -10_000, 10_000) if r.has("level_add_bp") else {}
     person_add = {
         r.to_enum(k, PersonType, f"person_type_add_bp.{k}"): v
         for k, v in r.int_map("person_type_add_bp", minimum=-10_000, maximum=10_000).items()

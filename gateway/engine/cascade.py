@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from gateway.engine.model import PersonState, PersonType, VisitType
-from gateway.engine.money import BP_ONE, apply_bp, clamp_bp, require, round_bp_sum
+from gateway.engine.money import BP_ONE, InvariantViolation, apply_bp, clamp_bp, round_bp_sum
 from gateway.engine.policy import (
     Band,
     BandScope,
@@ -208,7 +208,8 @@ def pay_layer(
             payment = room
             trace.append(TraceStep(f"{layer.name}.cap", f"fund left {room}", payment))
         remaining = room - payment
-    require(payment <= base, f"layer {layer.name} pays {payment} on a base of {base}")
+    if payment > base:
+        raise InvariantViolation(f"layer {layer.name} pays {payment} on a base of {base}")
     deltas[layer.base_key] = deltas.get(layer.base_key, 0) + base
     deltas[layer.fund_key] = deltas.get(layer.fund_key, 0) + payment
 
@@ -224,7 +225,8 @@ def pay_layer(
         take = min(left, burden.deductible)
         burden.deductible -= take
         left -= take
-    require(left == 0, f"layer {layer.name} paid {left} more than the parts it drew on")
+    if left:
+        raise InvariantViolation(f"layer {layer.name} paid {left} more than the parts it drew on")
     return FundPayment(layer.name, layer.fund_code, payment, remaining)
 
 

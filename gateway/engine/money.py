@@ -2,13 +2,10 @@
 
 There is exactly one rounding rule in the product: a product of fen and basis points is rounded once,
 half-up, to the fen (`apply_bp`). Bill-level amounts are computed from the unrounded sum of products
-(`round_bp_sum`) and rounded once. When one amount must be spread over several lines, the parts are
-allocated by largest remainder so they add back to the amount exactly (`allocate`).
+(`round_bp_sum`) and rounded once. Parts are then derived by subtraction, so they add back exactly.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 BP_ONE = 10_000  # 100% in basis points
 
@@ -25,7 +22,8 @@ def require(condition: bool, message: str) -> None:
 
 def round_bp_sum(numerator: int) -> int:
     """Round a sum of (fen x basis points) products to fen, half-up. Inputs are never negative."""
-    require(numerator >= 0, f"cannot round a negative amount: {numerator}")
+    if numerator < 0:
+        raise InvariantViolation(f"cannot round a negative amount: {numerator}")
     return (numerator + BP_ONE // 2) // BP_ONE
 
 
@@ -36,22 +34,6 @@ def apply_bp(amount_fen: int, ratio_bp: int) -> int:
 
 def clamp_bp(ratio_bp: int) -> int:
     return 0 if ratio_bp < 0 else BP_ONE if ratio_bp > BP_ONE else ratio_bp
-
-
-def allocate(total_fen: int, weights: Sequence[int]) -> list[int]:
-    """Split `total_fen` in proportion to `weights` so the parts add up exactly (largest remainder;
-    ties go to the earlier weight). Used to spread a bill-level amount over lines."""
-    require(total_fen >= 0, f"cannot allocate a negative amount: {total_fen}")
-    weight_sum = sum(weights)
-    if weight_sum == 0:
-        require(total_fen == 0, "cannot allocate a positive amount over zero weights")
-        return [0] * len(weights)
-    require(total_fen <= weight_sum, "allocation exceeds the weights it is spread over")
-    parts = [total_fen * w // weight_sum for w in weights]
-    remainders = sorted(range(len(weights)), key=lambda i: (-(total_fen * weights[i] % weight_sum), i))
-    for i in remainders[: total_fen - sum(parts)]:
-        parts[i] += 1
-    return parts
 
 
 def yuan(amount_fen: int) -> str:

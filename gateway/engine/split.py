@@ -19,7 +19,7 @@ from gateway.engine.model import (
     PersonState,
     VisitType,
 )
-from gateway.engine.money import require
+from gateway.engine.money import InvariantViolation, require
 from gateway.engine.policy import Benefit, Plan, Policy
 from gateway.engine.result import FundPayment, LineSplit, Rejected, Split, SplitOutcome, TraceStep
 
@@ -210,27 +210,23 @@ def finish(
 
 
 def check_invariants(s: Split, state: PersonState) -> None:
-    """Fails loudly (InvariantViolation) when a split does not add up; never removed by `python -O`."""
+    """Fails loudly (InvariantViolation) when a split does not add up; never removed by `python -O`.
+    Messages are built only on failure: this runs on every settlement."""
     for line in s.lines:
-        parts = (line.full_selfpay_fen, line.over_limit_fen, line.first_selfpay_fen, line.in_scope_fen)
-        require(min(parts) >= 0, f"line {line.line_no}: a negative part {parts}")
-        require(sum(parts) == line.amount_fen, f"line {line.line_no}: parts {parts} != {line.amount_fen}")
-    require(
-        s.full_selfpay_fen + s.over_limit_fen + s.first_selfpay_fen + s.in_scope_fen == s.total_fen,
-        "line parts do not add up to the total",
-    )
-    require(min(f.amount_fen for f in s.funds) >= 0 if s.funds else True, "a negative fund payment")
-    require(s.fund_total_fen <= s.in_scope_fen, "funds pay more than the in-scope amount")
-    require(s.deductible_fen <= s.in_scope_fen, "deductible above the in-scope amount")
-    require(
-        s.fund_total_fen + s.account_fen + s.cash_fen == s.total_fen,
-        "fund + account + cash != total",
-    )
-    require(s.account_fen >= 0 and s.cash_fen >= 0, "negative account or cash payment")
-    require(s.account_fen <= state.account_balance_fen, "account pays more than its balance")
+        f, o, p, i = line.full_selfpay_fen, line.over_limit_fen, line.first_selfpay_fen, line.in_scope_fen
+        if f < 0 or o < 0 or p < 0 or i < 0 or f + o + p + i != line.amount_fen:
+            raise InvariantViolation(f"line {line.line_no}: parts {(f, o, p, i)} vs amount {line.amount_fen}")
+    if s.full_selfpay_fen + s.over_limit_fen + s.first_selfpay_fen + s.in_scope_fen != s.total_fen:
+        raise InvariantViolation("line parts do not add up to the total")
     for fund in s.funds:
-        require(
-            fund.remaining_max_fen is None or fund.remaining_max_fen >= 0,
-            f"{fund.layer} beyond its annual maximum",
-        )
-    require(all(v >= 0 for v in s.deltas.values()), "a negative accumulator delta")
+        if fund.amount_fen < 0 or (fund.remaining_max_fen is not None and fund.remaining_max_fen < 0):
+            raise InvariantViolation(f"{fund.layer}: negative payment or beyond its annual maximum")
+    if s.fund_total_fen > s.in_scope_fen or s.deductible_fen > s.in_scope_fen:
+        raise InvariantViolation("funds or deductible above the in-scope amount")
+    if s.fund_total_fen + s.account_fen + s.cash_fen != s.total_fen:
+        raise InvariantViolation("fund + account + cash != total")
+    if s.account_fen < 0 or s.cash_fen < 0 or s.account_fen > state.account_balance_fen:
+        raise InvariantViolation("account or cash payment negative, or account above its balance")
+    for value in s.deltas.values():
+        if value < 0:
+            raise InvariantViolation("a negative accumulator delta")

@@ -1,0 +1,76 @@
+"""Engine micro-benchmark: microseconds per split for 10-, 60- and 100-line bills on demo data, next to
+a baseline in the same run (building the same bill's line tuple, the least work any split must do).
+
+    .venv/bin/python -m loadtest.bench_engine [--seconds 2]
+
+Prints figures; it is not a test and asserts nothing about speed."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from datetime import date
+
+from adapters.citydata_files import load_citydata
+from gateway.engine import Split, split
+from gateway.engine.model import Bill, BillLine, VisitType
+
+ON = date(2026, 6, 15)
+
+
+def timed(fn: Callable[[], object], seconds: float) -> tuple[float, float, int]:
+    """(median, p99) microseconds per call over batches, and the number of calls."""
+    batch = 200
+    samples: list[float] = []
+    calls = 0
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        start = time.perf_counter_ns()
+        for _ in range(batch):
+            fn()
+        samples.append((time.perf_counter_ns() - start) / batch / 1000)
+        calls += batch
+    samples.sort()
+    return statistics.median(samples), samples[int(len(samples) * 0.99)], calls
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=2.0)
+    args = parser.parse_args()
+    data = load_citydata()
+    policy = data.policies["500000"]
+    catalog = data.catalogs["500000"]
+    inst = data.institutions["H50010300001"]  # level 3, Yuzhong
+    rec = data.persons["PSN500000000001"]  # employee with a personal account
+    codes = [
+        e.code for e in catalog.entries.values() if e.item_class.value in "AB" and not e.special_diseases
+    ]
+    print(f"python {platform.python_version()} on {platform.machine()}, {platform.processor() or 'cpu'}")
+    print(f"{'bill':<22}{'median µs':>11}{'p99 µs':>9}{'µs/line':>9}{'baseline µs':>13}{'ratio':>7}")
+    for n_lines in (10, 60, 100):
+        lines = tuple(
+            BillLine(codes[i * 7 % len(codes)], 1234 + i * 17, 1 + i % 3, i + 1) for i in range(n_lines)
+        )
+        bill = Bill(VisitType.INPATIENT, lines)
+        assert isinstance(split(bill, policy, catalog, inst, rec.person, rec.state, ON), Split)
+        median, p99, _ = timed(
+            lambda b=bill: split(b, policy, catalog, inst, rec.person, rec.state, ON), args.seconds
+        )
+        base, _, _ = timed(
+            lambda ls=lines: Bill(
+                VisitType.INPATIENT,
+                tuple(BillLine(x.code, x.unit_price_fen, x.quantity, x.line_no) for x in ls),
+            ),
+            args.seconds / 2,
+        )
+        print(
+            f"{f'{n_lines}-line inpatient':<22}{median:>11.1f}{p99:>9.1f}{median / n_lines:>9.2f}{base:>13.1f}{median / base:>7.1f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()
