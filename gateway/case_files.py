@@ -67,6 +67,8 @@ def plain(value: Any) -> Any:
     """Dataclasses, enums, dates and mappings as JSON-ready values."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple) and hasattr(value, "_asdict"):  # NamedTuple records
+        return {k: plain(v) for k, v in value._asdict().items()}
     if isinstance(value, Enum):
         return value.value if not isinstance(value.value, int) else value.name
     if isinstance(value, date):

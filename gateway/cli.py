@@ -13,6 +13,7 @@ from rules_cache.reader import DataError
 
 def cmd_split(args: argparse.Namespace) -> int:
     from gateway.case_files import outcome_json, run_case
+    from gateway.split_table import render
 
     status = 0
     for case in args.cases:
@@ -22,7 +23,10 @@ def cmd_split(args: argparse.Namespace) -> int:
             print(f"medsettle split: {exc}", file=sys.stderr)
             status = 2
             continue
-        print(json.dumps(outcome_json(outcome, with_trace=not args.no_trace), ensure_ascii=False, indent=2))
+        if args.table:
+            print(render(outcome, f"{case}:"), end="\n\n")
+        else:
+            print(json.dumps(outcome_json(outcome, with_trace=not args.no_trace), ensure_ascii=False, indent=2))
     return status
 
 
@@ -32,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("split", help="split one or more self-contained cases offline and print JSON")
     p.add_argument("cases", nargs="+", metavar="CASE.json")
     p.add_argument("--no-trace", action="store_true", help="leave the rule trace out")
+    p.add_argument("--table", action="store_true", help="print readable tables instead of JSON")
     p.set_defaults(func=cmd_split)
     return parser
 

@@ -44,14 +44,21 @@ def load_policy_file(path: Path) -> Policy:
 def parse_policy(data: dict[str, Any], source: str) -> Policy:
     top = Reader(data, source)
     plans: dict[tuple[Scheme, int], Plan] = {}
-    raw_plans = {plan_key(r): r for r in top.tables("plans")}
+    raw_plans: dict[tuple[Scheme, int], Reader] = {}
+    for reader in top.tables("plans"):
+        key = plan_key(reader)
+        if key in raw_plans:
+            raise reader.error(f"duplicate plan: {key[0]} tier {key[1]} is already defined")
+        raw_plans[key] = reader
     defaults = first_selfpay(top.table("first_selfpay_bp"))
     for key, reader in raw_plans.items():
-        if key in plans:
-            raise reader.error(f"duplicate plan {key[0]} tier {key[1]}")
         plans[key] = parse_plan(resolve_extends(reader, raw_plans), defaults)
     if not plans:
         raise top.error("a policy needs at least one [[plans]] entry", "plans")
+    tier_switch = parse_tiers(top.table("tiers"))
+    for scheme, tier in plans:
+        if tier not in tier_switch.tiers_low_to_high.get(scheme, ()):
+            raise top.error(f"plan {scheme} tier {tier} is not listed in [tiers].{scheme}", "tiers")
     policy = Policy(
         region=top.text("region"),
         name=top.text("name"),
@@ -59,7 +66,7 @@ def parse_policy(data: dict[str, Any], source: str) -> Policy:
         effective_from=top.day("effective_from"),
         effective_to=top.opt_day("effective_to"),
         plans=plans,
-        tier_switch=parse_tiers(top.table("tiers")),
+        tier_switch=tier_switch,
         level3=parse_level3(top.opt_table("level3_out_of_district")),
         out_of_region=parse_out_of_region(top.opt_table("out_of_region")),
         source=source,
@@ -126,7 +133,9 @@ def parse_benefit(r: Reader, visit: VisitType) -> Benefit:
     excludes = set(r.strs("account_excludes"))
     unknown = excludes - {"full_selfpay", "over_limit"}
     if unknown:
-        raise r.error(f"unknown account exclusion(s) {sorted(unknown)}: use full_selfpay, over_limit")
+        raise r.error(
+            f"unknown exclusion(s) {sorted(unknown)}: use full_selfpay, over_limit", "account_excludes"
+        )
     lump_sums: dict[str, dict[int, int]] = {}
     lump_table = r.opt_table("lump_sums_fen")
     if lump_table is not None:
@@ -261,8 +270,9 @@ def parse_layer(r: Reader) -> SupplementaryLayer:
         raise r.error(f"{measured_on!r} is not one of: excess, total", "bands_measured_on")
     if measured_on == "excess":
         bands = parse_bands(r, "bands", shift_fen=threshold)
-    else:
-        bands = (Band(threshold, 0), *parse_bands(r, "bands")) if threshold else parse_bands(r, "bands")
+    else:  # bands are absolute; nothing is paid below the threshold, so bands below it fall away
+        above = tuple(b for b in parse_bands(r, "bands") if b.upto_fen is None or b.upto_fen > threshold)
+        bands = (Band(threshold, 0), *above) if threshold else above
     layer = SupplementaryLayer(
         name=r.text("name"),
         fund_code=r.text("fund_code"),
@@ -286,7 +296,12 @@ def parse_tiers(r: Reader) -> TierSwitch:
     for scheme in Scheme:
         if r.has(scheme.value):
             tiers = r.raw(scheme.value)
-            if not isinstance(tiers, list) or not all(isinstance(t, int) for t in tiers) or not tiers:
+            valid = (
+                all(isinstance(t, int) and not isinstance(t, bool) for t in tiers)
+                if isinstance(tiers, list)
+                else False
+            )
+            if not valid or not tiers:
                 raise r.error("expected a list of tier numbers, lowest benefit first", scheme.value)
             order[scheme] = tuple(tiers)
     rule = TierSwitch(order, r.integer("upgrade_wait_months", 0, maximum=24))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from gateway.engine.model import PersonState, PersonType, VisitType
 from gateway.engine.money import BP_ONE, InvariantViolation, apply_bp, clamp_bp, round_bp_sum
@@ -32,8 +33,7 @@ from gateway.engine.policy import (
 from gateway.engine.result import FundPayment, TraceStep
 
 
-@dataclass(frozen=True, slots=True)
-class Visit:
+class Visit(NamedTuple):
     """The facts about this visit the cascade depends on."""
 
     visit_type: VisitType

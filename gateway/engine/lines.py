@@ -10,8 +10,8 @@ rounded half-up to the fen; what is left is in scope."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import date
+from typing import NamedTuple
 
 from gateway.engine.model import BillLine, CatalogEntry, ItemClass, ItemKind, Scheme, Sex, VisitType
 from gateway.engine.money import apply_bp
@@ -20,8 +20,7 @@ from gateway.engine.result import LineSplit
 STAY_VISITS = frozenset({VisitType.INPATIENT, VisitType.MATERNITY})  # a delivery is an inpatient stay
 
 
-@dataclass(frozen=True, slots=True)
-class LineContext:
+class LineContext(NamedTuple):
     """Everything about the visit a line restriction may look at."""
 
     on: date

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from enum import StrEnum
+from typing import NamedTuple
 
 from gateway.engine.model import ApprovalKind, ItemKind, PersonType, Scheme, VisitType
 
@@ -32,8 +33,7 @@ class BandScope(StrEnum):
     YEAR = "year"  # bands are measured on the year's cumulative eligible cost
 
 
-@dataclass(frozen=True, slots=True)
-class Band:
+class Band(NamedTuple):
     """Slice [previous upto, upto) of a base, paid at ratio_bp. upto None: no upper bound."""
 
     upto_fen: int | None

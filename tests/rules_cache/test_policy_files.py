@@ -110,3 +110,27 @@ def test_bad_toml_names_the_file(tmp_path: Path) -> None:
     path.write_text("region = \n")
     with pytest.raises(DataError, match=r"^broken\.toml: <top>: not valid TOML"):
         load_policy_file(path)
+
+
+def test_duplicate_plan_is_refused() -> None:
+    data = chongqing()
+    data["plans"].append(dict(data["plans"][1]))
+    assert "plans[3]: duplicate plan: resident tier 1 is already defined" in error_of(data)
+
+
+def test_plan_tier_must_be_listed_in_tiers() -> None:
+    data = chongqing()
+    data["tiers"]["resident"] = [1]
+    assert error_of(data) == "cq.toml: tiers: plan resident tier 2 is not listed in [tiers].resident"
+
+
+def test_total_measured_bands_below_the_threshold_fall_away() -> None:
+    # Measured on the total burden with a 15,000-yuan threshold, a band ending at 10,000 yuan can never
+    # pay: it is dropped, so the slices never overlap and the layer never pays more than its base.
+    data = chongqing()
+    layer = data["plans"][1]["layers"][0]
+    layer["bands_measured_on"] = "total"
+    layer["bands"] = [{"upto_fen": 1_000_000, "ratio_bp": 9000}, {"ratio_bp": 5000}]
+    policy = parse_policy(data, "cq.toml")
+    bands = policy.plans[(Scheme.RESIDENT, 1)].layers[0].bands
+    assert [(b.upto_fen, b.ratio_bp) for b in bands] == [(1_500_000, 0), (None, 5000)]
