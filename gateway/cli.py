@@ -26,7 +26,9 @@ def cmd_split(args: argparse.Namespace) -> int:
         if args.table:
             print(render(outcome, f"{case}:"), end="\n\n")
         else:
-            print(json.dumps(outcome_json(outcome, with_trace=not args.no_trace), ensure_ascii=False, indent=2))
+            print(
+                json.dumps(outcome_json(outcome, with_trace=not args.no_trace), ensure_ascii=False, indent=2)
+            )
     return status
 
 

@@ -33,9 +33,8 @@ def render(outcome: SplitOutcome, title: str = "") -> str:
         left = "" if f.remaining_max_fen is None else f"   (left this year {yuan(f.remaining_max_fen)})"
         out.append(f"  fund {f.fund_code} {f.layer:<18} {yuan(f.amount_fen):>12}{left}")
     out.append(f"  funds total            {yuan(s.fund_total_fen):>12}")
-    out.append(
-        f"  personal account       {yuan(s.account_fen):>12}   (balance after {yuan(s.account_balance_after_fen)})"
-    )
+    after = yuan(s.account_balance_after_fen)
+    out.append(f"  personal account       {yuan(s.account_fen):>12}   (balance after {after})")
     out.append(f"  cash                   {yuan(s.cash_fen):>12}")
     tags = f"  policy {s.policy_version}, catalog {s.catalog_version}, {s.scheme} tier {s.tier}"
     out.append(tags + (f", {', '.join(s.flags)}" if s.flags else ""))

@@ -70,9 +70,9 @@ def main() -> None:
             ),
             args.seconds / 2,
         )
-        print(
-            f"{f'{n_lines}-line inpatient':<22}{median:>11.1f}{p99:>9.1f}{median / n_lines:>9.2f}{base:>13.1f}{median / base:>7.1f}x"
-        )
+        name = f"{n_lines}-line inpatient"
+        per_line = median / n_lines
+        print(f"{name:<22}{median:>11.1f}{p99:>9.1f}{per_line:>9.2f}{base:>13.1f}{median / base:>7.1f}x")
 
 
 if __name__ == "__main__":

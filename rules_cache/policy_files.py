@@ -190,10 +190,14 @@ def parse_deductible(r: Reader) -> Deductible:
     stays_key = r.text("stays_key") if stay_rule is not StayRule.NONE else None
     if stay_rule is StayRule.NONE and r.has("stays_key"):
         stays_key = r.text("stays_key")
-    person_type_bp = {
-        r.to_enum(k, PersonType, f"person_type_bp.{k}"): v
-        for k, v in r.int_map("person_type_bp", maximum=100_000).items()
-    } if r.has("person_type_bp") else {}  # fmt: skip
+    person_type_bp = (
+        {
+            r.to_enum(k, PersonType, f"person_type_bp.{k}"): v
+            for k, v in r.int_map("person_type_bp", maximum=100_000).items()
+        }
+        if r.has("person_type_bp")
+        else {}
+    )
     rule = Deductible(
         by_level_fen=by_level(r.table("by_level")),
         key=r.text("key"),
@@ -243,10 +247,14 @@ def parse_ratio(r: Reader) -> Ratio:
     else:
         bands = parse_bands(r, "bands")
         level_add = by_level(r.table("level_add_bp"), -10_000, 10_000) if r.has("level_add_bp") else {}
-    person_add = {
-        r.to_enum(k, PersonType, f"person_type_add_bp.{k}"): v
-        for k, v in r.int_map("person_type_add_bp", minimum=-10_000, maximum=10_000).items()
-    } if r.has("person_type_add_bp") else {}  # fmt: skip
+    person_add = (
+        {
+            r.to_enum(k, PersonType, f"person_type_add_bp.{k}"): v
+            for k, v in r.int_map("person_type_add_bp", minimum=-10_000, maximum=10_000).items()
+        }
+        if r.has("person_type_add_bp")
+        else {}
+    )
     age = r.opt_table("age_bonus")
     bonus = None
     if age is not None:

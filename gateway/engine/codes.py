@@ -31,6 +31,12 @@ class Rejection(IntEnum):
     MATERNITY_EVENT_UNKNOWN = 303
     DISEASE_CODE_MISSING = 304
 
+    # 4xx: outcomes of the gateway around the engine (not returned by split())
+    REGION_NOT_SERVED = 401  # no catalog of the place of treatment or policy of the insured region loaded
+    SETTLEMENT_NOT_FOUND = 402
+    MESSAGE_ID_REUSED = 403  # same (institution, message id), different payload
+    PERSON_BUSY = 404  # concurrent commits for one person outlasted the retries; safe to retry
+
     @property
     def reason(self) -> str:
         return self.name

@@ -73,9 +73,18 @@ def split_line(line: BillLine, entry: CatalogEntry, ctx: LineContext, quantity_u
     not_covered = coverage_flag(entry, ctx)
     if not_covered is not None:
         return LineSplit(
-            line.line_no, entry.code, entry.item_class, amount, amount, 0, 0, 0, 0,
-            entry.price_limit_fen, (not_covered,),
-        )  # fmt: skip
+            line.line_no,
+            entry.code,
+            entry.item_class,
+            amount,
+            amount,
+            0,
+            0,
+            0,
+            0,
+            entry.price_limit_fen,
+            (not_covered,),
+        )
 
     flags: tuple[str, ...] = ()
     covered_qty = line.quantity
@@ -96,6 +105,15 @@ def split_line(line: BillLine, entry: CatalogEntry, ctx: LineContext, quantity_u
     first_selfpay = apply_bp(amount - full_selfpay - over_limit, ratio)
     in_scope = amount - full_selfpay - over_limit - first_selfpay
     return LineSplit(
-        line.line_no, entry.code, entry.item_class, amount, full_selfpay, over_limit, first_selfpay,
-        in_scope, ratio, limit, flags,
-    )  # fmt: skip
+        line.line_no,
+        entry.code,
+        entry.item_class,
+        amount,
+        full_selfpay,
+        over_limit,
+        first_selfpay,
+        in_scope,
+        ratio,
+        limit,
+        flags,
+    )

@@ -84,9 +84,15 @@ def split(
 
     age = person.age_on(on)
     ctx = LineContext(
-        on, enrolment.scheme, bill.visit_type, institution.level, person.sex, age, registered,
+        on,
+        enrolment.scheme,
+        bill.visit_type,
+        institution.level,
+        person.sex,
+        age,
+        registered,
         plan.first_selfpay_bp,
-    )  # fmt: skip
+    )
     lines: list[LineSplit] = []
     used: dict[str, int] = {}
     entries = catalog.entries

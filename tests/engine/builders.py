@@ -63,9 +63,15 @@ def institution(
     designated: bool = True,
 ) -> Institution:
     return Institution(
-        code=f"H{district}{level:05d}", name="test", type=InstitutionType(kind), level=level,
-        region=region, district=district, designated=designated, visit_types=visit_types,
-    )  # fmt: skip
+        code=f"H{district}{level:05d}",
+        name="test",
+        type=InstitutionType(kind),
+        level=level,
+        region=region,
+        district=district,
+        designated=designated,
+        visit_types=visit_types,
+    )
 
 
 def person(
@@ -82,16 +88,27 @@ def person(
     status: str = "active",
 ) -> Person:
     enrolment = Enrolment(
-        region, district, Scheme(scheme), PersonType(person_type), EnrolmentStatus(status),
-        date(2020, 1, 1), None, tuple(TierChange(t, d) for t, d in tiers),
-    )  # fmt: skip
+        region,
+        district,
+        Scheme(scheme),
+        PersonType(person_type),
+        EnrolmentStatus(status),
+        date(2020, 1, 1),
+        None,
+        tuple(TierChange(t, d) for t, d in tiers),
+    )
     return Person(
-        person_id="P1", name="测试", id_number="x", card_no="x", sex=Sex(sex), birth_date=birth,
+        person_id="P1",
+        name="测试",
+        id_number="x",
+        card_no="x",
+        sex=Sex(sex),
+        birth_date=birth,
         enrolments=(enrolment,),
         approvals=tuple(Approval(ApprovalKind(k), date(2026, 1, 1), None, i) for k, i in approvals),
         special_diseases=tuple(DiseaseRegistration(d, date(2025, 1, 1), None) for d in diseases),
         tags=tags,
-    )  # fmt: skip
+    )
 
 
 def state(balance_fen: int = 0, **accumulators: int) -> PersonState:

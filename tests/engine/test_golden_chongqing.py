@@ -30,9 +30,12 @@ def test_resident_tier1_level2_first_stay() -> None:
     assert (s.deductible_fen, fund(s, "basic"), fund(s, "critical_illness")) == (40_000, 576_000, 0)
     assert (s.fund_total_fen, s.account_fen, s.cash_fen) == (576_000, 0, 424_000)
     assert s.deltas == {
-        "ded.inpatient": 40_000, "stays.inpatient": 1, "fund.basic": 576_000, "cost.basic": 960_000,
+        "ded.inpatient": 40_000,
+        "stays.inpatient": 1,
+        "fund.basic": 576_000,
+        "cost.basic": 960_000,
         "base.critical": 424_000,
-    }  # fmt: skip
+    }
     assert [f.fund_code for f in s.funds] == ["390100", "390200"]
 
 
@@ -84,9 +87,12 @@ def test_resident_deductible_half_on_second_stay_none_after(
     stays_before: int, deductible: int, basic: int
 ) -> None:
     s = settle(
-        inpatient(200_000), person(CQ, "500107", "resident"), institution(CQ, "500107", 1), CAT,
+        inpatient(200_000),
+        person(CQ, "500107", "resident"),
+        institution(CQ, "500107", 1),
+        CAT,
         state(0, stays_inpatient=stays_before),
-    )  # fmt: skip
+    )
     assert (s.deductible_fen, fund(s, "basic"), s.deltas["stays.inpatient"]) == (deductible, basic, 1)
 
 
@@ -98,9 +104,12 @@ def test_resident_annual_maximum_then_critical_illness_bands() -> None:
     # this year: 10,000 -> 15,000 is under the threshold (0), 15,000 -> 19,000 in the first band at 50%:
     # 2,000.00. Cash 10,000 - 1,000 - 2,000 = 7,000.00.
     s = settle(
-        inpatient(1_000_000), person(CQ, "500107", "resident"), institution(CQ, "500107", 1), CAT,
+        inpatient(1_000_000),
+        person(CQ, "500107", "resident"),
+        institution(CQ, "500107", 1),
+        CAT,
         state(0, stays_inpatient=2, fund_basic=6_900_000, base_critical=1_000_000),
-    )  # fmt: skip
+    )
     assert (fund(s, "basic"), fund(s, "critical_illness"), s.cash_fen) == (100_000, 200_000, 700_000)
     basic = next(f for f in s.funds if f.layer == "basic")
     assert basic.remaining_max_fen == 0
@@ -112,9 +121,12 @@ def test_critical_illness_slice_across_a_band_boundary() -> None:
     # 15,000: 50% to 65,000 total, 60% to 115,000. This stay adds 10,000 yuan of burden:
     # 5,000 x 50% + 5,000 x 60% = 5,500.00. (Basic cap already reached: the whole stay is excess.)
     s = settle(
-        inpatient(1_000_000), person(CQ, "500107", "resident"), institution(CQ, "500107", 1), CAT,
+        inpatient(1_000_000),
+        person(CQ, "500107", "resident"),
+        institution(CQ, "500107", 1),
+        CAT,
         state(0, stays_inpatient=2, fund_basic=7_000_000, base_critical=6_000_000),
-    )  # fmt: skip
+    )
     assert (fund(s, "basic"), fund(s, "critical_illness"), s.cash_fen) == (0, 550_000, 450_000)
 
 
@@ -158,9 +170,12 @@ def test_employee_retiree_gets_three_more_points() -> None:
 )
 def test_employee_deductible_reduces_each_stay_with_a_floor(stays_before: int, deductible: int) -> None:
     s = settle(
-        inpatient(500_000), person(CQ, "500103"), institution(CQ, "500103", 3), CAT,
+        inpatient(500_000),
+        person(CQ, "500103"),
+        institution(CQ, "500103", 3),
+        CAT,
         state(0, stays_inpatient=stays_before),
-    )  # fmt: skip
+    )
     assert s.deductible_fen == deductible
 
 
@@ -170,9 +185,12 @@ def test_employee_large_amount_aid_above_the_basic_cap() -> None:
     # excess 9,200 - 588.23 = 8,611.77; large-amount aid 80% = 6,889.416 -> 6,889.42.
     # Person: 10,000 - 500 - 6,889.42 = 2,610.58 (= 800 + 88.23 co-pay + 1,722.35 excess left).
     s = settle(
-        inpatient(1_000_000), person(CQ, "500103"), institution(CQ, "500103", 3), CAT,
+        inpatient(1_000_000),
+        person(CQ, "500103"),
+        institution(CQ, "500103", 3),
+        CAT,
         state(0, fund_basic=9_950_000),
-    )  # fmt: skip
+    )
     assert (fund(s, "basic"), fund(s, "large_amount"), s.cash_fen) == (50_000, 688_942, 261_058)
     assert s.deltas["base.large"] == 861_177
     assert [f.fund_code for f in s.funds] == ["310100", "330100"]
@@ -216,8 +234,13 @@ def test_special_disease_needs_a_registration() -> None:
 def test_pharmacy_employee_pays_from_account_only() -> None:
     # Retail pharmacy: no pooled fund; the account (no scope limit in Chongqing) pays all 50.00 + 20.00
     pharmacy = institution(CQ, "500103", 0, "pharmacy", frozenset({"pharmacy"}))
-    s = settle(bill("pharmacy", ("T1", 5_000, 1), ("D9", 2_000, 1)), person(CQ, "500103"), pharmacy, CAT,
-               state(100_000))  # fmt: skip
+    s = settle(
+        bill("pharmacy", ("T1", 5_000, 1), ("D9", 2_000, 1)),
+        person(CQ, "500103"),
+        pharmacy,
+        CAT,
+        state(100_000),
+    )
     assert (s.fund_total_fen, s.funds, s.account_fen, s.cash_fen) == (0, (), 7_000, 0)
 
 
@@ -243,16 +266,22 @@ def test_outpatient_account_scope_excludes_full_selfpay() -> None:
     low = settle(b, p, inst, CAT, state(1_000, ded_outpatient=20_000))  # balance 10.00
     assert (low.account_fen, low.cash_fen, low.account_balance_after_fen) == (1_000, 5_000, 0)
     declined = settle(
-        bill("outpatient", ("D9", 2_000, 1), ("T1", 10_000, 1), use_account=False), p, inst, CAT,
+        bill("outpatient", ("D9", 2_000, 1), ("T1", 10_000, 1), use_account=False),
+        p,
+        inst,
+        CAT,
         state(100_000, ded_outpatient=20_000),
-    )  # fmt: skip
+    )
     assert (declined.account_fen, declined.cash_fen) == (0, 6_000)
 
 
 def test_outpatient_annual_maximum() -> None:
     # 2,990 of 3,000 yuan used: 100.00 x 60% = 60.00 capped at 10.00
     s = settle(
-        bill("outpatient", ("T1", 10_000, 1)), person(CQ, "500106"), institution(CQ, "500106", 1), CAT,
+        bill("outpatient", ("T1", 10_000, 1)),
+        person(CQ, "500106"),
+        institution(CQ, "500106", 1),
+        CAT,
         state(0, ded_outpatient=20_000, fund_outpatient=299_000),
-    )  # fmt: skip
+    )
     assert s.fund_total_fen == 1_000 and s.funds[0].remaining_max_fen == 0

@@ -56,8 +56,11 @@ def test_price_limited_material() -> None:
     # = 40.00 first self-pay; in scope 160.00
     line = one_line(entry("M1", "B", "material", price_limit_fen=10000), 12000, 2)
     assert (line.amount_fen, line.over_limit_fen, line.first_selfpay_fen, line.in_scope_fen) == (
-        24000, 4000, 4000, 16000,
-    )  # fmt: skip
+        24000,
+        4000,
+        4000,
+        16000,
+    )
     assert line.flags == ("OVER_PRICE_LIMIT",) and line.price_limit_fen == 10000
 
 

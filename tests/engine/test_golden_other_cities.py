@@ -42,9 +42,12 @@ def test_yancheng_yearly_cap_on_deductibles() -> None:
     # Deductibles this year already 1,000.00 of the 1,500.00 cap; a level-3 stay's standard 900.00 is
     # limited to the 500.00 left. 10,500 yuan stay: 10,000 x 80% = 8,000.00
     s = settle(
-        inpatient(1_050_000), person(YC, "320902"), institution(YC, "320902", 3), YC_CAT,
+        inpatient(1_050_000),
+        person(YC, "320902"),
+        institution(YC, "320902", 3),
+        YC_CAT,
         state(0, ded_inpatient=100_000, stays_inpatient=2),
-    )  # fmt: skip
+    )
     assert (s.deductible_fen, fund(s, "basic")) == (50_000, 800_000)
 
 
@@ -52,8 +55,13 @@ def test_yancheng_maternity_lump_sum() -> None:
     # Caesarean at level 2: lump sum 3,200.00 from the maternity fund (510100); bill 4,000.00 -> cash 800.00
     mother = person(YC, "320903", sex="F", birth=date(1994, 3, 18))
     inst = institution(YC, "320903", 2)
-    s = settle(bill("maternity", ("T1", 400_000, 1), maternity_event="caesarean"), mother, inst, YC_CAT,
-               state(50_000))  # fmt: skip
+    s = settle(
+        bill("maternity", ("T1", 400_000, 1), maternity_event="caesarean"),
+        mother,
+        inst,
+        YC_CAT,
+        state(50_000),
+    )
     assert (s.funds[0].fund_code, s.fund_total_fen, s.account_fen, s.cash_fen) == (
         "510100",
         320_000,
@@ -75,10 +83,12 @@ def test_yancheng_resident_maximum_on_eligible_cost_then_critical_illness_on_tot
     # measured on the total burden: 60% up to 100,000 -> 5,580.00.
     # Cash: 10,600 - 700 - 5,580 = 4,320.00 (= 600 deductible + 300 co-pay + 3,420 excess left).
     s = settle(
-        bill("inpatient", ("T1", 1_060_000, 1)), person(YC, "320921", "resident"),
-        institution(YC, "320921", 2), YC_CAT,
+        bill("inpatient", ("T1", 1_060_000, 1)),
+        person(YC, "320921", "resident"),
+        institution(YC, "320921", 2),
+        YC_CAT,
         state(0, cost_basic=24_900_000, base_critical=2_000_000),
-    )  # fmt: skip
+    )
     assert (s.deductible_fen, fund(s, "basic"), fund(s, "critical_illness")) == (60_000, 70_000, 558_000)
     assert s.cash_fen == 432_000
     assert s.deltas["cost.basic"] == 100_000 and s.deltas["base.critical"] == 930_000
@@ -88,9 +98,12 @@ def test_yancheng_resident_critical_illness_threshold_on_total_burden() -> None:
     # Same stay with 10,000 yuan of burden so far: 10,000 -> 15,000 pays nothing, 15,000 -> 19,300 at
     # 60% = 2,580.00
     s = settle(
-        inpatient(1_060_000), person(YC, "320921", "resident"), institution(YC, "320921", 2), YC_CAT,
+        inpatient(1_060_000),
+        person(YC, "320921", "resident"),
+        institution(YC, "320921", 2),
+        YC_CAT,
         state(0, cost_basic=24_900_000, base_critical=1_000_000),
-    )  # fmt: skip
+    )
     assert fund(s, "critical_illness") == 258_000
 
 
@@ -161,8 +174,13 @@ def test_jinan_pharmacy_account_only_and_not_for_full_selfpay() -> None:
     # Seed: the pooled fund pays only at hospitals. Class A 30.00 + class C 20.00: account pays the
     # 30.00, not the full self-pay 20.00, which is cash.
     pharmacy = institution(JN, "370102", 0, "pharmacy", frozenset({VisitType.PHARMACY}))
-    s = settle(bill("pharmacy", ("T1", 3_000, 1), ("D9", 2_000, 1)), person(JN, "370102"), pharmacy, JN_CAT,
-               state(100_000))  # fmt: skip
+    s = settle(
+        bill("pharmacy", ("T1", 3_000, 1), ("D9", 2_000, 1)),
+        person(JN, "370102"),
+        pharmacy,
+        JN_CAT,
+        state(100_000),
+    )
     assert (s.fund_total_fen, s.account_fen, s.cash_fen) == (0, 3_000, 2_000)
     # Residents have no pharmacy benefit at all
     r = reject(bill("pharmacy", ("T1", 3_000, 1)), person(JN, "370102", "resident"), pharmacy, JN_CAT)
@@ -181,9 +199,12 @@ def test_jinan_relief_fund_above_the_basic_cap() -> None:
     # left -> basic 100.00; covered floor(100 / 0.85) = 117.64; excess 9,882.36; relief 90% = 8,894.124
     # -> 8,894.12. Share 11,000 - 100 - 8,894.12 = 2,005.88.
     s = settle(
-        inpatient(1_100_000), person(JN, "370102"), institution(JN, "370102", 3), JN_CAT,
+        inpatient(1_100_000),
+        person(JN, "370102"),
+        institution(JN, "370102", 3),
+        JN_CAT,
         state(0, fund_basic=19_990_000),
-    )  # fmt: skip
+    )
     assert (fund(s, "basic"), fund(s, "relief_fund"), s.person_share_fen) == (10_000, 889_412, 200_588)
 
 
@@ -192,9 +213,12 @@ def test_jinan_resident_yearly_cost_bands() -> None:
     # 9,000 yuan already this year; 2,600 stay: deductible 600; eligible 2,000 spans the boundary:
     # 1,000 x 65% + 1,000 x 70% = 1,350.00
     s = settle(
-        inpatient(260_000), person(JN, "370103", "resident"), institution(JN, "370103", 2), JN_CAT,
+        inpatient(260_000),
+        person(JN, "370103", "resident"),
+        institution(JN, "370103", 2),
+        JN_CAT,
         state(0, cost_basic=900_000),
-    )  # fmt: skip
+    )
     assert (s.deductible_fen, fund(s, "basic")) == (60_000, 135_000)
 
 
@@ -210,9 +234,12 @@ def test_jinan_low_income_resident_medical_assistance() -> None:
 def test_jinan_outpatient_deductible_already_partly_met() -> None:
     # 300.00 of the 600.00 yearly deductible met; level 2 visit of 500.00: 300 deductible, 200 x 55% = 110
     s = settle(
-        bill("outpatient", ("T1", 50_000, 1)), person(JN, "370102"), institution(JN, "370102", 2), JN_CAT,
+        bill("outpatient", ("T1", 50_000, 1)),
+        person(JN, "370102"),
+        institution(JN, "370102", 2),
+        JN_CAT,
         state(0, ded_outpatient=30_000),
-    )  # fmt: skip
+    )
     assert (s.deductible_fen, s.fund_total_fen) == (30_000, 11_000)
 
 

@@ -25,11 +25,26 @@ PROFILES = [  # (scheme, tier by region, person type, tags)
 ]
 VISITS = [VisitType.OUTPATIENT, VisitType.INPATIENT, VisitType.SPECIAL, VisitType.PHARMACY]
 ACC_KEYS = [
-    "ded.inpatient", "ded.outpatient", "stays.inpatient", "fund.basic", "cost.basic", "fund.outpatient",
-    "cost.outpatient", "fund.large", "base.large", "fund.critical", "base.critical", "fund.assistance",
-    "base.assistance", "fund.relief", "base.relief", "fund.migrant_critical", "base.migrant_critical",
-    "fund.civil_servant", "base.civil_servant",
-]  # fmt: skip
+    "ded.inpatient",
+    "ded.outpatient",
+    "stays.inpatient",
+    "fund.basic",
+    "cost.basic",
+    "fund.outpatient",
+    "cost.outpatient",
+    "fund.large",
+    "base.large",
+    "fund.critical",
+    "base.critical",
+    "fund.assistance",
+    "base.assistance",
+    "fund.relief",
+    "base.relief",
+    "fund.migrant_critical",
+    "base.migrant_critical",
+    "fund.civil_servant",
+    "base.civil_servant",
+]
 
 
 @st.composite
@@ -39,12 +54,14 @@ def catalogs(draw: st.DrawFn, region: str) -> Catalog:
         cls = draw(st.sampled_from("AABBC"))
         entries.append(
             entry(
-                f"X{i}", cls, draw(st.sampled_from(["drug", "item", "material", "facility"])),
+                f"X{i}",
+                cls,
+                draw(st.sampled_from(["drug", "item", "material", "facility"])),
                 selfpay_bp=draw(st.none() | st.integers(0, 10_000)),
                 price_limit_fen=draw(st.none() | st.integers(1, 500_000)),
                 quantity_per_visit_max=draw(st.none() | st.integers(1, 4)),
             )
-        )  # fmt: skip
+        )
     return catalog(region, *entries)
 
 
@@ -53,14 +70,28 @@ def cases(draw: st.DrawFn) -> tuple[Bill, Policy, Catalog, object, object, Perso
     region = draw(st.sampled_from(sorted(REGIONS)))
     scheme, tiers, ptype, tags = draw(st.sampled_from(PROFILES))
     district = REGIONS[region]
-    who = person(region, district, scheme, ((tiers[region], date(2020, 1, 1)),), ptype, date(1960, 5, 5),
-                 tags=tags, diseases=("M001",))  # fmt: skip
+    who = person(
+        region,
+        district,
+        scheme,
+        ((tiers[region], date(2020, 1, 1)),),
+        ptype,
+        date(1960, 5, 5),
+        tags=tags,
+        diseases=("M001",),
+    )
     visit = draw(st.sampled_from(VISITS))
     level = 0 if visit is VisitType.PHARMACY else draw(st.integers(0, 3))
     kind = "pharmacy" if visit is VisitType.PHARMACY else "hospital"
     where = draw(st.sampled_from([region, region, region, *REGIONS]))
-    inst = institution(where, REGIONS[where] if where != region else draw(st.sampled_from(
-        [district, "500101", "500103"] if region == CQ else [district])), level, kind)  # fmt: skip
+    inst = institution(
+        where,
+        REGIONS[where]
+        if where != region
+        else draw(st.sampled_from([district, "500101", "500103"] if region == CQ else [district])),
+        level,
+        kind,
+    )
     cat = draw(catalogs(where))
     codes = sorted(cat.entries)
     lines = tuple(
@@ -69,8 +100,12 @@ def cases(draw: st.DrawFn) -> tuple[Bill, Policy, Catalog, object, object, Perso
         )
         for i in range(draw(st.integers(1, 12)))
     )
-    b = Bill(visit, lines, disease_code="M001" if visit is VisitType.SPECIAL else None,
-             use_account=draw(st.booleans()))  # fmt: skip
+    b = Bill(
+        visit,
+        lines,
+        disease_code="M001" if visit is VisitType.SPECIAL else None,
+        use_account=draw(st.booleans()),
+    )
     acc = {k: draw(st.integers(0, 30_000_000)) for k in draw(st.sets(st.sampled_from(ACC_KEYS)))}
     if "stays.inpatient" in acc:
         acc["stays.inpatient"] %= 8
