@@ -1,9 +1,13 @@
-"""The `medsettle` command."""
+"""The `medsettle` command: serve, load, demo, split."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
+import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,9 +36,123 @@ def cmd_split(args: argparse.Namespace) -> int:
     return status
 
 
+async def serve(args: argparse.Namespace) -> int:
+    from adapters.embedded_redis import EmbeddedRedis
+    from gateway.config import Config
+    from gateway.data_loading import load_citydata_dir
+    from gateway.demo import DEMO_CARD, LOST_CARD, run_demo
+    from gateway.server import Gateway, redis_client
+
+    config = Config(listen=args.listen, redis_url=args.redis, data_dir=Path(args.data_dir))
+    embedded = None
+    if config.redis_url is None:
+        embedded = EmbeddedRedis(config.data_dir).start()
+        redis_url = embedded.url
+        print(f"medsettle: embedded redis-server on {redis_url} (AOF in {embedded.dir})", flush=True)
+    else:
+        redis_url = config.redis_url
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    gateway = None
+    try:
+        if embedded is not None and not args.no_demo_data:
+            client = redis_client(redis_url, config)
+            report = await load_citydata_dir(client, config.citydata)
+            await client.aclose()
+            print(
+                f"medsettle: loaded demo data: {len(report.versions)} versions, {report.persons} persons",
+                flush=True,
+            )
+        gateway = await Gateway(config, redis_url).start()
+        host = config.listen.rsplit(":", 1)[0]
+        print(f"medsettle: listening on {host}:{gateway.port} (gRPC, health, reflection)", flush=True)
+        status = 0
+        if args.demo:
+            status = await run_demo(f"{host}:{gateway.port}", DEMO_CARD, LOST_CARD)
+            if args.exit_after_demo:
+                return status
+        print("medsettle: serving; Ctrl-C or SIGTERM to stop", flush=True)
+        await stop.wait()
+        print("medsettle: stopping", flush=True)
+        return status
+    finally:
+        if gateway is not None:
+            await gateway.stop()
+        if embedded is not None:
+            embedded.stop()
+
+
+async def load(args: argparse.Namespace) -> int:
+    from gateway.config import Config
+    from gateway.data_loading import load_citydata_dir, load_files
+    from gateway.server import redis_client
+
+    client = redis_client(args.redis, Config())
+    try:
+        if args.dir:
+            report = await load_citydata_dir(client, Path(args.dir))
+        else:
+            catalogs = {}
+            for item in args.catalog or []:
+                region, _, path = item.partition("=")
+                catalogs[region] = Path(path)
+            report = await load_files(
+                client,
+                policies=[Path(p) for p in args.policy or []],
+                catalogs=catalogs,
+                institutions=Path(args.institutions) if args.institutions else None,
+                persons=Path(args.persons) if args.persons else None,
+            )
+    finally:
+        await client.aclose()
+    for name, version in sorted(report.versions.items()):
+        print(f"published {name} = {version}")
+    print(f"persons written: {report.persons}")
+    return 0
+
+
+async def demo(args: argparse.Namespace) -> int:
+    from gateway.demo import run_demo
+
+    return await run_demo(args.target, args.card, args.lost_card)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medsettle", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the gateway (embedded redis-server and demo data by default)")
+    p.add_argument("--listen", default="127.0.0.1:50051", help="host:port (port 0: any free port)")
+    p.add_argument(
+        "--redis", default=None, help="redis://host:port/db; omit to start an embedded redis-server"
+    )
+    p.add_argument("--data-dir", default="medsettle-data", help="where the embedded redis keeps its AOF")
+    p.add_argument("--no-demo-data", action="store_true", help="embedded mode: do not load citydata/")
+    p.add_argument("--demo", action="store_true", help="run the demo client against this server once ready")
+    p.add_argument(
+        "--exit-after-demo", action="store_true", help="with --demo: stop after it, exit with its status"
+    )
+    p.set_defaults(func=lambda a: asyncio.run(serve(a)))
+
+    p = sub.add_parser("load", help="validate and publish policies, catalogs, institutions and persons")
+    p.add_argument("--redis", required=True)
+    p.add_argument(
+        "--dir", help="a whole citydata folder (policies/, catalogs/, institutions.csv, persons.json)"
+    )
+    p.add_argument("--policy", action="append", help="a policy TOML file (repeatable)")
+    p.add_argument("--catalog", action="append", metavar="REGION=FILE.csv", help="a catalog (repeatable)")
+    p.add_argument("--institutions", help="institutions CSV")
+    p.add_argument("--persons", help="persons JSON (new persons, or updates of existing ones)")
+    p.set_defaults(func=lambda a: asyncio.run(load(a)))
+
+    p = sub.add_parser("demo", help="swipe demo cards against a running gateway and check every step")
+    p.add_argument("--target", default="127.0.0.1:50051")
+    p.add_argument("--card", default="Y53736293")
+    p.add_argument("--lost-card", default="Q45301612")
+    p.set_defaults(func=lambda a: asyncio.run(demo(a)))
+
     p = sub.add_parser("split", help="split one or more self-contained cases offline and print JSON")
     p.add_argument("cases", nargs="+", metavar="CASE.json")
     p.add_argument("--no-trace", action="store_true", help="leave the rule trace out")
@@ -44,9 +162,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except DataError as exc:
+        print(f"medsettle {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())

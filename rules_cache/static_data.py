@@ -99,7 +99,7 @@ class StaticCache:
                 for key, blob in zip(missing, await pipe.execute(), strict=True):
                     if blob is None:
                         raise DataError(key, "", "published version is missing from Redis")
-                    _, kind, region, version = key.split(":", 3)
+                    _, _, kind, region, version = key.split(":", 4)
                     self._parsed[key] = parse_blob(kind, region, version, blob)
             policies, catalogs, institutions = {}, {}, {}
             for name, key in wanted.items():

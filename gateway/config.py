@@ -1,0 +1,24 @@
+"""Configuration: one frozen value, field names carry their units."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from adapters.citydata_files import citydata_dir
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    listen: str = "127.0.0.1:50051"  # host:port; port 0 picks a free one
+    redis_url: str | None = None  # None: start the embedded redis-server in data_dir
+    data_dir: Path = Path("medsettle-data")
+    citydata: Path = field(default_factory=citydata_dir)
+    load_demo_data: bool = True  # embedded mode: publish citydata/ and its persons at start
+    timezone: str = "Asia/Shanghai"  # the date of care is the gateway's date here, not the terminal's
+    redis_timeout_ms: int = 1000
+    redis_connect_timeout_ms: int = 500
+    health_interval_ms: int = 1000
+    shutdown_grace_ms: int = 5000
+    request_bytes_max: int = 1 << 20
+    commit_retries_max: int = 8

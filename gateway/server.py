@@ -1,0 +1,133 @@
+"""Wiring: Redis client, store, static cache, service, servicers, the gRPC server with health and
+reflection, and the background tasks (static data follower, person-change listener, health monitor)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import grpc
+import redis.asyncio as aioredis
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from adapters.redis_keys import PERSON_CHANNEL
+from adapters.redis_store import RedisStore
+from gateway.config import Config
+from gateway.protos import pb
+from gateway.service import ServiceLimits, SettlementService
+from gateway.servicer import DiagnosticsServicer, SettlementServicer, handlers
+from rules_cache.static_data import StaticCache
+
+log = logging.getLogger(__name__)
+SERVICE_NAMES = ("medsettle.v1.SettlementService", "medsettle.v1.DiagnosticsService")
+
+
+def redis_client(url: str, config: Config) -> aioredis.Redis:
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=config.redis_timeout_ms / 1000,
+        socket_connect_timeout=config.redis_connect_timeout_ms / 1000,
+        health_check_interval=10,
+        max_connections=256,
+    )
+
+
+@dataclass
+class Gateway:
+    config: Config
+    redis_url: str
+    server: grpc.aio.Server | None = None
+    port: int = 0
+    service: SettlementService | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    health: health.aio.HealthServicer | None = None
+
+    async def start(self) -> Gateway:
+        client = redis_client(self.redis_url, self.config)
+        store = RedisStore(client)
+        static = StaticCache(client)
+        with contextlib.suppress(Exception):  # Redis may be down at start: health says NOT_SERVING
+            await static.refresh()
+        zone = ZoneInfo(self.config.timezone)
+        self.service = SettlementService(
+            store, static, lambda: datetime.now(zone), ServiceLimits(self.config.commit_retries_max)
+        )
+        self.server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", self.config.request_bytes_max),
+                ("grpc.so_reuseport", 1),
+            ]
+        )
+        self.server.add_generic_rpc_handlers(
+            handlers(SettlementServicer(self.service), DiagnosticsServicer())
+        )
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        self.port = self.server.add_insecure_port(self.config.listen)
+        await self.server.start()
+        self.tasks = [
+            asyncio.create_task(static.follow()),
+            asyncio.create_task(self.follow_people(store)),
+            asyncio.create_task(self.monitor(client, static)),
+        ]
+        await self.check(client, static)
+        return self
+
+    async def check(self, client: aioredis.Redis, static: StaticCache) -> None:
+        """SERVING only when Redis answers and policy, catalog and institution data are loaded."""
+        try:
+            ok = bool(await client.ping()) and static.snapshot.ready
+        except Exception:
+            ok = False
+        status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+        assert self.health is not None
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, status)
+
+    async def monitor(self, client: aioredis.Redis, static: StaticCache) -> None:
+        while True:
+            await asyncio.sleep(self.config.health_interval_ms / 1000)
+            if not static.snapshot.ready:
+                with contextlib.suppress(Exception):
+                    await static.refresh()
+            await self.check(client, static)
+
+    async def follow_people(self, store: RedisStore) -> None:
+        """Evict cached card lookups when the core system changes a person (a card reassigned)."""
+        while True:
+            try:
+                pubsub = store.client.pubsub()
+                await pubsub.subscribe(PERSON_CHANNEL)
+                async for message in pubsub.listen():
+                    if message["type"] == "message":
+                        store.forget_cards(json.loads(message["data"]))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("person change listener: %s", exc)
+                await asyncio.sleep(1.0)
+
+    async def stop(self) -> None:
+        if self.health is not None:
+            await self.health.enter_graceful_shutdown()
+        if self.server is not None:
+            await self.server.stop(self.config.shutdown_grace_ms / 1000)
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.service is not None:
+            await self.service.store.client.aclose()
+
+
+__all__ = ["Gateway", "pb"]
