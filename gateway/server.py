@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from zoneinfo import ZoneInfo
@@ -47,6 +48,7 @@ class Gateway:
     service: SettlementService | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     health: health.aio.HealthServicer | None = None
+    now: Callable[[], datetime] | None = None  # tests pin the clock; production uses config.timezone
 
     async def start(self) -> Gateway:
         client = redis_client(self.redis_url, self.config)
@@ -55,9 +57,8 @@ class Gateway:
         with contextlib.suppress(Exception):  # Redis may be down at start: health says NOT_SERVING
             await static.refresh()
         zone = ZoneInfo(self.config.timezone)
-        self.service = SettlementService(
-            store, static, lambda: datetime.now(zone), ServiceLimits(self.config.commit_retries_max)
-        )
+        now = self.now or (lambda: datetime.now(zone))
+        self.service = SettlementService(store, static, now, ServiceLimits(self.config.commit_retries_max))
         self.server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", self.config.request_bytes_max),

@@ -30,8 +30,9 @@ def render_split(s: Any, title: str = "") -> str:
         f" {'first-sp':>10} {'in-scope':>11}  flags"
     )
     for ln in s.lines:
+        cls = CLASS_NAMES.get(ln.item_class, "?")
         out.append(
-            f"  {ln.line_no:>4} {ln.code:<9} {CLASS_NAMES.get(ln.item_class, '?'):<3} {yuan(ln.amount_fen):>11}"
+            f"  {ln.line_no:>4} {ln.code:<9} {cls:<3} {yuan(ln.amount_fen):>11}"
             f" {yuan(ln.full_selfpay_fen):>10} {yuan(ln.over_limit_fen):>10} {yuan(ln.first_selfpay_fen):>10}"
             f" {yuan(ln.in_scope_fen):>11}  {','.join(ln.flags)}"
         )
