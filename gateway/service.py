@@ -6,6 +6,7 @@ Unavailable. No gRPC here: the servicer maps these to status codes."""
 from __future__ import annotations
 
 import asyncio
+import random
 import secrets
 import weakref
 from collections.abc import Callable
@@ -36,6 +37,7 @@ CARD_REJECTIONS = {
 @dataclass(frozen=True, slots=True)
 class ServiceLimits:
     commit_retries_max: int = 8  # recompute-and-commit attempts when another commit got in first
+    conflict_backoff_ms: float = 2.0  # jittered wait after a conflict, times the attempt number
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +133,7 @@ class SettlementService:
         partition = keys.partition_of(pid)
         lock = self._person_locks.setdefault(pid, asyncio.Lock())
         async with lock:
-            for _attempt in range(self.limits.commit_retries_max):
+            for attempt in range(self.limits.commit_retries_max):
                 now = self.now()
                 person = await self.read_person(pid, ref, now.year, (inst.code, env.message_id))
                 if person.earlier is not None:  # a resend: answer as the first time, whatever changed since
@@ -168,7 +170,10 @@ class SettlementService:
                     return Settled(outcome.response, True, original, None)
                 if outcome.status == "MISMATCH":
                     raise Rejected(Rejection.MESSAGE_ID_REUSED, reused(env))
-                self.conflicts += 1  # CONFLICT: the person's state moved; read again and recompute
+                # CONFLICT: another process committed for this person since our read. Back off a little
+                # (jittered, so two gateways do not keep colliding), read again and recompute.
+                self.conflicts += 1
+                await asyncio.sleep(random.uniform(0, self.limits.conflict_backoff_ms / 1000 * (attempt + 1)))
         raise Rejected(Rejection.PERSON_BUSY, "the person's account is busy; retry with the same message id")
 
     # ---------------------------------------------------------------- reverse and query
