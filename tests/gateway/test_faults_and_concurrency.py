@@ -21,7 +21,7 @@ from gateway.protos import pb, pb_grpc
 from gateway.server import Gateway
 from rules_cache.static_data import Publication
 
-from .conftest import CARD, HOSPITAL, HOSPITAL_2, NOW, PERSON, Terminal, error_of
+from .conftest import HOSPITAL, HOSPITAL_2, NOW, PERSON, Terminal, error_of
 from .test_settlement_rpcs import STAY
 
 pytestmark = pytest.mark.asyncio

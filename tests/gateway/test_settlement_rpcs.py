@@ -13,7 +13,6 @@ from gateway.protos import pb
 
 from .conftest import (
     CARD,
-    HOSPITAL,
     HOSPITAL_2,
     LOST_CARD,
     NOT_DESIGNATED,
