@@ -64,7 +64,8 @@ async def guarded(context: grpc.aio.ServicerContext, work: Awaitable[T]) -> T:
         else min(REQUEST_TIMEOUT_MAX_S, remaining - DEADLINE_MARGIN_S)
     )
     try:
-        return await asyncio.wait_for(work, timeout=max(timeout, 0.001))
+        async with asyncio.timeout(max(timeout, 0.001)):  # no extra task per request, unlike wait_for
+            return await work
     except (InvalidInput, Rejected) as exc:
         await context.abort_with_status(rpc_status.to_status(status_for(exc)))
     except (TimeoutError, *DEPENDENCY_ERRORS) as exc:
