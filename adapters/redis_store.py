@@ -72,6 +72,11 @@ class RedisStore:
         self._parsed: cachetools.LRUCache[bytes, tuple[Person, str]] = cachetools.LRUCache(PERSON_PARSED_MAX)
         self._cards: cachetools.TTLCache[str, str] = cachetools.TTLCache(CARD_CACHE_MAX, CARD_CACHE_TTL_S)
 
+    async def preload_scripts(self) -> None:
+        """Load the Lua scripts once at start, so the first settlement does not pay NOSCRIPT + load."""
+        for script in (self._read, self._commit, self._reverse):
+            await self.client.script_load(script.script)
+
     # ---------------------------------------------------------------- reads
 
     async def person_id_for(self, card_no: str | None, id_number: str | None) -> str | None:

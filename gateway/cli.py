@@ -53,8 +53,15 @@ async def serve(args: argparse.Namespace) -> int:
         redis_url = config.redis_url
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def request_stop(signum: int, frame: object) -> None:
+        # A plain handler, not loop.add_signal_handler: gRPC's poller can leave asyncio's wakeup fd
+        # unread, and the stop request was then lost. Python runs this handler in the main thread
+        # within a second (the health monitor wakes the loop), and it wakes the loop itself.
+        loop.call_soon_threadsafe(stop.set)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        signal.signal(sig, request_stop)
     gateway = None
     try:
         if embedded is not None and not args.no_demo_data:

@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from adapters.redis_keys import PERSON_CHANNEL
+from adapters.redis_listen import follow_channel
 from adapters.redis_store import RedisStore
 from gateway.config import Config
 from gateway.protos import pb
@@ -49,6 +50,7 @@ class Gateway:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     health: health.aio.HealthServicer | None = None
     now: Callable[[], datetime] | None = None  # tests pin the clock; production uses config.timezone
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self) -> Gateway:
         client = redis_client(self.redis_url, self.config)
@@ -56,6 +58,7 @@ class Gateway:
         static = StaticCache(client)
         with contextlib.suppress(Exception):  # Redis may be down at start: health says NOT_SERVING
             await static.refresh()
+            await store.preload_scripts()
         zone = ZoneInfo(self.config.timezone)
         now = self.now or (lambda: datetime.now(zone))
         self.service = SettlementService(store, static, now, ServiceLimits(self.config.commit_retries_max))
@@ -76,7 +79,7 @@ class Gateway:
         self.port = self.server.add_insecure_port(self.config.listen)
         await self.server.start()
         self.tasks = [
-            asyncio.create_task(static.follow()),
+            asyncio.create_task(static.follow(self.stopping)),
             asyncio.create_task(self.follow_people(store)),
             asyncio.create_task(self.monitor(client, static)),
         ]
@@ -95,7 +98,7 @@ class Gateway:
             await self.health.set(name, status)
 
     async def monitor(self, client: aioredis.Redis, static: StaticCache) -> None:
-        while True:
+        while not self.stopping.is_set():
             await asyncio.sleep(self.config.health_interval_ms / 1000)
             if not static.snapshot.ready:
                 with contextlib.suppress(Exception):
@@ -104,29 +107,23 @@ class Gateway:
 
     async def follow_people(self, store: RedisStore) -> None:
         """Evict cached card lookups when the core system changes a person (a card reassigned)."""
-        while True:
-            try:
-                pubsub = store.client.pubsub()
-                await pubsub.subscribe(PERSON_CHANNEL)
-                async for message in pubsub.listen():
-                    if message["type"] == "message":
-                        store.forget_cards(json.loads(message["data"]))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("person change listener: %s", exc)
-                await asyncio.sleep(1.0)
+
+        async def changed(data: bytes | None) -> None:
+            if data is not None:
+                store.forget_cards(json.loads(data))
+
+        await follow_channel(store.client, PERSON_CHANNEL, changed, self.stopping)
 
     async def stop(self) -> None:
         if self.health is not None:
             await self.health.enter_graceful_shutdown()
         if self.server is not None:
             await self.server.stop(self.config.shutdown_grace_ms / 1000)
+        self.stopping.set()
         for task in self.tasks:
             task.cancel()
-        for task in self.tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self.tasks:
+            await asyncio.wait(self.tasks, timeout=3)
         if self.service is not None:
             await self.service.store.client.aclose()
 

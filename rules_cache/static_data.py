@@ -11,10 +11,8 @@ process loads the new version (one pipelined read of what it lacks), then swaps 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
-import logging
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +22,7 @@ import cachetools
 import redis.asyncio as aioredis
 
 from adapters.redis_keys import STATIC_CHANNEL, STATIC_POINTER, static_key
+from adapters.redis_listen import follow_channel
 from adapters.redis_store import text
 from gateway.engine.model import Catalog, CatalogEntry, Institution
 from gateway.engine.policy import Policy
@@ -31,7 +30,6 @@ from rules_cache import records
 from rules_cache.policy_files import parse_policy
 from rules_cache.reader import DataError
 
-log = logging.getLogger(__name__)
 PARSED_MAX = 256  # parsed static blobs kept per process (current versions and a few old ones)
 
 
@@ -114,26 +112,13 @@ class StaticCache:
             self.snapshot = StaticSnapshot(pointer, policies, catalogs, institutions)
             return self.snapshot
 
-    async def follow(self) -> None:
-        """Refresh on every publication until cancelled; also re-check every 30 s in case a message
-        was missed while disconnected."""
-        while True:
-            try:
-                pubsub = self.client.pubsub()
-                await pubsub.subscribe(STATIC_CHANNEL)
-                await self.refresh()
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=30.0)
-                    if message is None or message["type"] == "message":
-                        await self.refresh()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # Redis away: keep serving the snapshot we have, try again
-                log.warning("static data follower: %s", exc)
-                await asyncio.sleep(1.0)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+    async def follow(self, stopping: asyncio.Event) -> None:
+        """Refresh on every publication (and every 30 s, for a message missed while disconnected)."""
+
+        async def changed(_: bytes | None) -> None:
+            await self.refresh()
+
+        await follow_channel(self.client, STATIC_CHANNEL, changed, stopping)
 
 
 def content_version(prefix: str, blob: bytes) -> str:

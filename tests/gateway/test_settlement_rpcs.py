@@ -214,3 +214,32 @@ async def test_pharmacy_pays_from_the_personal_account(stub: Any, terminal: Term
         )
     )
     assert (reply.split.fund_total_fen, reply.split.account_fen, reply.split.cash_fen) == (0, 12_300, 0)
+
+
+async def test_a_settle_costs_two_redis_round_trips(stub: Any, terminal: Terminal, redis_server: Any) -> None:
+    from loadtest.bench_gateway import CommandCounter
+
+    await stub.QueryEligibility(  # the swipe before the bill: the card lookup is now cached
+        pb.QueryEligibilityRequest(envelope=terminal.envelope(), person=pb.PersonRef(card_no=CARD))
+    )
+    with CommandCounter(redis_server.url) as counter:
+        await stub.Settle(terminal.settle(STAY))
+    assert {k: v for k, v in counter.sent.items() if k != "ping"} == {"evalsha": 2}
+    assert counter.in_scripts["xadd"] == 1
+
+
+async def test_person_update_keeps_live_state(
+    gateway: Any, stub: Any, terminal: Terminal, sync_redis: Any
+) -> None:
+    import json as jsonlib
+    from pathlib import Path
+
+    await stub.Settle(terminal.settle(STAY))
+    persons = jsonlib.loads((Path(__file__).resolve().parents[2] / "citydata" / "persons.json").read_text())
+    record = next(p for p in persons if p["person_id"] == PERSON)
+    record["card_status"] = "frozen"
+    record["account_balance_fen"] = 1  # the core system's stale balance must not overwrite the live one
+    await gateway.service.store.put_person(record)
+    assert balance(sync_redis) == BALANCE - 109_815
+    _, info = await expect_error(stub.Settle(terminal.settle(STAY)))
+    assert info.reason == "CARD_FROZEN"

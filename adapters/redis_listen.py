@@ -1,0 +1,51 @@
+"""Follow a Redis pub/sub channel until asked to stop, reconnecting when Redis goes away."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+import redis.asyncio as aioredis
+
+log = logging.getLogger(__name__)
+POLL_S = 1.0  # how often the loop looks at `stopping` even when no message comes
+
+
+async def follow_channel(
+    client: aioredis.Redis,
+    channel: str,
+    on_message: Callable[[bytes | None], Awaitable[None]],
+    stopping: asyncio.Event,
+    resync_s: float = 30.0,
+) -> None:
+    """Calls on_message(data) for each message, and on_message(None) after every (re)subscription and
+    every `resync_s` without a message, so a message missed while disconnected is caught up. The loop
+    checks `stopping` at least every second: cancellation alone is not relied on, because a cancel that
+    lands inside redis-py's own timeouts can surface as a TimeoutError instead."""
+    while not stopping.is_set():
+        pubsub = client.pubsub()
+        try:
+            await pubsub.subscribe(channel)
+            await on_message(None)
+            quiet_s = 0.0
+            while not stopping.is_set():
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=POLL_S)
+                if message is not None and message["type"] == "message":
+                    await on_message(message["data"])
+                    quiet_s = 0.0
+                    continue
+                quiet_s += POLL_S
+                if quiet_s >= resync_s:
+                    await on_message(None)
+                    quiet_s = 0.0
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # Redis away: keep what we have, try again shortly
+            log.warning("listener on %s: %s", channel, exc)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stopping.wait(), timeout=POLL_S)
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
