@@ -126,6 +126,24 @@ async def demo(args: argparse.Namespace) -> int:
     return await run_demo(args.target, args.card, args.lost_card)
 
 
+async def health(args: argparse.Namespace) -> int:
+    """For load balancers and the Docker HEALTHCHECK: exit 0 only when the gateway reports SERVING."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    async with grpc.aio.insecure_channel(args.target) as channel:
+        try:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout_ms / 1000
+            )
+        except grpc.aio.AioRpcError as exc:
+            print(f"{args.target}: {exc.code().name}")
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(f"{args.target}: {status}")
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medsettle", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -159,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--card", default="Y53736293")
     p.add_argument("--lost-card", default="Q45301612")
     p.set_defaults(func=lambda a: asyncio.run(demo(a)))
+
+    p = sub.add_parser("health", help="ask a gateway's gRPC health service; exit 0 only when SERVING")
+    p.add_argument("--target", default="127.0.0.1:50051")
+    p.add_argument("--service", default="", help="a service name; empty: the whole server")
+    p.add_argument("--timeout-ms", type=int, default=2000)
+    p.set_defaults(func=lambda a: asyncio.run(health(a)))
 
     p = sub.add_parser("split", help="split one or more self-contained cases offline and print JSON")
     p.add_argument("cases", nargs="+", metavar="CASE.json")

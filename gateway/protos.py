@@ -28,7 +28,7 @@ def generate(force: bool = False) -> None:
     args += [f"--pyi_out={OUT_DIR}", *SOURCES]
     if protoc.main(args) != 0:
         raise RuntimeError(f"protoc failed on {SOURCES}")
-    for package in ("medsettle", "medsettle/v1"):
+    for package in ("", "medsettle", "medsettle/v1"):  # packages, so an installed wheel carries them
         (OUT_DIR / package / "__init__.py").touch()
 
 

@@ -1,0 +1,40 @@
+# MedSettle gateway image. Two stages: the build stage generates the protobuf/gRPC stubs from proto/
+# (they are never committed) and installs the project into a virtualenv; the runtime stage copies that
+# virtualenv and the city data, and runs as a non-root user.
+#
+#   docker build -t medsettle .
+#   docker run -p 50051:50051 medsettle serve --listen 0.0.0.0:50051 --redis redis://redis:6379/0
+#   docker run -p 50051:50051 medsettle serve --listen 0.0.0.0:50051 --data-dir /data --demo   # embedded redis
+#
+# The same commands as on a checkout (README): `medsettle serve`, `medsettle load`, `medsettle demo`.
+
+FROM python:3.11-slim AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY proto proto
+COPY gateway gateway
+COPY rules_cache rules_cache
+COPY adapters adapters
+COPY loadtest loadtest
+# Stubs at build time, into gateway/_proto, so the installed package carries them.
+RUN pip install "grpcio-tools>=1.62" "protobuf>=4.25" \
+    && python -c "from gateway.protos import generate; generate(force=True)" \
+    && pip install . \
+    && python -c "from gateway.protos import pb; assert pb.SettleRequest"
+
+FROM python:3.11-slim
+RUN useradd --system --uid 10001 --create-home --home-dir /app medsettle \
+    && mkdir /data && chown medsettle /data
+COPY --from=build /opt/venv /opt/venv
+COPY citydata /app/citydata
+ENV PATH=/opt/venv/bin:$PATH MEDSETTLE_CITYDATA=/app/citydata PYTHONUNBUFFERED=1
+WORKDIR /app
+USER medsettle
+EXPOSE 50051
+HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
+    CMD ["medsettle", "health", "--target", "127.0.0.1:50051"]
+ENTRYPOINT ["medsettle"]
+CMD ["serve", "--listen", "0.0.0.0:50051", "--data-dir", "/data"]
