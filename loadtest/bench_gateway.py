@@ -50,6 +50,12 @@ def settle_requests(persons: int, count: int, run: str) -> Iterator[Any]:
         )
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far (Linux /proc), to show server CPU per call."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(sorted_ms: list[float], q: float) -> float:
     return sorted_ms[min(len(sorted_ms) - 1, int(len(sorted_ms) * q))] if sorted_ms else float("nan")
 
@@ -173,8 +179,13 @@ async def bench(args: argparse.Namespace) -> None:
                 with CommandCounter(server.url) as counter:
                     for request in settle_requests(args.persons, counted, "C"):
                         await settle(request)
+                cpu0 = cpu_seconds(proc.pid)
                 ping_max = await closed_loop(ping, pings, args.seconds, args.concurrency)
+                cpu1 = cpu_seconds(proc.pid)
                 settle_max = await closed_loop(settle, requests, args.seconds, args.concurrency)
+                cpu2 = cpu_seconds(proc.pid)
+                ping_cpu_us = (cpu1 - cpu0) / (ping_max * args.seconds) * 1e6
+                settle_cpu_us = (cpu2 - cpu1) / (settle_max * args.seconds) * 1e6
                 ping_lat = await open_loop(ping, pings, args.seconds, args.rate)
                 settle_lat = await open_loop(settle, requests, args.seconds, args.rate)
         finally:
@@ -184,13 +195,18 @@ async def bench(args: argparse.Namespace) -> None:
     cpu = platform.processor() or platform.machine()
     print(f"machine: {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}")
     print(f"redis-server, AOF appendfsync everysec; {args.persons} persons; concurrency {args.concurrency}")
-    print(f"{'rpc':<28}{'max calls/s':>12}{'vs no-op':>10}{'p50 ms':>9}{'p99 ms':>9}{'@ offered/s':>13}")
-    for name, top, lat in (
-        ("no-op Ping", ping_max, ping_lat),
-        ("Settle, 10-line outpatient", settle_max, settle_lat),
+    print(
+        f"{'rpc':<28}{'max calls/s':>12}{'vs no-op':>10}{'server CPU µs':>15}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'@ offered/s':>13}"
+    )
+    for name, top, cpu, lat in (
+        ("no-op Ping", ping_max, ping_cpu_us, ping_lat),
+        ("Settle, 10-line outpatient", settle_max, settle_cpu_us, settle_lat),
     ):
         p50, p99 = percentile(lat, 0.5), percentile(lat, 0.99)
-        print(f"{name:<28}{top:>12.0f}{top / ping_max:>10.2f}{p50:>9.2f}{p99:>9.2f}{args.rate:>13.0f}")
+        print(
+            f"{name:<28}{top:>12.0f}{top / ping_max:>10.2f}{cpu:>15.0f}{p50:>9.2f}{p99:>9.2f}{args.rate:>13.0f}"
+        )
     sent = {k: round(v / counted, 2) for k, v in sorted(counter.sent.items()) if k != "ping"}
     inner = {k: round(v / counted, 2) for k, v in sorted(counter.in_scripts.items())}
     print(f"redis commands sent per Settle (round trips): {sum(sent.values()):.2f} {sent}")
