@@ -204,9 +204,8 @@ async def bench(args: argparse.Namespace) -> None:
         ("Settle, 10-line outpatient", settle_max, settle_cpu_us, settle_lat),
     ):
         p50, p99 = percentile(lat, 0.5), percentile(lat, 0.99)
-        print(
-            f"{name:<28}{top:>12.0f}{top / ping_max:>10.2f}{cpu:>15.0f}{p50:>9.2f}{p99:>9.2f}{args.rate:>13.0f}"
-        )
+        ratio = top / ping_max
+        print(f"{name:<28}{top:>12.0f}{ratio:>10.2f}{cpu:>15.0f}{p50:>9.2f}{p99:>9.2f}{args.rate:>13.0f}")
     sent = {k: round(v / counted, 2) for k, v in sorted(counter.sent.items()) if k != "ping"}
     inner = {k: round(v / counted, 2) for k, v in sorted(counter.in_scripts.items())}
     print(f"redis commands sent per Settle (round trips): {sum(sent.values()):.2f} {sent}")
