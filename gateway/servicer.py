@@ -91,6 +91,15 @@ def target_violations(request: Any) -> list[tuple[str, str]]:
     return codec.text_violation(getattr(request, which), which, True, limit)
 
 
+def decode_lookup(request: Any) -> tuple[codec.Envelope, codec.PersonRef | None]:
+    """Reverse and GetSettlement: the envelope, and the person when the target is a message id."""
+    violations = codec.envelope_violations(request.envelope) + target_violations(request)
+    ref = person_or_none(request, violations)
+    if violations:
+        raise InvalidInput(violations)
+    return codec.decode_envelope(request.envelope), ref
+
+
 class SettlementServicer:
     def __init__(self, service: SettlementService) -> None:
         self.service = service
@@ -131,17 +140,14 @@ class SettlementServicer:
 
     async def Reverse(self, request: Any, context: grpc.aio.ServicerContext) -> bytes:
         async def work() -> bytes:
-            violations = codec.envelope_violations(request.envelope) + target_violations(request)
-            ref = person_or_none(request, violations)
-            if violations:
-                raise InvalidInput(violations)
+            env, ref = decode_lookup(request)
             self.ready()
             target = pb.ReverseRequest(settlement_id=request.settlement_id) if request.settlement_id else None
             digest = codec.payload_hash(
                 target or pb.ReverseRequest(original_message_id=request.original_message_id)
             )
             return await self.service.reverse(
-                codec.decode_envelope(request.envelope),
+                env,
                 request.settlement_id,
                 request.original_message_id,
                 ref,
