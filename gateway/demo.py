@@ -44,8 +44,9 @@ class Demo:
     def envelope(self, institution: str) -> Any:
         self.sequence += 1
         now = datetime.now()
-        # national format: institution code (12) + yyyyMMddHHmmss + 4-digit sequence
-        message_id = f"{institution}{now:%Y%m%d%H%M%S}{self.sequence:04d}"
+        # the national format (institution code 12 + yyyyMMddHHmmss + 4-digit sequence) with microseconds
+        # added, so two demo runs in the same second never reuse a message id (34 characters)
+        message_id = f"{institution}{now:%Y%m%d%H%M%S%f}{self.sequence % 100:02d}"
         return pb.Envelope(
             institution_code=institution, terminal_id="DEMO-01", operator_id="demo", message_id=message_id,
             sent_at=now.isoformat(timespec="seconds"),
