@@ -161,7 +161,7 @@ class SettlementService:
                     deltas=dict(result.deltas),
                     settlement_id=sid,
                     response=response,
-                    event=posting_event("settle", sid, inst, enrolment, bill, result, now, pid),
+                    event=posting_event(env.message_id, sid, inst, enrolment, bill, result, now, pid),
                 )
                 if outcome.status == "OK":
                     return Settled(response, False, sid, result)
@@ -224,6 +224,7 @@ class SettlementService:
         event = {
             "type": "reverse",
             "sid": stored.settlement_id,
+            "msgid": env.message_id,
             "at": now.isoformat(timespec="seconds"),
             "inst": stored.institution,
         }
@@ -338,7 +339,7 @@ def reused(env: Envelope) -> str:
 
 
 def posting_event(
-    kind: str,
+    message_id: str,
     sid: str,
     inst: Institution,
     enrolment: Enrolment,
@@ -349,8 +350,9 @@ def posting_event(
 ) -> dict[str, Any]:
     """What the posting worker books: who owes whom, by fund. No names, no card or ID numbers."""
     return {
-        "type": kind,
+        "type": "settle",
         "sid": sid,
+        "msgid": message_id,
         "at": now.isoformat(timespec="seconds"),
         "inst": inst.code,
         "inst_region": inst.region,

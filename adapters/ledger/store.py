@@ -1,0 +1,263 @@
+"""The double-entry ledger on SQLite (default: a file in the data folder) or PostgreSQL (psycopg 3),
+from one schema. Append-only: a reversal is a compensating entry; a settlement id is booked at most
+once per kind (the primary key), so re-posting a delivered entry is a no-op."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from adapters.ledger.schema import MIGRATIONS
+from gateway.posting.routing import Journal, Transfer
+
+JOURNAL_COLUMNS = (
+    "settlement_id",
+    "kind",
+    "message_id",
+    "at",
+    "month",
+    "institution",
+    "inst_region",
+    "inst_district",
+    "insured_region",
+    "insured_district",
+    "paying_party",
+    "scheme",
+    "visit",
+    "total_fen",
+    "fund_total_fen",
+    "account_fen",
+    "cash_fen",
+    "stream_id",
+    "booked_at",
+)
+
+
+class LedgerUnavailable(Exception):
+    """The database cannot be reached or refused the transaction for an operational reason: retry."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    journal: Journal
+    transfers: list[Transfer]
+    stream_id: str
+
+
+class UnbalancedEntry(ValueError):
+    pass
+
+
+def check_entry(entry: Entry) -> None:
+    """The code-level half of the balance check (the database's CHECKs are the other): what leaves the
+    funds and the personal account is exactly the journal's fund total plus account payment."""
+    j = entry.journal
+    if any(t.amount_fen <= 0 or t.debit == t.credit for t in entry.transfers):
+        raise UnbalancedEntry(
+            f"{j.settlement_id}: a transfer that is not positive or not between two accounts"
+        )
+    side = "debit" if j.kind == "settle" else "credit"  # a reversal moves money back into the funds
+    moved = sum(t.amount_fen for t in entry.transfers if getattr(t, side).startswith(("fund:", "personal:")))
+    if moved != abs(j.fund_total_fen + j.account_fen):
+        raise UnbalancedEntry(f"{j.settlement_id}: transfers move {moved}, the journal says funds + account")
+    if (
+        j.fund_total_fen + j.account_fen + j.cash_fen != j.total_fen
+        or sum(j.funds.values()) != j.fund_total_fen
+    ):
+        raise UnbalancedEntry(f"{j.settlement_id}: the journal does not add up")
+
+
+class Ledger:
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.postgres = dsn.startswith(("postgresql://", "postgres://"))
+        self._conn: Any = None
+
+    # ---------------------------------------------------------------- connection
+
+    def connect(self) -> Any:
+        if self._conn is not None:
+            return self._conn
+        try:
+            if self.postgres:
+                import psycopg
+
+                self._conn = psycopg.connect(self.dsn, connect_timeout=3, autocommit=False)
+            else:
+                path = self.dsn.removeprefix("sqlite:///")
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                self._conn = sqlite3.connect(path, timeout=10, isolation_level=None)
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA foreign_keys=ON")
+                self._conn.execute("PRAGMA synchronous=FULL")
+        except Exception as exc:
+            self._conn = None
+            raise LedgerUnavailable(str(exc)) from exc
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+
+    def sql(self, text: str) -> str:
+        return text.replace("?", "%s") if self.postgres else text
+
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        conn = self.connect()
+        try:
+            cur = conn.cursor()
+            if not self.postgres:
+                cur.execute("BEGIN IMMEDIATE")
+            yield cur
+            conn.commit() if self.postgres else cur.execute("COMMIT")
+        except BaseException as exc:
+            try:
+                conn.rollback() if self.postgres else conn.execute("ROLLBACK")
+            except Exception:
+                self.close()  # the connection is gone: reconnect next time
+            if self.operational(exc):
+                self.close()
+                raise LedgerUnavailable(str(exc)) from exc
+            raise
+
+    def operational(self, exc: BaseException) -> bool:
+        if isinstance(exc, sqlite3.OperationalError):
+            return True
+        if self.postgres:
+            import psycopg
+
+            return isinstance(exc, psycopg.OperationalError)
+        return False
+
+    def migrate(self) -> int:
+        with self.transaction() as cur:
+            cur.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY)")
+            cur.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+            current = int(cur.fetchone()[0])
+            for version, text in MIGRATIONS:
+                if version > current:
+                    for statement in (s.strip() for s in text.split(";")):
+                        if statement:
+                            cur.execute(statement)
+                    cur.execute(self.sql("INSERT INTO schema_version (version) VALUES (?)"), (version,))
+                    current = version
+        return current
+
+    # ---------------------------------------------------------------- booking
+
+    def book(self, entries: Sequence[Entry]) -> int:
+        """Books the entries in one transaction; entries already booked are skipped. Returns how many
+        were new."""
+        booked_at = datetime.now(UTC).isoformat(timespec="seconds")
+        new = 0
+        with self.transaction() as cur:
+            for entry in entries:
+                j = entry.journal
+                check_entry(entry)
+                row = (
+                    j.settlement_id,
+                    j.kind,
+                    j.message_id,
+                    j.at,
+                    j.at[:7],
+                    j.institution,
+                    j.inst_region,
+                    j.inst_district,
+                    j.insured_region,
+                    j.insured_district,
+                    j.paying_party,
+                    j.scheme,
+                    j.visit,
+                    j.total_fen,
+                    j.fund_total_fen,
+                    j.account_fen,
+                    j.cash_fen,
+                    entry.stream_id,
+                    booked_at,
+                )
+                placeholders = ", ".join("?" * len(JOURNAL_COLUMNS))
+                cur.execute(
+                    self.sql(
+                        f"INSERT INTO journal ({', '.join(JOURNAL_COLUMNS)}) VALUES ({placeholders}) "
+                        "ON CONFLICT (settlement_id, kind) DO NOTHING"
+                    ),
+                    row,
+                )
+                if cur.rowcount == 0:
+                    continue  # delivered again: booked already, nothing to do
+                new += 1
+                cur.executemany(
+                    self.sql("INSERT INTO journal_funds VALUES (?, ?, ?, ?)"),
+                    [(j.settlement_id, j.kind, code, amount) for code, amount in sorted(j.funds.items())],
+                )
+                cur.executemany(
+                    self.sql("INSERT INTO transfers VALUES (?, ?, ?, ?, ?, ?)"),
+                    [
+                        (j.settlement_id, j.kind, i, t.debit, t.credit, t.amount_fen)
+                        for i, t in enumerate(entry.transfers)
+                    ],
+                )
+        return new
+
+    def original(self, settlement_id: str) -> tuple[Journal, list[Transfer]] | None:
+        """The booked settle entry of a settlement, to mirror for its reversal."""
+        with self.transaction() as cur:
+            cur.execute(
+                self.sql(
+                    f"SELECT {', '.join(JOURNAL_COLUMNS)} FROM journal WHERE settlement_id = ? AND kind = ?"
+                ),
+                (settlement_id, "settle"),
+            )
+            row = cur.fetchone()
+            if row is None:
+                return None
+            r = dict(zip(JOURNAL_COLUMNS, row, strict=True))
+            cur.execute(
+                self.sql(
+                    "SELECT fund_code, amount_fen FROM journal_funds WHERE settlement_id = ? AND kind = ?"
+                ),
+                (settlement_id, "settle"),
+            )
+            funds = {code: int(amount) for code, amount in cur.fetchall()}
+            cur.execute(
+                self.sql(
+                    "SELECT debit, credit, amount_fen FROM transfers"
+                    " WHERE settlement_id = ? AND kind = ? ORDER BY seq"
+                ),
+                (settlement_id, "settle"),
+            )
+            transfers = [Transfer(d, c, int(a)) for d, c, a in cur.fetchall()]
+        journal = Journal(
+            settlement_id=r["settlement_id"],
+            kind="settle",
+            message_id=r["message_id"],
+            at=r["at"],
+            institution=r["institution"],
+            inst_region=r["inst_region"],
+            inst_district=r["inst_district"],
+            insured_region=r["insured_region"],
+            insured_district=r["insured_district"],
+            paying_party=r["paying_party"],
+            scheme=r["scheme"],
+            visit=r["visit"],
+            total_fen=int(r["total_fen"]),
+            fund_total_fen=int(r["fund_total_fen"]),
+            account_fen=int(r["account_fen"]),
+            cash_fen=int(r["cash_fen"]),
+            funds=funds,
+        )
+        return journal, transfers
+
+    def query(self, text: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        with self.transaction() as cur:
+            cur.execute(self.sql(text), tuple(params))
+            return [tuple(row) for row in cur.fetchall()]

@@ -1,0 +1,257 @@
+"""The posting worker: reads the partition streams through a consumer group in batches, books each
+batch in one database transaction, acknowledges only after the commit, reclaims entries a dead worker
+left pending (XAUTOCLAIM), moves an entry that keeps failing to a dead-letter stream with the reason
+(never drops it), and stops cleanly between batches.
+
+Exactly once: delivery is at least once (a crash between the commit and the XACK redelivers), and the
+ledger's primary key (settlement id, kind) makes booking an entry a second time a no-op."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from adapters import redis_keys as keys
+from adapters.ledger.store import Entry, Ledger, LedgerUnavailable, UnbalancedEntry
+from gateway.posting.routing import Journal, PostingError, Transfer, mirror, route
+
+log = logging.getLogger(__name__)
+GROUP = "posting"
+DEADLETTER = "ms:posting:deadletter"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    consumer: str = field(default_factory=lambda: f"{socket.gethostname()}-posting")
+    batch_max: int = 500  # entries per database transaction
+    block_ms: int = 1000  # how long a read waits for new entries
+    claim_idle_ms: int = 30_000  # an entry pending this long belongs to a dead worker: reclaim it
+    claim_every_ms: int = 5_000
+    attempts_max: int = 5  # then the entry goes to the dead-letter stream
+    defer_max_ms: int = 120_000  # a reversal waits this long for its settlement before dead-lettering
+    backoff_max_ms: int = 5_000  # database unreachable: wait at most this long between tries
+    partitions: tuple[int, ...] = tuple(range(keys.PARTITIONS))
+
+
+class DeferEntry(Exception):
+    """Not bookable yet (a reversal whose settlement is not booked): leave it pending, retry later."""
+
+
+@dataclass
+class Stats:
+    booked: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    db_failures: int = 0
+
+
+class PostingWorker:
+    def __init__(self, client: redis.Redis, ledger: Ledger, config: WorkerConfig = WorkerConfig()) -> None:
+        self.client = client
+        self.ledger = ledger
+        self.config = config
+        self.streams = [keys.stream_key(p) for p in config.partitions]
+        self.attempts: dict[str, tuple[int, float]] = {}  # entry id -> (failures, first failure)
+        self.stats = Stats()
+        self._own_pending = True  # after a start or a failure, first re-read what we hold unacked
+        self._last_claim = 0.0
+        self._backoff_ms = 100
+
+    def prepare(self) -> None:
+        self.ledger.migrate()
+        for stream in self.streams:
+            try:
+                self.client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    def run(self, stop: threading.Event, on_idle: Callable[[], None] | None = None) -> None:
+        self.prepare()
+        while not stop.is_set():
+            try:
+                if self.step() == 0 and on_idle is not None:
+                    on_idle()
+            except LedgerUnavailable as exc:
+                self.stats.db_failures += 1
+                log.warning("ledger unavailable, will retry in %d ms: %s", self._backoff_ms, exc)
+                self._own_pending = True
+                stop.wait(self._backoff_ms / 1000)
+                self._backoff_ms = min(self.config.backoff_max_ms, self._backoff_ms * 2)
+            except redis.ConnectionError as exc:
+                log.warning("redis unavailable: %s", exc)
+                stop.wait(1.0)
+
+    # ---------------------------------------------------------------- reading
+
+    def read(self) -> list[tuple[str, str, dict[bytes, bytes]]]:
+        out: list[tuple[str, str, dict[bytes, bytes]]] = []
+        if self._own_pending:
+            self._own_pending = False
+            replies = self.client.xreadgroup(
+                GROUP, self.config.consumer, dict.fromkeys(self.streams, "0"), count=self.config.batch_max
+            )
+            out = flatten(replies)
+            if out:
+                self._own_pending = True  # keep draining our own backlog before taking new work
+                return out
+        now = time.monotonic()
+        if (now - self._last_claim) * 1000 >= self.config.claim_every_ms:
+            self._last_claim = now
+            pipe = self.client.pipeline(transaction=False)
+            for stream in self.streams:
+                pipe.xautoclaim(
+                    stream,
+                    GROUP,
+                    self.config.consumer,
+                    self.config.claim_idle_ms,
+                    "0-0",
+                    count=self.config.batch_max,
+                )
+            for stream, reply in zip(self.streams, pipe.execute(), strict=True):
+                out += [(stream, text(i), f) for i, f in reply[1] if f]
+            if out:
+                return out
+        replies = self.client.xreadgroup(
+            GROUP,
+            self.config.consumer,
+            dict.fromkeys(self.streams, ">"),
+            count=self.config.batch_max,
+            block=self.config.block_ms,
+        )
+        return flatten(replies)
+
+    # ---------------------------------------------------------------- booking
+
+    def step(self) -> int:
+        items = self.read()
+        if not items:
+            return 0
+        entries: list[tuple[str, str, Entry]] = []
+        poison: list[tuple[str, str, dict[bytes, bytes], str]] = []
+        deferred = 0
+        originals: dict[str, tuple[Journal, list[Transfer]]] = {}
+        for stream, entry_id, fields in items:
+            try:
+                entry = self.to_entry(entry_id, fields, originals)
+                entries.append((stream, entry_id, entry))
+                if entry.journal.kind == "settle":
+                    originals[entry.journal.settlement_id] = (entry.journal, entry.transfers)
+            except (PostingError, UnbalancedEntry, json.JSONDecodeError, UnicodeDecodeError) as exc:
+                poison.append((stream, entry_id, fields, str(exc)))
+            except DeferEntry as exc:
+                deferred += 1
+                self.note_failure(stream, entry_id, fields, str(exc), poison, self.config.defer_max_ms)
+        try:
+            new = self.ledger.book([e for _, _, e in entries])
+        except LedgerUnavailable:
+            raise
+        except Exception as exc:  # one bad entry must not hold the others back: book them one by one
+            log.warning("batch refused (%s); booking entries one by one", exc)
+            new = 0
+            good = []
+            for stream, entry_id, entry in entries:
+                try:
+                    new += self.ledger.book([entry])
+                    good.append((stream, entry_id, entry))
+                except LedgerUnavailable:
+                    raise
+                except Exception as one:
+                    self.note_failure(stream, entry_id, {}, f"refused by the ledger: {one}", poison)
+            entries = good
+        self.stats.batches += 1
+        self.stats.booked += new
+        self.stats.duplicates += len(entries) - new
+        self.acknowledge([(s, i) for s, i, _ in entries])
+        for stream, entry_id, fields, reason in poison:
+            self.dead_letter(stream, entry_id, fields, reason)
+        self._backoff_ms = 100
+        if deferred:
+            self._own_pending = True
+            if deferred == len(items):  # nothing else to do: do not spin on entries that must wait
+                time.sleep(self.config.block_ms / 4000)
+        return len(items)
+
+    def to_entry(
+        self, entry_id: str, fields: dict[bytes, bytes], originals: dict[str, tuple[Journal, list[Transfer]]]
+    ) -> Entry:
+        kind = fields.get(b"type", b"").decode()
+        event = json.loads(fields.get(b"event", b"null"))
+        if not isinstance(event, dict):
+            raise PostingError("entry without an event")
+        if kind == "settle":
+            journal, transfers = route(event)
+        elif kind == "reverse":
+            sid = str(event.get("sid", ""))
+            found = originals.get(sid) or self.ledger.original(sid)
+            if found is None:
+                raise DeferEntry(f"reversal of {sid} before its settlement is booked")
+            journal, transfers = mirror(found[0], found[1], event)
+        else:
+            raise PostingError(f"unknown entry type {kind!r}")
+        return Entry(journal, transfers, entry_id)
+
+    def note_failure(
+        self,
+        stream: str,
+        entry_id: str,
+        fields: dict[bytes, bytes],
+        reason: str,
+        poison: list[tuple[str, str, dict[bytes, bytes], str]],
+        patience_ms: int = 0,
+    ) -> None:
+        """Count a failure; after attempts_max failures (and `patience_ms` since the first), the entry is
+        dead-lettered."""
+        count, first = self.attempts.get(entry_id, (0, time.monotonic()))
+        count += 1
+        self.attempts[entry_id] = (count, first)
+        if count >= self.config.attempts_max and (time.monotonic() - first) * 1000 >= patience_ms:
+            if not fields:
+                found = self.client.xrange(stream, entry_id, entry_id) or []
+                fields = dict(found[0][1]) if found else {}  # type: ignore[arg-type]
+            poison.append((stream, entry_id, fields, f"{reason} (after {count} attempts)"))
+
+    def acknowledge(self, done: list[tuple[str, str]]) -> None:
+        by_stream: dict[str, list[str]] = {}
+        for stream, entry_id in done:
+            by_stream.setdefault(stream, []).append(entry_id)
+            self.attempts.pop(entry_id, None)
+        if not by_stream:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for stream, ids in by_stream.items():
+            pipe.xack(stream, GROUP, *ids)
+            pipe.xdel(stream, *ids)  # the ledger holds it now; the stream stays short
+        pipe.execute()
+
+    def dead_letter(self, stream: str, entry_id: str, fields: dict[bytes, bytes], reason: str) -> None:
+        """Never dropped: the entry goes, with why, to the dead-letter stream, and is then acknowledged."""
+        record = {b"stream": stream.encode(), b"id": entry_id.encode(), b"reason": reason.encode()}
+        record.update({b"f:" + k: v for k, v in fields.items()})
+        self.client.xadd(DEADLETTER, record)  # type: ignore[arg-type]
+        self.client.xack(stream, GROUP, entry_id)
+        self.attempts.pop(entry_id, None)
+        self.stats.dead_lettered += 1
+        log.error("dead-lettered %s %s: %s", stream, entry_id, reason)
+
+
+def text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def flatten(replies: Any) -> list[tuple[str, str, dict[bytes, bytes]]]:
+    out = []
+    for stream, messages in replies or []:
+        for entry_id, fields in messages:
+            if fields:  # a pending entry deleted meanwhile comes back with no fields
+                out.append((text(stream), text(entry_id), fields))
+    return out
