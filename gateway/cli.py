@@ -8,9 +8,11 @@ import contextlib
 import json
 import logging
 import signal
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from rules_cache.reader import DataError
 
@@ -63,6 +65,7 @@ async def serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, request_stop)
     gateway = None
+    posting: subprocess.Popen[bytes] | None = None
     try:
         if embedded is not None and not args.no_demo_data:
             client = redis_client(redis_url, config)
@@ -75,9 +78,16 @@ async def serve(args: argparse.Namespace) -> int:
         gateway = await Gateway(config, redis_url).start()
         host = config.listen.rsplit(":", 1)[0]
         print(f"medsettle: listening on {host}:{gateway.port} (gRPC, health, reflection)", flush=True)
+        ledger_dsn = args.ledger or f"sqlite:///{(config.data_dir / 'ledger.db').resolve()}"
+        if embedded is not None and not args.no_worker:
+            posting = subprocess.Popen([sys.executable, "-m", "gateway.cli", "worker", "--redis", redis_url,
+                                        "--ledger", ledger_dsn])  # fmt: skip
+            print(f"medsettle: posting worker started (pid {posting.pid}), ledger {ledger_dsn}", flush=True)
         status = 0
         if args.demo:
             status = await run_demo(f"{host}:{gateway.port}", DEMO_CARD, LOST_CARD)
+            if posting is not None:
+                status = status or await show_posted(ledger_dsn, gateway.service)
             if args.exit_after_demo:
                 return status
         print("medsettle: serving; Ctrl-C or SIGTERM to stop", flush=True)
@@ -85,10 +95,34 @@ async def serve(args: argparse.Namespace) -> int:
         print("medsettle: stopping", flush=True)
         return status
     finally:
+        if posting is not None:
+            posting.terminate()  # it finishes the batch in hand, then exits
+            posting.wait(timeout=30)
         if gateway is not None:
             await gateway.stop()
         if embedded is not None:
             embedded.stop()
+
+
+async def show_posted(ledger_dsn: str, service: Any) -> int:
+    """After the demo: wait for the posting worker to book the day's settlements, print the statement."""
+    from adapters.ledger.store import Ledger, LedgerUnavailable
+    from gateway.posting.statements import institution_statements
+
+    month = service.now().strftime("%Y-%m")
+    ledger = Ledger(ledger_dsn)
+    for _ in range(100):
+        try:
+            rows = await asyncio.to_thread(institution_statements, ledger, month)
+            if any(r.institution == "P50010300001" for r in rows):
+                print("== posted to the ledger: monthly institution statement")
+                print(render_statement("institutions", month, rows))
+                return 0
+        except LedgerUnavailable:
+            pass  # the worker has not created the ledger yet
+        await asyncio.sleep(0.1)
+    print("== FAILED: the demo's settlements did not reach the ledger within 10 s")
+    return 1
 
 
 async def load(args: argparse.Namespace) -> int:
@@ -144,6 +178,77 @@ async def health(args: argparse.Namespace) -> int:
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
+def worker(args: argparse.Namespace) -> int:
+    import threading
+
+    import redis
+
+    from adapters.ledger.store import Ledger
+    from gateway.posting.worker import PostingWorker, WorkerConfig
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    config = WorkerConfig(consumer=args.consumer) if args.consumer else WorkerConfig()
+    posting = PostingWorker(redis.Redis.from_url(args.redis, socket_timeout=5), Ledger(args.ledger), config)
+    print(f"medsettle worker {config.consumer}: {args.redis} -> {args.ledger}", flush=True)
+    posting.run(stop)
+    s = posting.stats
+    print(
+        f"medsettle worker: stopped; booked {s.booked}, again {s.duplicates}, dead letters {s.dead_lettered}"
+    )
+    return 0
+
+
+def statement(args: argparse.Namespace) -> int:
+    import csv
+    import dataclasses
+
+    from adapters.ledger.store import Ledger
+    from gateway.posting import statements
+
+    ledger = Ledger(args.ledger)
+    rows: list[Any]
+    if args.kind == "institutions":
+        rows = statements.institution_statements(ledger, args.month, args.institution)
+    elif args.kind == "clearing":
+        rows = statements.clearing_matrix(ledger, args.month)
+    else:
+        rows = statements.fund_spend(ledger, args.month)
+    records = [dataclasses.asdict(r) for r in rows]
+    if args.csv:
+        out = csv.writer(sys.stdout)
+        if records:
+            out.writerow(records[0].keys())
+        for rec in records:
+            out.writerow(json.dumps(v, sort_keys=True) if isinstance(v, dict) else v for v in rec.values())
+    else:
+        print(render_statement(args.kind, args.month, rows))
+    return 0
+
+
+def render_statement(kind: str, month: str, rows: list[Any]) -> str:
+    from gateway.engine.money import yuan
+
+    lines = [f"{kind} statement, {month} (yuan)"]
+    for r in rows:
+        if kind == "institutions":
+            funds = "  ".join(f"{code} {yuan(v)}" for code, v in sorted(r.funds.items()))
+            lines.append(
+                f"  {r.institution}  count {r.settlements:>5}  total {yuan(r.total_fen):>12}  funds"
+                f" {yuan(r.fund_total_fen):>12}  account {yuan(r.account_fen):>10}"
+                f"  cash {yuan(r.cash_fen):>10}"
+                f"  [{funds}]"
+            )
+        elif kind == "clearing":
+            lines.append(f"  {r.debtor:<16} owes {r.creditor:<16} {yuan(r.amount_fen):>12}")
+        else:
+            lines.append(f"  {r.region}/{r.district:<8} fund {r.fund_code}  {yuan(r.amount_fen):>12}")
+    if not rows:
+        lines.append("  (nothing booked)")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medsettle", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -159,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--exit-after-demo", action="store_true", help="with --demo: stop after it, exit with its status"
     )
+    p.add_argument("--no-worker", action="store_true", help="embedded mode: do not start the posting worker")
+    p.add_argument("--ledger", help="ledger DSN for the embedded worker (default: sqlite in --data-dir)")
     p.set_defaults(func=lambda a: asyncio.run(serve(a)))
 
     p = sub.add_parser("load", help="validate and publish policies, catalogs, institutions and persons")
@@ -177,6 +284,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--card", default="Y53736293")
     p.add_argument("--lost-card", default="Q45301612")
     p.set_defaults(func=lambda a: asyncio.run(demo(a)))
+
+    p = sub.add_parser("worker", help="book committed settlements into the ledger, exactly once")
+    p.add_argument("--redis", required=True)
+    p.add_argument("--ledger", required=True, help="sqlite:///path/ledger.db or postgresql://...")
+    p.add_argument("--consumer", help="consumer name in the posting group (default: <host>-posting)")
+    p.set_defaults(func=worker)
+
+    p = sub.add_parser("statement", help="institution statements, clearing matrix or fund spend for a month")
+    p.add_argument("kind", choices=["institutions", "clearing", "funds"])
+    p.add_argument("--ledger", required=True)
+    p.add_argument("--month", required=True, help="YYYY-MM")
+    p.add_argument("--institution")
+    p.add_argument("--csv", action="store_true")
+    p.set_defaults(func=statement)
 
     p = sub.add_parser("health", help="ask a gateway's gRPC health service; exit 0 only when SERVING")
     p.add_argument("--target", default="127.0.0.1:50051")
