@@ -108,7 +108,8 @@ class Ledger:
                 self._conn = None
 
     def sql(self, text: str) -> str:
-        return text.replace("?", "%s") if self.postgres else text
+        """Queries are written with ? placeholders; psycopg wants %s (and a literal % doubled)."""
+        return text.replace("%", "%%").replace("?", "%s") if self.postgres else text
 
     @contextmanager
     def transaction(self) -> Iterator[Any]:
