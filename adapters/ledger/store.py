@@ -91,7 +91,7 @@ class Ledger:
             else:
                 path = self.dsn.removeprefix("sqlite:///")
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
-                self._conn = sqlite3.connect(path, timeout=10, isolation_level=None)
+                self._conn = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
                 self._conn.execute("PRAGMA journal_mode=WAL")
                 self._conn.execute("PRAGMA foreign_keys=ON")
                 self._conn.execute("PRAGMA synchronous=FULL")

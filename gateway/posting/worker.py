@@ -239,6 +239,7 @@ class PostingWorker:
         record.update({b"f:" + k: v for k, v in fields.items()})
         self.client.xadd(DEADLETTER, record)  # type: ignore[arg-type]
         self.client.xack(stream, GROUP, entry_id)
+        self.client.xdel(stream, entry_id)
         self.attempts.pop(entry_id, None)
         self.stats.dead_lettered += 1
         log.error("dead-lettered %s %s: %s", stream, entry_id, reason)

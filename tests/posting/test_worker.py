@@ -1,0 +1,170 @@
+"""The posting worker on a real redis-server and real databases: every committed settlement booked
+exactly once, whatever is delivered twice, refused, or crashes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from adapters import redis_keys as keys
+from adapters.embedded_redis import EmbeddedRedis
+from adapters.ledger.store import Ledger
+from gateway.codec import Envelope, PersonRef
+from gateway.engine.model import Bill, BillLine, VisitType
+from gateway.posting.worker import DEADLETTER, GROUP, PostingWorker, WorkerConfig
+from gateway.protos import pb
+from gateway.server import Gateway
+from loadtest.synthetic import OUTPATIENT_10_LINES, persons
+
+from ..gateway.conftest import HOSPITAL, HOSPITAL_2  # noqa: F401  (fixtures below reuse the gateway's)
+from ..gateway.conftest import gateway, redis_server  # noqa: F401
+
+pytestmark = pytest.mark.asyncio
+BILL = Bill(
+    VisitType.OUTPATIENT, tuple(BillLine(c, p, q, i + 1) for i, (c, p, q) in enumerate(OUTPATIENT_10_LINES))
+)
+PERSONS = 40
+
+
+async def add_persons(gw: Gateway) -> None:
+    assert gw.service is not None
+    for record in persons(PERSONS):
+        await gw.service.store.put_person(record)
+
+
+async def settle_many(gw: Gateway, count: int, start: int = 0, reverse_every: int = 0) -> list[str]:
+    assert gw.service is not None
+    sids = []
+    for i in range(start, start + count):
+        env = Envelope(HOSPITAL if i % 2 else "H50010600001", "T", "op", f"MSG{i:08d}")
+        settled = await gw.service.settle(env, PersonRef(f"L{i % PERSONS:08d}", None), BILL, f"h{i}")
+        sids.append(settled.settlement_id)
+        if reverse_every and i % reverse_every == 0:
+            renv = Envelope(env.institution_code, "T", "op", f"REV{i:08d}")
+            await gw.service.reverse(renv, settled.settlement_id, "", None, f"r{i}")
+    return sids
+
+
+def redis_truth(r: redis.Redis) -> dict[str, Any]:
+    """What the gateway committed, read back from Redis: the figures the ledger must equal."""
+    funds: dict[str, int] = {}
+    settled = reversed_ = 0
+    for key in r.scan_iter(match="ms:{p*}:stl:*", count=1000):
+        status, raw = r.hmget(key, "status", "resp")
+        response = pb.SettleResponse.FromString(raw)
+        settled += 1
+        if status == b"reversed":
+            reversed_ += 1
+            continue  # settled and reversed: nets to zero in the ledger
+        for f in response.split.funds:
+            if f.amount_fen:
+                funds[f.fund_code] = funds.get(f.fund_code, 0) + f.amount_fen
+        funds["account"] = funds.get("account", 0) + response.split.account_fen
+    return {"settled": settled, "reversed": reversed_, "funds": funds}
+
+
+def ledger_truth(ledger: Ledger) -> dict[str, Any]:
+    counts = dict(ledger.query("SELECT kind, COUNT(*) FROM journal GROUP BY kind"))
+    funds = {
+        code: int(v)
+        for code, v in ledger.query("SELECT fund_code, SUM(amount_fen) FROM journal_funds GROUP BY fund_code")
+        if int(v)
+    }
+    ((account,),) = ledger.query("SELECT COALESCE(SUM(account_fen), 0) FROM journal")
+    funds["account"] = int(account)
+    dupes = ledger.query(
+        "SELECT settlement_id, kind, COUNT(*) FROM journal GROUP BY settlement_id, kind HAVING COUNT(*) > 1"
+    )
+    assert not dupes
+    return {
+        "settled": int(counts.get("settle", 0)),
+        "reversed": int(counts.get("reverse", 0)),
+        "funds": funds,
+    }
+
+
+def run_until_caught_up(worker: PostingWorker, r: redis.Redis, timeout_s: float = 30) -> None:
+    """Runs the worker in a thread until every partition stream is empty and nothing is pending."""
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            if backlog(r) == 0:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"worker did not catch up: backlog {backlog(r)}")
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+def backlog(r: redis.Redis) -> int:
+    pipe = r.pipeline(transaction=False)
+    for p in range(keys.PARTITIONS):
+        pipe.xlen(keys.stream_key(p))
+    return sum(pipe.execute())
+
+
+@pytest.fixture
+def sync_client(redis_server: EmbeddedRedis) -> redis.Redis:
+    return redis.Redis.from_url(redis_server.url)
+
+
+async def test_every_settlement_and_reversal_is_booked_once(
+    gateway: Gateway, sync_client: redis.Redis, ledger: Ledger
+) -> None:
+    await add_persons(gateway)
+    await settle_many(gateway, 120, reverse_every=7)
+    worker = PostingWorker(sync_client, ledger, WorkerConfig(consumer="w1", batch_max=50))
+    await asyncio.to_thread(run_until_caught_up, worker, sync_client)
+    truth = redis_truth(sync_client)
+    assert truth["settled"] == 120 and truth["reversed"] == 18
+    assert ledger_truth(ledger) == truth
+    assert worker.stats.booked == 138 and worker.stats.dead_lettered == 0
+
+
+async def test_duplicate_delivery_books_nothing_twice(
+    gateway: Gateway, sync_client: redis.Redis, ledger: Ledger
+) -> None:
+    await add_persons(gateway)
+    await settle_many(gateway, 10)
+    entries = [e for p in range(keys.PARTITIONS) for e in sync_client.xrange(keys.stream_key(p))]
+    worker = PostingWorker(sync_client, ledger, WorkerConfig(consumer="w1"))
+    await asyncio.to_thread(run_until_caught_up, worker, sync_client)
+    for stream_entry in entries:  # the same events delivered again, as after a crash before XACK
+        stream = keys.stream_key(keys.partition_of_settlement(json.loads(stream_entry[1][b"event"])["sid"]))
+        sync_client.xadd(stream, stream_entry[1])
+    again = PostingWorker(sync_client, ledger, WorkerConfig(consumer="w2"))
+    await asyncio.to_thread(run_until_caught_up, again, sync_client)
+    assert again.stats.booked == 0 and again.stats.duplicates == 10
+    assert ledger_truth(ledger) == redis_truth(sync_client)
+
+
+async def test_a_poison_entry_is_dead_lettered_and_the_rest_continue(
+    gateway: Gateway, sync_client: redis.Redis, ledger: Ledger
+) -> None:
+    await add_persons(gateway)
+    sync_client.xgroup_create(keys.stream_key(5), GROUP, id="0", mkstream=True)
+    sync_client.xadd(keys.stream_key(5), {"type": "settle", "sid": "S005-bad", "event": "{not json"})
+    sync_client.xadd(keys.stream_key(5), {"type": "refund", "sid": "S005-odd", "event": "{}"})
+    await settle_many(gateway, 20)
+    worker = PostingWorker(sync_client, ledger, WorkerConfig(consumer="w1"))
+    await asyncio.to_thread(run_until_caught_up, worker, sync_client)
+    assert ledger_truth(ledger) == redis_truth(sync_client)
+    dead = sync_client.xrange(DEADLETTER)
+    assert [(d[1][b"f:sid"], b"reason" in d[1]) for d in dead] == [(b"S005-bad", True), (b"S005-odd", True)]
+    assert b"unknown entry type 'refund'" in dead[1][1][b"reason"]
+    assert worker.stats.dead_lettered == 2
