@@ -179,6 +179,7 @@ async def health(args: argparse.Namespace) -> int:
 
 
 def worker(args: argparse.Namespace) -> int:
+    import dataclasses
     import threading
 
     import redis
@@ -189,7 +190,9 @@ def worker(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    config = WorkerConfig(consumer=args.consumer) if args.consumer else WorkerConfig()
+    config = WorkerConfig(batch_max=args.batch_max, claim_idle_ms=args.claim_idle_ms)
+    if args.consumer:
+        config = dataclasses.replace(config, consumer=args.consumer)
     posting = PostingWorker(redis.Redis.from_url(args.redis, socket_timeout=5), Ledger(args.ledger), config)
     print(f"medsettle worker {config.consumer}: {args.redis} -> {args.ledger}", flush=True)
     posting.run(stop)
@@ -289,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--redis", required=True)
     p.add_argument("--ledger", required=True, help="sqlite:///path/ledger.db or postgresql://...")
     p.add_argument("--consumer", help="consumer name in the posting group (default: <host>-posting)")
+    p.add_argument("--batch-max", type=int, default=500, help="entries per database transaction")
+    p.add_argument("--claim-idle-ms", type=int, default=30_000, help="reclaim entries pending this long")
     p.set_defaults(func=worker)
 
     p = sub.add_parser("statement", help="institution statements, clearing matrix or fund spend for a month")

@@ -168,3 +168,49 @@ async def test_a_poison_entry_is_dead_lettered_and_the_rest_continue(
     assert [(d[1][b"f:sid"], b"reason" in d[1]) for d in dead] == [(b"S005-bad", True), (b"S005-odd", True)]
     assert b"unknown entry type 'refund'" in dead[1][1][b"reason"]
     assert worker.stats.dead_lettered == 2
+
+
+async def test_database_unreachable_for_a_while_then_the_worker_catches_up(
+    gateway: Gateway, sync_client: redis.Redis
+) -> None:
+    from .conftest import postgres_database
+    from .tcp_proxy import TcpProxy
+
+    for dsn in postgres_database():
+        host_port = dsn.split("@", 1)[1].split("/", 1)[0]
+        host, port = host_port.split(":")
+        proxy = TcpProxy(host, int(port)).start()
+        via_proxy = dsn.replace(host_port, f"127.0.0.1:{proxy.port}")
+        direct = Ledger(dsn)
+        await add_persons(gateway)
+        worker = PostingWorker(
+            sync_client, Ledger(via_proxy), WorkerConfig(consumer="w1", backoff_max_ms=300)
+        )
+        stop = threading.Event()
+        thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+        thread.start()
+        try:
+            await settle_many(gateway, 20)
+            await wait_for(lambda: backlog(sync_client) == 0)
+            proxy.cut()  # the database is unreachable
+            await settle_many(gateway, 30, start=20)  # settling goes on: posting is asynchronous
+            await asyncio.sleep(1.5)
+            assert backlog(sync_client) == 30, "the backlog grows while the database is away"
+            assert ledger_truth(direct)["settled"] == 20
+            proxy.restore()  # it comes back: the worker catches up by itself
+            await wait_for(lambda: backlog(sync_client) == 0, timeout_s=30)
+        finally:
+            stop.set()
+            thread.join(10)
+            proxy.cut()
+        assert worker.stats.db_failures >= 1
+        assert ledger_truth(direct) == redis_truth(sync_client)
+        direct.close()
+
+
+async def wait_for(condition: Any, timeout_s: float = 15) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.05)
