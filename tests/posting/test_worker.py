@@ -214,3 +214,66 @@ async def wait_for(condition: Any, timeout_s: float = 15) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.05)
+
+
+def start_worker(redis_url: str, dsn: str, consumer: str) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "worker", "--redis", redis_url, "--ledger", dsn,
+         "--consumer", consumer, "--batch-max", "20", "--claim-idle-ms", "300"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    proc.stdout.readline()  # "medsettle worker ...": it is about to read its first batch
+    return proc
+
+
+async def steady_load(gateway: Gateway, stop: asyncio.Event) -> int:
+    """Settles (and sometimes reverses) in small bursts until stopped, so kills land mid-batch."""
+    done = 0
+    while not stop.is_set():
+        await settle_many(gateway, 10, start=done, reverse_every=9)
+        done += 10
+        await asyncio.sleep(0.02)
+    return done
+
+
+async def test_sigkill_mid_batch_many_times_under_load_loses_and_doubles_nothing(
+    gateway: Gateway, redis_server: EmbeddedRedis, sync_client: redis.Redis, ledger_dsn: str
+) -> None:
+    await add_persons(gateway)
+    stop = asyncio.Event()
+    load = asyncio.create_task(steady_load(gateway, stop))
+    kills_with_entries_in_hand = 0
+    for round_no in range(12):
+        # alternate consumer names: a restart under the same name re-reads its own pending entries, a new
+        # name finds a dead one's entries through XAUTOCLAIM
+        proc = await asyncio.to_thread(start_worker, redis_server.url, ledger_dsn, f"w{round_no % 3}")
+        await asyncio.sleep(0.05 + 0.05 * (round_no % 5))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        kills_with_entries_in_hand += pending(sync_client) > 0
+    stop.set()
+    settled = await load
+    final = await asyncio.to_thread(start_worker, redis_server.url, ledger_dsn, "final")
+    try:
+        await wait_for(lambda: backlog(sync_client) == 0 and pending(sync_client) == 0, timeout_s=60)
+    finally:
+        final.terminate()
+        final.wait(timeout=30)
+    ledger = Ledger(ledger_dsn)
+    truth = redis_truth(sync_client)
+    assert truth["settled"] == settled >= 100
+    assert kills_with_entries_in_hand >= 3, "the kills must land while entries are delivered but not acked"
+    assert ledger_truth(ledger) == truth
+    assert sync_client.xlen(DEADLETTER) == 0
+    ledger.close()
+
+
+def pending(r: redis.Redis) -> int:
+    total = 0
+    for p in range(keys.PARTITIONS):
+        try:
+            total += int(r.xpending(keys.stream_key(p), GROUP)["pending"])
+        except redis.ResponseError:
+            pass
+    return total
