@@ -3,26 +3,20 @@ demo data loaded, and the gateway on a free port, reached through a real gRPC ch
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from datetime import datetime
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import grpc
 import pytest
 import pytest_asyncio
-import redis
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from adapters.embedded_redis import EmbeddedRedis
-from gateway.config import Config
-from gateway.data_loading import load_citydata_dir
 from gateway.protos import pb, pb_grpc
-from gateway.server import Gateway, redis_client
+from gateway.server import Gateway
 
-NOW = datetime(2026, 6, 15, 10, 30, tzinfo=ZoneInfo("Asia/Shanghai"))
+from ..conftest import NOW  # noqa: F401  (re-exported for the gateway tests)
+
 HOSPITAL = "H50010300001"  # level 3, Yuzhong 500103
 HOSPITAL_2 = "H50010300002"  # level 3, Yuzhong 500103
 PHARMACY = "P50010300001"
@@ -30,29 +24,6 @@ NOT_DESIGNATED = "C50010300001"
 CARD = "Y53736293"  # PSN500000000001 张伟, Chongqing employee, Yuzhong, balance 4,255.00
 PERSON = "PSN500000000001"
 LOST_CARD = "Q45301612"
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis(tmp_path).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def sync_redis(redis_server: EmbeddedRedis) -> redis.Redis:
-    return redis.Redis.from_url(redis_server.url)
-
-
-@pytest_asyncio.fixture
-async def gateway(redis_server: EmbeddedRedis) -> AsyncIterator[Gateway]:
-    config = Config(listen="127.0.0.1:0", redis_url=redis_server.url, health_interval_ms=100)
-    client = redis_client(redis_server.url, config)
-    await load_citydata_dir(client, config.citydata)
-    await client.aclose()
-    gw = await Gateway(config, redis_server.url, now=lambda: NOW).start()
-    yield gw
-    await gw.stop()
 
 
 @pytest_asyncio.fixture
