@@ -45,7 +45,9 @@ async def serve(args: argparse.Namespace) -> int:
     from gateway.demo import DEMO_CARD, LOST_CARD, run_demo
     from gateway.server import Gateway, redis_client
 
-    config = Config(listen=args.listen, redis_url=args.redis, data_dir=Path(args.data_dir))
+    data_dir = Path(args.data_dir)
+    ledger_dsn = args.ledger or f"sqlite:///{(data_dir / 'ledger.db').resolve()}"
+    config = Config(listen=args.listen, redis_url=args.redis, data_dir=data_dir, ledger_dsn=ledger_dsn)
     embedded = None
     if config.redis_url is None:
         embedded = EmbeddedRedis(config.data_dir).start()
@@ -78,7 +80,6 @@ async def serve(args: argparse.Namespace) -> int:
         gateway = await Gateway(config, redis_url).start()
         host = config.listen.rsplit(":", 1)[0]
         print(f"medsettle: listening on {host}:{gateway.port} (gRPC, health, reflection)", flush=True)
-        ledger_dsn = args.ledger or f"sqlite:///{(config.data_dir / 'ledger.db').resolve()}"
         if embedded is not None and not args.no_worker:
             posting = subprocess.Popen([sys.executable, "-m", "gateway.cli", "worker", "--redis", redis_url,
                                         "--ledger", ledger_dsn])  # fmt: skip
@@ -268,7 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--exit-after-demo", action="store_true", help="with --demo: stop after it, exit with its status"
     )
     p.add_argument("--no-worker", action="store_true", help="embedded mode: do not start the posting worker")
-    p.add_argument("--ledger", help="ledger DSN for the embedded worker (default: sqlite in --data-dir)")
+    p.add_argument(
+        "--ledger",
+        help="ledger DSN for reconciliation, statements and the embedded worker"
+        " (default: sqlite in --data-dir)",
+    )
     p.set_defaults(func=lambda a: asyncio.run(serve(a)))
 
     p = sub.add_parser("load", help="validate and publish policies, catalogs, institutions and persons")

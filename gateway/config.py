@@ -14,6 +14,7 @@ class Config:
     redis_url: str | None = None  # None: start the embedded redis-server in data_dir
     data_dir: Path = Path("medsettle-data")
     citydata: Path = field(default_factory=citydata_dir)
+    ledger_dsn: str | None = None  # sqlite:///path or postgresql://...: reconciliation and statements
     load_demo_data: bool = True  # embedded mode: publish citydata/ and its persons at start
     timezone: str = "Asia/Shanghai"  # the date of care is the gateway's date here, not the terminal's
     redis_timeout_ms: int = 1000

@@ -17,17 +17,23 @@ import redis.asyncio as aioredis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from adapters.ledger.store import Ledger
 from adapters.redis_keys import PERSON_CHANNEL
 from adapters.redis_listen import follow_channel
 from adapters.redis_store import RedisStore
 from gateway.config import Config
+from gateway.ledger_service import LedgerService
 from gateway.protos import pb
 from gateway.service import ServiceLimits, SettlementService
-from gateway.servicer import DiagnosticsServicer, SettlementServicer, handlers
+from gateway.servicer import DiagnosticsServicer, LedgerServicer, SettlementServicer, handlers
 from rules_cache.static_data import StaticCache
 
 log = logging.getLogger(__name__)
-SERVICE_NAMES = ("medsettle.v1.SettlementService", "medsettle.v1.DiagnosticsService")
+SERVICE_NAMES = (
+    "medsettle.v1.SettlementService",
+    "medsettle.v1.LedgerService",
+    "medsettle.v1.DiagnosticsService",
+)
 
 
 def redis_client(url: str, config: Config) -> aioredis.Redis:
@@ -51,6 +57,7 @@ class Gateway:
     health: health.aio.HealthServicer | None = None
     now: Callable[[], datetime] | None = None  # tests pin the clock; production uses config.timezone
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    ledger_service: LedgerService | None = None
 
     async def start(self) -> Gateway:
         client = redis_client(self.redis_url, self.config)
@@ -68,8 +75,12 @@ class Gateway:
                 ("grpc.so_reuseport", 1),
             ]
         )
+        ledger = Ledger(self.config.ledger_dsn) if self.config.ledger_dsn else None
+        self.ledger_service = LedgerService(ledger, client, now)
         self.server.add_generic_rpc_handlers(
-            handlers(SettlementServicer(self.service), DiagnosticsServicer())
+            handlers(
+                SettlementServicer(self.service), LedgerServicer(self.ledger_service), DiagnosticsServicer()
+            )
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -173,6 +173,29 @@ class SettlementServicer:
         return await guarded(context, work())
 
 
+class LedgerServicer:
+    def __init__(self, service: Any) -> None:
+        self.service = service  # gateway.ledger_service.LedgerService
+
+    async def Reconcile(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def work() -> Any:
+            violations = codec.envelope_violations(request.envelope)
+            if violations:
+                raise InvalidInput(violations)
+            return await self.service.reconcile(codec.decode_envelope(request.envelope), request)
+
+        return await guarded(context, work())
+
+    async def GetStatement(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def work() -> Any:
+            violations = codec.envelope_violations(request.envelope)
+            if violations:
+                raise InvalidInput(violations)
+            return await self.service.statement(codec.decode_envelope(request.envelope), request.month)
+
+        return await guarded(context, work())
+
+
 class DiagnosticsServicer:
     async def Ping(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return pb.PingResponse()
@@ -184,8 +207,11 @@ def passthrough(message: Any) -> bytes:
     return message if isinstance(message, bytes) else bytes(message.SerializeToString())
 
 
-def handlers(servicer: SettlementServicer, diagnostics: DiagnosticsServicer) -> list[grpc.GenericRpcHandler]:
+def handlers(
+    servicer: SettlementServicer, ledger: LedgerServicer, diagnostics: DiagnosticsServicer
+) -> list[grpc.GenericRpcHandler]:
     methods = pb.DESCRIPTOR.services_by_name["SettlementService"].methods_by_name
+    ledger_methods = pb.DESCRIPTOR.services_by_name["LedgerService"].methods_by_name
 
     def unary(fn: Callable[..., Any], request_type: Any) -> grpc.RpcMethodHandler:
         return grpc.unary_unary_rpc_method_handler(
@@ -197,6 +223,13 @@ def handlers(servicer: SettlementServicer, diagnostics: DiagnosticsServicer) -> 
     }
     return [
         grpc.method_handlers_generic_handler("medsettle.v1.SettlementService", settlement),
+        grpc.method_handlers_generic_handler(
+            "medsettle.v1.LedgerService",
+            {
+                name: unary(getattr(ledger, name), getattr(pb, ledger_methods[name].input_type.name))
+                for name in ledger_methods
+            },
+        ),
         grpc.method_handlers_generic_handler(
             "medsettle.v1.DiagnosticsService", {"Ping": unary(diagnostics.Ping, pb.PingRequest)}
         ),
