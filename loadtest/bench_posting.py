@@ -132,9 +132,8 @@ def main() -> None:
             targets.append(("PostgreSQL", fresh_postgres(args.postgres)))
         except Exception as exc:
             print(f"PostgreSQL skipped: {exc}")
-        print(
-            f"{'ledger':<32}{'booked/s':>10}{'lag p50 ms':>12}{'lag p99 ms':>12}{'lag max ms':>12}  at settles/s"
-        )
+        head = f"{'ledger':<32}{'booked/s':>10}{'lag p50 ms':>12}{'lag p99 ms':>12}{'lag max ms':>12}"
+        print(head + "  at settles/s")
         offset = 0
         for name, dsn in targets:
             rate = throughput(client, dsn, args.events, offset)
