@@ -86,6 +86,17 @@ def ledger_truth(ledger: Ledger) -> dict[str, Any]:
         "SELECT settlement_id, kind, COUNT(*) FROM journal GROUP BY settlement_id, kind HAVING COUNT(*) > 1"
     )
     assert not dupes
+    unbalanced = ledger.query(
+        # every journal: what left the funds and personal accounts (or came back, for a reversal) is exactly
+        # its fund total plus account payment
+        "SELECT j.settlement_id, j.kind FROM journal j LEFT JOIN transfers t"
+        " ON t.settlement_id = j.settlement_id AND t.kind = j.kind GROUP BY j.settlement_id, j.kind,"
+        " j.fund_total_fen, j.account_fen HAVING COALESCE(SUM(CASE"
+        " WHEN j.kind = 'settle' AND (t.debit LIKE 'fund:%' OR t.debit LIKE 'personal:%') THEN t.amount_fen"
+        " WHEN j.kind = 'reverse' AND (t.credit LIKE 'fund:%' OR t.credit LIKE 'personal:%') THEN -t.amount_fen"
+        " ELSE 0 END), 0) <> j.fund_total_fen + j.account_fen"
+    )
+    assert not unbalanced, unbalanced
     return {
         "settled": int(counts.get("settle", 0)),
         "reversed": int(counts.get("reverse", 0)),
