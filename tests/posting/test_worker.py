@@ -93,7 +93,8 @@ def ledger_truth(ledger: Ledger) -> dict[str, Any]:
         " ON t.settlement_id = j.settlement_id AND t.kind = j.kind GROUP BY j.settlement_id, j.kind,"
         " j.fund_total_fen, j.account_fen HAVING COALESCE(SUM(CASE"
         " WHEN j.kind = 'settle' AND (t.debit LIKE 'fund:%' OR t.debit LIKE 'personal:%') THEN t.amount_fen"
-        " WHEN j.kind = 'reverse' AND (t.credit LIKE 'fund:%' OR t.credit LIKE 'personal:%') THEN -t.amount_fen"
+        " WHEN j.kind = 'reverse' AND (t.credit LIKE 'fund:%' OR t.credit LIKE 'personal:%')"
+        " THEN -t.amount_fen"
         " ELSE 0 END), 0) <> j.fund_total_fen + j.account_fen"
     )
     assert not unbalanced, unbalanced
