@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 
 from adapters import redis_keys as keys
 from adapters.citydata_files import CARD_STATUSES
+from gateway import metrics
 from gateway.engine.model import Person, PersonState
 from rules_cache import records
 from rules_cache.reader import DataError
@@ -22,6 +23,15 @@ from rules_cache.reader import DataError
 PERSON_PARSED_MAX = 50_000  # parsed person records kept per process, keyed by their bytes
 CARD_CACHE_MAX = 200_000
 CARD_CACHE_TTL_S = 60  # a reassigned card is also evicted at once over pub/sub
+
+# bound once: a labelled child is a dict lookup per call otherwise, on the hot path
+CARD_HIT = metrics.CACHE.labels("l1", "card", "hit")
+CARD_MISS = metrics.CACHE.labels("l1", "card", "miss")
+PERSON_HIT = metrics.CACHE.labels("l1", "person_record", "hit")
+PERSON_MISS = metrics.CACHE.labels("l1", "person_record", "miss")
+READ_SECONDS = metrics.REDIS_SECONDS.labels("read_person")
+COMMIT_SECONDS = metrics.REDIS_SECONDS.labels("commit")
+REVERSE_SECONDS = metrics.REDIS_SECONDS.labels("reverse")
 
 
 def raw_bytes(value: Any) -> bytes:
@@ -83,7 +93,9 @@ class RedisStore:
         lookup = f"c:{card_no}" if card_no else f"i:{id_number}"
         cached = self._cards.get(lookup)
         if cached is not None:
+            CARD_HIT.inc()
             return cached
+        CARD_MISS.inc()
         key = keys.card_key(card_no) if card_no else keys.id_number_key(id_number or "")
         raw = await self.client.get(key)
         if raw is None:
@@ -113,6 +125,7 @@ class RedisStore:
         if earlier_hash is not None:
             earlier = (text(earlier_hash), text(earlier_kind), raw_bytes(earlier_response))
         parsed = self._parsed.get(raw)
+        (PERSON_MISS if parsed is None else PERSON_HIT).inc()
         if parsed is None:
             data = json.loads(raw)
             parsed = (records.person(data, "redis", person_id), data.get("card_status", "normal"))
@@ -181,16 +194,17 @@ class RedisStore:
         ]
         for name, value in deltas.items():
             args += [name, value]
-        result = await self._commit(
-            keys=[
-                keys.idem_key(partition, institution, message_id),
-                keys.state_key(pid),
-                keys.acc_key(pid, year),
-                keys.settlement_key(settlement_id),
-                keys.stream_key(partition),
-            ],
-            args=args,
-        )
+        with COMMIT_SECONDS.time():
+            result = await self._commit(
+                keys=[
+                    keys.idem_key(partition, institution, message_id),
+                    keys.state_key(pid),
+                    keys.acc_key(pid, year),
+                    keys.settlement_key(settlement_id),
+                    keys.stream_key(partition),
+                ],
+                args=args,
+            )
         return CommitResult(text(result[0]), bytes(result[1]) if len(result) > 1 else b"")
 
     async def reverse_settlement(
@@ -204,21 +218,22 @@ class RedisStore:
         event: dict[str, Any],
     ) -> CommitResult:
         partition = keys.partition_of_settlement(stored.settlement_id)
-        result = await self._reverse(
-            keys=[
-                keys.settlement_key(stored.settlement_id),
-                keys.state_key(stored.person_id),
-                keys.acc_key(stored.person_id, stored.year),
-                keys.stream_key(partition),
-                keys.idem_key(partition, institution, message_id),
-            ],
-            args=[
-                payload_hash,
-                response,
-                json.dumps(event, separators=(",", ":"), ensure_ascii=False),
-                stored.settlement_id,
-            ],
-        )
+        with REVERSE_SECONDS.time():
+            result = await self._reverse(
+                keys=[
+                    keys.settlement_key(stored.settlement_id),
+                    keys.state_key(stored.person_id),
+                    keys.acc_key(stored.person_id, stored.year),
+                    keys.stream_key(partition),
+                    keys.idem_key(partition, institution, message_id),
+                ],
+                args=[
+                    payload_hash,
+                    response,
+                    json.dumps(event, separators=(",", ":"), ensure_ascii=False),
+                    stored.settlement_id,
+                ],
+            )
         return CommitResult(text(result[0]), bytes(result[1]) if len(result) > 1 else b"")
 
     # ---------------------------------------------------------------- person import

@@ -43,6 +43,7 @@ async def serve(args: argparse.Namespace) -> int:
     from gateway.config import Config
     from gateway.data_loading import load_citydata_dir
     from gateway.demo import DEMO_CARD, LOST_CARD, run_demo
+    from gateway.metrics import serve_metrics
     from gateway.server import Gateway, redis_client
 
     data_dir = Path(args.data_dir)
@@ -80,9 +81,24 @@ async def serve(args: argparse.Namespace) -> int:
         gateway = await Gateway(config, redis_url).start()
         host = config.listen.rsplit(":", 1)[0]
         print(f"medsettle: listening on {host}:{gateway.port} (gRPC, health, reflection)", flush=True)
+        if args.metrics_port >= 0:
+            live = gateway
+            http = serve_metrics(
+                args.metrics_port, lambda: (live.healthy, "SERVING" if live.healthy else "NOT_SERVING"), host
+            )
+            print(f"medsettle: metrics on http://{host}:{http.server_port}/metrics", flush=True)
         if embedded is not None and not args.no_worker:
-            posting = subprocess.Popen([sys.executable, "-m", "gateway.cli", "worker", "--redis", redis_url,
-                                        "--ledger", ledger_dsn])  # fmt: skip
+            worker_metrics = str(args.metrics_port + 1 if args.metrics_port > 0 else args.metrics_port)
+            worker_args = [
+                "worker",
+                "--redis",
+                redis_url,
+                "--ledger",
+                ledger_dsn,
+                "--metrics-port",
+                worker_metrics,
+            ]
+            posting = subprocess.Popen([sys.executable, "-m", "gateway.cli", *worker_args])
             print(f"medsettle: posting worker started (pid {posting.pid}), ledger {ledger_dsn}", flush=True)
         status = 0
         if args.demo:
@@ -186,6 +202,8 @@ def worker(args: argparse.Namespace) -> int:
     import redis
 
     from adapters.ledger.store import Ledger
+    from gateway.metrics import serve_metrics
+    from gateway.posting.budgets import load_budgets
     from gateway.posting.worker import PostingWorker, WorkerConfig
 
     stop = threading.Event()
@@ -195,7 +213,12 @@ def worker(args: argparse.Namespace) -> int:
     if args.consumer:
         config = dataclasses.replace(config, consumer=args.consumer)
     posting = PostingWorker(redis.Redis.from_url(args.redis, socket_timeout=5), Ledger(args.ledger), config)
+    if args.budgets:
+        posting.budgets = load_budgets(Path(args.budgets))
     print(f"medsettle worker {config.consumer}: {args.redis} -> {args.ledger}", flush=True)
+    if args.metrics_port >= 0:
+        http = serve_metrics(args.metrics_port, posting.health)
+        print(f"medsettle worker: metrics on http://0.0.0.0:{http.server_port}/metrics", flush=True)
     posting.run(stop)
     s = posting.stats
     print(
@@ -270,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-worker", action="store_true", help="embedded mode: do not start the posting worker")
     p.add_argument(
+        "--metrics-port", type=int, default=9464, help="/metrics and /healthz; 0 any free port, -1 off"
+    )
+    p.add_argument(
         "--ledger",
         help="ledger DSN for reconciliation, statements and the embedded worker"
         " (default: sqlite in --data-dir)",
@@ -299,6 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--consumer", help="consumer name in the posting group (default: <host>-posting)")
     p.add_argument("--batch-max", type=int, default=500, help="entries per database transaction")
     p.add_argument("--claim-idle-ms", type=int, default=30_000, help="reclaim entries pending this long")
+    p.add_argument(
+        "--metrics-port", type=int, default=9465, help="/metrics and /healthz; 0 any free port, -1 off"
+    )
+    p.add_argument("--budgets", help="monthly fund budgets (TOML) to export beside the spend")
     p.set_defaults(func=worker)
 
     p = sub.add_parser("statement", help="institution statements, clearing matrix or fund spend for a month")

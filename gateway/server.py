@@ -58,6 +58,7 @@ class Gateway:
     now: Callable[[], datetime] | None = None  # tests pin the clock; production uses config.timezone
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     ledger_service: LedgerService | None = None
+    healthy: bool = False
 
     async def start(self) -> Gateway:
         client = redis_client(self.redis_url, self.config)
@@ -103,6 +104,7 @@ class Gateway:
             ok = bool(await client.ping()) and static.snapshot.ready
         except Exception:
             ok = False
+        self.healthy = ok
         status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
         assert self.health is not None
         for name in ("", *SERVICE_NAMES):

@@ -16,7 +16,7 @@ from typing import Any
 
 from adapters import redis_keys as keys
 from adapters.redis_store import PersonSnapshot, RedisStore, StoredSettlement
-from gateway import codec
+from gateway import codec, metrics
 from gateway.codec import Envelope, PersonRef
 from gateway.engine import Rejected as EngineRejected
 from gateway.engine import Rejection, Split, split
@@ -164,6 +164,7 @@ class SettlementService:
                     event=posting_event(env.message_id, sid, inst, enrolment, bill, result, now, pid),
                 )
                 if outcome.status == "OK":
+                    count_settlement(enrolment, bill, result)
                     return Settled(response, False, sid, result)
                 if outcome.status == "DUP":
                     original = pb.SettleResponse.FromString(outcome.response).settlement_id
@@ -173,6 +174,7 @@ class SettlementService:
                 # CONFLICT: another process committed for this person since our read. Back off a little
                 # (jittered, so two gateways do not keep colliding), read again and recompute.
                 self.conflicts += 1
+                metrics.COMMIT_CONFLICTS.inc()
                 await asyncio.sleep(random.uniform(0, self.limits.conflict_backoff_ms / 1000 * (attempt + 1)))
         raise Rejected(Rejection.PERSON_BUSY, "the person's account is busy; retry with the same message id")
 
@@ -237,6 +239,7 @@ class SettlementService:
             event=event,
         )
         if outcome.status == "OK":
+            metrics.REVERSALS.labels(original.split.insured_region).inc()
             return response
         if outcome.status == "DUP":
             return outcome.response
@@ -332,6 +335,18 @@ class SettlementService:
             and enrolment_in_force(p, home.region, on) is not None
         )
         return response
+
+
+def count_settlement(enrolment: Enrolment, bill: Bill, result: Split) -> None:
+    region = enrolment.region
+    metrics.SETTLEMENTS.labels(region, enrolment.district, result.scheme, bill.visit_type.value).inc()
+    for fund in result.funds:
+        if fund.amount_fen:
+            metrics.FUND_FEN.labels(region, fund.fund_code).inc(fund.amount_fen)
+    if result.account_fen:
+        metrics.ACCOUNT_FEN.labels(region).inc(result.account_fen)
+    if result.cash_fen:
+        metrics.CASH_FEN.labels(region).inc(result.cash_fen)
 
 
 def reused(env: Envelope) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -14,7 +15,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from gateway import codec
+from gateway import codec, metrics
 from gateway.engine import Rejection
 from gateway.errors import InvalidInput, Rejected, Unavailable
 from gateway.protos import pb
@@ -56,7 +57,12 @@ def status_for(exc: Exception) -> status_pb2.Status:
     return status_pb2.Status(code=code, message=message, details=[packed])
 
 
-async def guarded(context: grpc.aio.ServicerContext, work: Awaitable[T]) -> T:
+async def guarded(context: grpc.aio.ServicerContext, service: str, method: str, work: Awaitable[T]) -> T:
+    """Runs one RPC within its deadline, maps failures to statuses, and counts it (grpc_server_*)."""
+    labels = ("unary", service, method)
+    metrics.GRPC_STARTED.labels(*labels).inc()
+    started = time.perf_counter()
+    code = "UNKNOWN"
     remaining = context.time_remaining()
     timeout = (
         REQUEST_TIMEOUT_MAX_S
@@ -65,13 +71,30 @@ async def guarded(context: grpc.aio.ServicerContext, work: Awaitable[T]) -> T:
     )
     try:
         async with asyncio.timeout(max(timeout, 0.001)):  # no extra task per request, unlike wait_for
-            return await work
+            result = await work
+        code = "OK"
+        return result
     except (InvalidInput, Rejected) as exc:
-        await context.abort_with_status(rpc_status.to_status(status_for(exc)))
+        status = status_for(exc)
+        code = code_pb2.Code.Name(status.code)
+        if isinstance(exc, Rejected):
+            metrics.REJECTIONS.labels(exc.code.name).inc()
+        await context.abort_with_status(rpc_status.to_status(status))
     except (TimeoutError, *DEPENDENCY_ERRORS) as exc:
         log.warning("dependency failure: %r", exc)
+        code = "UNAVAILABLE"
+        metrics.DEPENDENCY_FAILURES.labels(dependency_of(exc)).inc()
         await context.abort_with_status(rpc_status.to_status(status_for(Unavailable(str(exc)))))
+    finally:
+        metrics.GRPC_HANDLED.labels(*labels, code).inc()
+        metrics.GRPC_SECONDS.labels(*labels).observe(time.perf_counter() - started)
     raise AssertionError("abort_with_status returns only by raising")
+
+
+def dependency_of(exc: BaseException) -> str:
+    if isinstance(exc, Unavailable) and "ledger" in str(exc):
+        return "ledger"
+    return "timeout" if isinstance(exc, TimeoutError) else "redis"
 
 
 def person_or_none(request: Any, violations: list[tuple[str, str]]) -> codec.PersonRef | None:
@@ -117,7 +140,7 @@ class SettlementServicer:
             env, ref = codec.decode_envelope(request.envelope), codec.decode_person(request.person)
             return await self.service.eligibility(env, ref)
 
-        return await guarded(context, work())
+        return await guarded(context, "medsettle.v1.SettlementService", "QueryEligibility", work())
 
     async def PreSettle(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def work() -> Any:
@@ -125,7 +148,7 @@ class SettlementServicer:
             self.ready()
             return await self.service.presettle(env, ref, bill)
 
-        return await guarded(context, work())
+        return await guarded(context, "medsettle.v1.SettlementService", "PreSettle", work())
 
     async def Settle(self, request: Any, context: grpc.aio.ServicerContext) -> bytes:
         async def work() -> bytes:
@@ -136,7 +159,7 @@ class SettlementServicer:
             )
             return settled.response  # stored bytes, sent as they are (see passthrough)
 
-        return await guarded(context, work())
+        return await guarded(context, "medsettle.v1.SettlementService", "Settle", work())
 
     async def Reverse(self, request: Any, context: grpc.aio.ServicerContext) -> bytes:
         async def work() -> bytes:
@@ -154,7 +177,7 @@ class SettlementServicer:
                 digest,
             )
 
-        return await guarded(context, work())
+        return await guarded(context, "medsettle.v1.SettlementService", "Reverse", work())
 
     async def GetSettlement(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def work() -> Any:
@@ -170,7 +193,7 @@ class SettlementServicer:
                 ref,
             )
 
-        return await guarded(context, work())
+        return await guarded(context, "medsettle.v1.SettlementService", "GetSettlement", work())
 
 
 class LedgerServicer:
@@ -184,7 +207,7 @@ class LedgerServicer:
                 raise InvalidInput(violations)
             return await self.service.reconcile(codec.decode_envelope(request.envelope), request)
 
-        return await guarded(context, work())
+        return await guarded(context, "medsettle.v1.LedgerService", "Reconcile", work())
 
     async def GetStatement(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def work() -> Any:
@@ -193,7 +216,7 @@ class LedgerServicer:
                 raise InvalidInput(violations)
             return await self.service.statement(codec.decode_envelope(request.envelope), request.month)
 
-        return await guarded(context, work())
+        return await guarded(context, "medsettle.v1.LedgerService", "GetStatement", work())
 
 
 class DiagnosticsServicer:

@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 from adapters.redis_keys import STATIC_CHANNEL, STATIC_POINTER, static_key
 from adapters.redis_listen import follow_channel
 from adapters.redis_store import text
+from gateway import metrics
 from gateway.engine.model import Catalog, CatalogEntry, Institution
 from gateway.engine.policy import Policy
 from rules_cache import records
@@ -78,8 +79,6 @@ class StaticCache:
         self.snapshot = StaticSnapshot()
         self._parsed: cachetools.LRUCache[str, Any] = cachetools.LRUCache(PARSED_MAX)
         self._lock = asyncio.Lock()
-        self.hits = 0
-        self.misses = 0
 
     async def refresh(self) -> StaticSnapshot:
         """Load what the pointer names (reading only the blobs not yet parsed), then swap."""
@@ -88,8 +87,8 @@ class StaticCache:
             pointer = {text(k): text(v) for k, v in raw.items()}
             wanted = {name: static_key(*split_field(name), version) for name, version in pointer.items()}
             missing = [key for key in wanted.values() if key not in self._parsed]
-            self.hits += len(wanted) - len(missing)
-            self.misses += len(missing)
+            metrics.CACHE.labels("l1", "static", "hit").inc(len(wanted) - len(missing))
+            metrics.CACHE.labels("l1", "static", "miss").inc(len(missing))
             if missing:
                 pipe = self.client.pipeline(transaction=False)
                 for key in missing:
@@ -110,6 +109,9 @@ class StaticCache:
                 else:
                     institutions = value
             self.snapshot = StaticSnapshot(pointer, policies, catalogs, institutions)
+            metrics.STATIC_VERSION.clear()
+            for name, version in pointer.items():
+                metrics.STATIC_VERSION.labels(*split_field(name), version).set(1)
             return self.snapshot
 
     async def follow(self, stopping: asyncio.Event) -> None:

@@ -19,7 +19,7 @@ CLI = [sys.executable, "-m", "gateway.cli"]
 def test_serve_runs_the_demo_on_embedded_defaults(tmp_path: Path) -> None:
     for run in (1, 2):  # the second run finds the first run's data (AOF) and still passes
         result = subprocess.run(
-            [*CLI, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path), "--demo", "--exit-after-demo"],  # noqa: E501
+            [*CLI, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path), "--demo", "--exit-after-demo", "--metrics-port", "0"],  # noqa: E501
             capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -30,7 +30,7 @@ def test_serve_runs_the_demo_on_embedded_defaults(tmp_path: Path) -> None:
 
 def test_sigterm_stops_gateway_and_its_redis(tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [*CLI, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path)],
+        [*CLI, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path), "--metrics-port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert proc.stdout is not None

@@ -155,11 +155,11 @@ class Ledger:
 
     # ---------------------------------------------------------------- booking
 
-    def book(self, entries: Sequence[Entry]) -> int:
-        """Books the entries in one transaction; entries already booked are skipped. Returns how many
-        were new."""
+    def book(self, entries: Sequence[Entry]) -> list[Journal]:
+        """Books the entries in one transaction; entries already booked are skipped. Returns the journals
+        that were new."""
         booked_at = datetime.now(UTC).isoformat(timespec="seconds")
-        new = 0
+        new: list[Journal] = []
         with self.transaction() as cur:
             for entry in entries:
                 j = entry.journal
@@ -195,7 +195,7 @@ class Ledger:
                 )
                 if cur.rowcount == 0:
                     continue  # delivered again: booked already, nothing to do
-                new += 1
+                new.append(j)
                 cur.executemany(
                     self.sql("INSERT INTO journal_funds VALUES (?, ?, ?, ?)"),
                     [(j.settlement_id, j.kind, code, amount) for code, amount in sorted(j.funds.items())],

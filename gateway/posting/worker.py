@@ -15,13 +15,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import redis
 
 from adapters import redis_keys as keys
 from adapters.ledger.store import Entry, Ledger, LedgerUnavailable, UnbalancedEntry
+from gateway import metrics
 from gateway.posting.routing import Journal, PostingError, Transfer, mirror, route
+from gateway.posting.statements import fund_spend
 
 log = logging.getLogger(__name__)
 GROUP = "posting"
@@ -39,6 +43,8 @@ class WorkerConfig:
     defer_max_ms: int = 120_000  # a reversal waits this long for its settlement before dead-lettering
     backoff_max_ms: int = 5_000  # database unreachable: wait at most this long between tries
     partitions: tuple[int, ...] = tuple(range(keys.PARTITIONS))
+    observe_every_ms: int = 5_000  # stream, lag and budget gauges
+    timezone: str = "Asia/Shanghai"  # the month of fund spend
 
 
 class DeferEntry(Exception):
@@ -65,6 +71,9 @@ class PostingWorker:
         self._own_pending = True  # after a start or a failure, first re-read what we hold unacked
         self._last_claim = 0.0
         self._backoff_ms = 100
+        self.last_ok = time.monotonic()
+        self._last_observe = 0.0
+        self.budgets: dict[tuple[str, str, str], int] = {}
 
     def prepare(self) -> None:
         self.ledger.migrate()
@@ -81,6 +90,8 @@ class PostingWorker:
             try:
                 if self.step() == 0 and on_idle is not None:
                     on_idle()
+                self.last_ok = time.monotonic()
+                self.observe()
             except LedgerUnavailable as exc:
                 self.stats.db_failures += 1
                 log.warning("ledger unavailable, will retry in %d ms: %s", self._backoff_ms, exc)
@@ -88,8 +99,47 @@ class PostingWorker:
                 stop.wait(self._backoff_ms / 1000)
                 self._backoff_ms = min(self.config.backoff_max_ms, self._backoff_ms * 2)
             except redis.ConnectionError as exc:
+                metrics.POSTING_FAILURES.labels("redis_unavailable").inc()
                 log.warning("redis unavailable: %s", exc)
                 stop.wait(1.0)
+            metrics.WORKER_UP.set(1 if self.health()[0] else 0)
+
+    def health(self) -> tuple[bool, str]:
+        """Healthy while a loop has succeeded within the last 15 s (Redis and the ledger both reached)."""
+        age = time.monotonic() - self.last_ok
+        return (age < 15, f"last successful loop {age:.1f}s ago")
+
+    def observe(self) -> None:
+        """Stream, lag and budget gauges, at most every observe_every_ms."""
+        now = time.monotonic()
+        if (now - self._last_observe) * 1000 < self.config.observe_every_ms:
+            return
+        self._last_observe = now
+        pipe = self.client.pipeline(transaction=False)
+        for stream in self.streams:
+            pipe.xlen(stream)
+            pipe.xpending(stream, GROUP)
+            pipe.xrange(stream, count=1)
+        replies = pipe.execute()
+        oldest_ms = None
+        for i, partition in enumerate(self.config.partitions):
+            length, pending, first = replies[3 * i : 3 * i + 3]
+            pending_count = int(pending["pending"]) if pending else 0
+            label = str(partition)
+            metrics.STREAM_LENGTH.labels(label).set(length)
+            metrics.STREAM_PENDING.labels(label).set(pending_count)
+            metrics.CONSUMER_LAG.labels(label).set(max(0, length - pending_count))
+            if first:
+                ms = int(text(first[0][0]).split("-")[0])
+                oldest_ms = ms if oldest_ms is None else min(oldest_ms, ms)
+        metrics.POSTING_LAG_S.set(0 if oldest_ms is None else max(0.0, time.time() - oldest_ms / 1000))
+        month = datetime.now(ZoneInfo(self.config.timezone)).strftime("%Y-%m")
+        for spend in fund_spend(self.ledger, month):
+            metrics.FUND_SPEND_MONTH.labels(spend.region, spend.district, spend.fund_code).set(
+                spend.amount_fen
+            )
+        for (region, district, fund_code), amount in self.budgets.items():
+            metrics.FUND_BUDGET_MONTH.labels(region, district, fund_code).set(amount)
 
     # ---------------------------------------------------------------- reading
 
@@ -150,14 +200,16 @@ class PostingWorker:
                 poison.append((stream, entry_id, fields, str(exc)))
             except DeferEntry as exc:
                 deferred += 1
+                metrics.POSTING_FAILURES.labels("deferred").inc()
                 self.note_failure(stream, entry_id, fields, str(exc), poison, self.config.defer_max_ms)
         try:
             new = self.ledger.book([e for _, _, e in entries])
         except LedgerUnavailable:
+            metrics.POSTING_FAILURES.labels("ledger_unavailable").inc()
             raise
         except Exception as exc:  # one bad entry must not hold the others back: book them one by one
             log.warning("batch refused (%s); booking entries one by one", exc)
-            new = 0
+            new = []
             good = []
             for stream, entry_id, entry in entries:
                 try:
@@ -166,11 +218,15 @@ class PostingWorker:
                 except LedgerUnavailable:
                     raise
                 except Exception as one:
+                    metrics.POSTING_FAILURES.labels("refused").inc()
                     self.note_failure(stream, entry_id, {}, f"refused by the ledger: {one}", poison)
             entries = good
         self.stats.batches += 1
-        self.stats.booked += new
-        self.stats.duplicates += len(entries) - new
+        self.stats.booked += len(new)
+        self.stats.duplicates += len(entries) - len(new)
+        for journal in new:
+            metrics.POSTED.labels(journal.kind).inc()
+        metrics.POSTING_DUPLICATES.inc(len(entries) - len(new))
         self.acknowledge([(s, i) for s, i, _ in entries])
         for stream, entry_id, fields, reason in poison:
             self.dead_letter(stream, entry_id, fields, reason)
@@ -242,6 +298,7 @@ class PostingWorker:
         self.client.xdel(stream, entry_id)
         self.attempts.pop(entry_id, None)
         self.stats.dead_lettered += 1
+        metrics.DEAD_LETTERS.inc()
         log.error("dead-lettered %s %s: %s", stream, entry_id, reason)
 
 

@@ -1,0 +1,186 @@
+"""Prometheus metrics of the gateway and the posting worker. Label values are bounded (service and
+method names, status codes, fund codes, regions, districts, visit types, rejection codes, partitions)
+and carry no personal data: no names, card, ID or person numbers, no message or settlement ids.
+
+Several processes (serve --workers N, issue 6) share one metrics view through prometheus_client's
+multiprocess mode when PROMETHEUS_MULTIPROC_DIR is set; gauges then say how they combine."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import REGISTRY
+
+# Sub-millisecond to seconds: a settlement should take a few ms, a slow one a second.
+LATENCY_BUCKETS_S = (
+    0.00025,
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+REDIS_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0)
+
+# ---------------------------------------------------------------- gRPC (the names operators know)
+GRPC_STARTED = Counter(
+    "grpc_server_started_total", "RPCs started on the server.", ["grpc_type", "grpc_service", "grpc_method"]
+)
+GRPC_HANDLED = Counter(
+    "grpc_server_handled_total",
+    "RPCs completed on the server, by status code.",
+    ["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
+)
+GRPC_SECONDS = Histogram(
+    "grpc_server_handling_seconds",
+    "Time to handle an RPC, to the status.",
+    ["grpc_type", "grpc_service", "grpc_method"],
+    buckets=LATENCY_BUCKETS_S,
+)
+
+# ---------------------------------------------------------------- settlements and money
+SETTLEMENTS = Counter(
+    "medsettle_settlements_total",
+    "Settlements committed, by insured region and district, scheme and visit type.",
+    ["region", "district", "scheme", "visit_type"],
+)
+REVERSALS = Counter("medsettle_reversals_total", "Settlements reversed, by institution region.", ["region"])
+FUND_FEN = Counter(
+    "medsettle_fund_paid_fen_total", "Fund payments committed, in fen, by fund code.", ["region", "fund_code"]
+)
+ACCOUNT_FEN = Counter("medsettle_account_paid_fen_total", "Personal account payments, in fen.", ["region"])
+CASH_FEN = Counter(
+    "medsettle_cash_paid_fen_total", "Cash paid by persons at the counter, in fen.", ["region"]
+)
+REJECTIONS = Counter("medsettle_rejections_total", "Business rejections, by code name.", ["code"])
+
+# ---------------------------------------------------------------- caches, Redis, commits
+CACHE = Counter(
+    "medsettle_cache_requests_total",
+    "Cache lookups by layer, cache and result.",
+    ["layer", "cache", "result"],
+)
+STATIC_VERSION = Gauge(
+    "medsettle_static_version_info",
+    "Policy, catalog and institution versions in force (value 1).",
+    ["kind", "region", "version"],
+    multiprocess_mode="max",
+)
+REDIS_SECONDS = Histogram(
+    "medsettle_redis_command_seconds",
+    "Redis round trips, by operation.",
+    ["operation"],
+    buckets=REDIS_BUCKETS_S,
+)
+COMMIT_CONFLICTS = Counter(
+    "medsettle_commit_conflicts_total", "Commits retried because the person's state moved."
+)
+DEPENDENCY_FAILURES = Counter(
+    "medsettle_dependency_failures_total", "Requests answered UNAVAILABLE, by dependency.", ["dependency"]
+)
+
+# ---------------------------------------------------------------- posting
+STREAM_LENGTH = Gauge(
+    "medsettle_stream_entries",
+    "Entries not yet booked in a partition stream.",
+    ["partition"],
+    multiprocess_mode="max",
+)
+STREAM_PENDING = Gauge(
+    "medsettle_stream_pending_entries",
+    "Entries delivered to a worker and not yet acknowledged.",
+    ["partition"],
+    multiprocess_mode="max",
+)
+CONSUMER_LAG = Gauge(
+    "medsettle_stream_consumer_lag_entries",
+    "Entries not yet delivered to any worker.",
+    ["partition"],
+    multiprocess_mode="max",
+)
+POSTED = Counter("medsettle_posting_booked_total", "Ledger entries booked, by kind.", ["kind"])
+POSTING_DUPLICATES = Counter("medsettle_posting_duplicates_total", "Entries delivered again, booked already.")
+POSTING_FAILURES = Counter("medsettle_posting_failures_total", "Posting failures, by reason.", ["reason"])
+DEAD_LETTERS = Counter("medsettle_posting_dead_letters_total", "Entries moved to the dead-letter stream.")
+POSTING_LAG_S = Gauge(
+    "medsettle_posting_lag_seconds",
+    "Age of the oldest committed settlement not yet in the ledger.",
+    multiprocess_mode="max",
+)
+FUND_SPEND_MONTH = Gauge(
+    "medsettle_fund_spend_month_fen",
+    "Fund spend booked this month, in fen, by insured region, district and fund code.",
+    ["region", "district", "fund_code"],
+    multiprocess_mode="max",
+)
+FUND_BUDGET_MONTH = Gauge(
+    "medsettle_fund_budget_month_fen",
+    "Configured monthly budget, in fen, by region, district and fund code.",
+    ["region", "district", "fund_code"],
+    multiprocess_mode="max",
+)
+WORKER_UP = Gauge(
+    "medsettle_worker_healthy",
+    "1 while the posting worker's last loop succeeded recently.",
+    multiprocess_mode="max",
+)
+
+
+def registry() -> CollectorRegistry:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        combined = CollectorRegistry()
+        multiprocess.MultiProcessCollector(combined)  # type: ignore[no-untyped-call]
+        return combined
+    return REGISTRY
+
+
+def serve_metrics(
+    port: int, health: Callable[[], tuple[bool, str]] | None = None, host: str = "0.0.0.0"
+) -> WSGIServer:
+    """/metrics for Prometheus, /healthz (200 or 503 with the reason) for orchestrators. Runs in a daemon
+    thread; returns the server (its port is server.server_port when port 0 was asked)."""
+    import threading
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "/")
+        if path == "/healthz":
+            ok, reason = health() if health else (True, "ok")
+            start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")])
+            return [reason.encode() + b"\n"]
+        if path in ("/metrics", "/"):
+            start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
+            return [generate_latest(registry())]
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not found\n"]
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = make_server(host, port, app, handler_class=Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
