@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import logging
 import signal
 import subprocess
 import sys
@@ -293,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-worker", action="store_true", help="embedded mode: do not start the posting worker")
     p.add_argument(
+        "--log-level", help="INFO (default; WARNING with --demo): one JSON line per request on stderr"
+    )
+    p.add_argument(
         "--metrics-port", type=int, default=9464, help="/metrics and /healthz; 0 any free port, -1 off"
     )
     p.add_argument(
@@ -354,8 +356,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    from gateway import logs
+
+    audit = Path(args.data_dir) / "audit.log" if args.command == "serve" else None
+    level = getattr(args, "log_level", None) or ("WARNING" if getattr(args, "demo", False) else "INFO")
+    logs.configure(level if args.command == "serve" else "WARNING", audit)
     try:
         return int(args.func(args))
     except DataError as exc:

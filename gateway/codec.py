@@ -7,6 +7,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
+from gateway import logs
 from gateway.engine import Split
 from gateway.engine.model import Bill, BillLine, ItemClass, Scheme, VisitType
 from gateway.errors import InvalidInput
@@ -69,6 +70,7 @@ def person_violations(ref: Any, path: str = "person", required: bool = True) -> 
 
 
 def decode_envelope(env: Any) -> Envelope:
+    logs.note(institution=env.institution_code, terminal=env.terminal_id, message_id=env.message_id)
     return Envelope(env.institution_code, env.terminal_id, env.operator_id, env.message_id)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from adapters import redis_keys as keys
 from adapters.redis_store import PersonSnapshot, RedisStore, StoredSettlement
-from gateway import codec, metrics
+from gateway import codec, logs, metrics
 from gateway.codec import Envelope, PersonRef
 from gateway.engine import Rejected as EngineRejected
 from gateway.engine import Rejection, Split, split
@@ -141,6 +141,7 @@ class SettlementService:
                     if earlier_hash != payload_hash or kind != "settle":
                         raise Rejected(Rejection.MESSAGE_ID_REUSED, reused(env))
                     original = pb.SettleResponse.FromString(earlier_response).settlement_id
+                    logs.note(settlement_id=original, duplicate=True)
                     return Settled(earlier_response, True, original, None)
                 result, enrolment = self.compute(snap, inst, person, bill, now.date())
                 sid = f"S{partition:03d}-{now:%y%m%d}-{secrets.token_hex(8)}"
@@ -165,9 +166,13 @@ class SettlementService:
                 )
                 if outcome.status == "OK":
                     count_settlement(enrolment, bill, result)
+                    logs.note(settlement_id=sid)
+                    audit("settle", env, sid, result.total_fen, result.fund_total_fen, result.account_fen,
+                          result.cash_fen, result.policy_version, result.catalog_version)  # fmt: skip
                     return Settled(response, False, sid, result)
                 if outcome.status == "DUP":
                     original = pb.SettleResponse.FromString(outcome.response).settlement_id
+                    logs.note(settlement_id=original, duplicate=True)
                     return Settled(outcome.response, True, original, None)
                 if outcome.status == "MISMATCH":
                     raise Rejected(Rejection.MESSAGE_ID_REUSED, reused(env))
@@ -240,6 +245,10 @@ class SettlementService:
         )
         if outcome.status == "OK":
             metrics.REVERSALS.labels(original.split.insured_region).inc()
+            logs.note(settlement_id=stored.settlement_id)
+            s = original.split
+            audit("reverse", env, stored.settlement_id, -s.total_fen, -s.fund_total_fen, -s.account_fen,
+                  -s.cash_fen, s.policy_version, s.catalog_version)  # fmt: skip
             return response
         if outcome.status == "DUP":
             return outcome.response
@@ -335,6 +344,29 @@ class SettlementService:
             and enrolment_in_force(p, home.region, on) is not None
         )
         return response
+
+
+def audit(
+    kind: str,
+    env: Envelope,
+    settlement_id: str,
+    total_fen: int,
+    fund_total_fen: int,
+    account_fen: int,
+    cash_fen: int,
+    policy_version: str,
+    catalog_version: str,
+) -> None:
+    """One audit line per committed settlement or reversal: who, what, how much, by which rules."""
+    logs.AUDIT_LOG.info(
+        kind,
+        extra={
+            "event": kind, "settlement_id": settlement_id, "institution": env.institution_code,
+            "terminal": env.terminal_id, "operator": env.operator_id, "message_id": env.message_id,
+            "total_fen": total_fen, "fund_total_fen": fund_total_fen, "account_fen": account_fen,
+            "cash_fen": cash_fen, "policy_version": policy_version, "catalog_version": catalog_version,
+        },
+    )  # fmt: skip
 
 
 def count_settlement(enrolment: Enrolment, bill: Bill, result: Split) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -15,7 +16,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from gateway import codec, metrics
+from gateway import codec, logs, metrics
 from gateway.engine import Rejection
 from gateway.errors import InvalidInput, Rejected, Unavailable
 from gateway.protos import pb
@@ -63,6 +64,8 @@ async def guarded(context: grpc.aio.ServicerContext, service: str, method: str, 
     metrics.GRPC_STARTED.labels(*labels).inc()
     started = time.perf_counter()
     code = "UNKNOWN"
+    fields: dict[str, Any] = {"request_id": secrets.token_hex(8), "rpc": method}
+    token = logs.request_fields.set(fields)
     remaining = context.time_remaining()
     timeout = (
         REQUEST_TIMEOUT_MAX_S
@@ -79,6 +82,7 @@ async def guarded(context: grpc.aio.ServicerContext, service: str, method: str, 
         code = code_pb2.Code.Name(status.code)
         if isinstance(exc, Rejected):
             metrics.REJECTIONS.labels(exc.code.name).inc()
+            fields["reason"] = exc.code.name
         await context.abort_with_status(rpc_status.to_status(status))
     except (TimeoutError, *DEPENDENCY_ERRORS) as exc:
         log.warning("dependency failure: %r", exc)
@@ -86,8 +90,13 @@ async def guarded(context: grpc.aio.ServicerContext, service: str, method: str, 
         metrics.DEPENDENCY_FAILURES.labels(dependency_of(exc)).inc()
         await context.abort_with_status(rpc_status.to_status(status_for(Unavailable(str(exc)))))
     finally:
+        elapsed = time.perf_counter() - started
         metrics.GRPC_HANDLED.labels(*labels, code).inc()
-        metrics.GRPC_SECONDS.labels(*labels).observe(time.perf_counter() - started)
+        metrics.GRPC_SECONDS.labels(*labels).observe(elapsed)
+        logs.request_fields.reset(token)
+        if logs.REQUEST_LOG.isEnabledFor(logging.INFO):
+            fields.update(outcome=code, latency_ms=round(elapsed * 1000, 3))
+            logs.REQUEST_LOG.info("request", extra=fields)
     raise AssertionError("abort_with_status returns only by raising")
 
 
