@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -37,17 +39,53 @@ def cmd_split(args: argparse.Namespace) -> int:
     return status
 
 
+def stop_event() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT. A plain handler, not loop.add_signal_handler: gRPC's poller can
+    leave asyncio's wakeup fd unread, and the stop request was then lost. Python runs this handler in the
+    main thread within a second (a periodic task wakes the loop), and it wakes the loop itself."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop.set))
+    return stop
+
+
+async def gateway_process(args: argparse.Namespace) -> int:
+    """One gateway process of `serve`: its own event loop, Redis pool and in-process caches, sharing the
+    port with its siblings through SO_REUSEPORT."""
+    from gateway.config import Config
+    from gateway.server import Gateway
+
+    config = Config(listen=args.listen, redis_url=args.redis, ledger_dsn=args.ledger)
+    stop = stop_event()
+    gateway = await Gateway(config, args.redis).start()
+    try:
+        await stop.wait()
+    finally:
+        await gateway.stop()
+    return 0
+
+
 async def serve(args: argparse.Namespace) -> int:
-    from adapters.embedded_redis import EmbeddedRedis
+    """Supervisor: the embedded Redis (unless --redis), the demo data, N gateway processes started before
+    any gRPC object exists here, the posting worker (embedded mode), metrics across all of them."""
+    from adapters.embedded_redis import EmbeddedRedis, free_port
     from gateway.config import Config
     from gateway.data_loading import load_citydata_dir
-    from gateway.demo import DEMO_CARD, LOST_CARD, run_demo
     from gateway.metrics import serve_metrics
-    from gateway.server import Gateway, redis_client
+    from gateway.server import redis_client
 
     data_dir = Path(args.data_dir)
     ledger_dsn = args.ledger or f"sqlite:///{(data_dir / 'ledger.db').resolve()}"
     config = Config(listen=args.listen, redis_url=args.redis, data_dir=data_dir, ledger_dsn=ledger_dsn)
+    host, _, port_text = config.listen.rpartition(":")
+    port = int(port_text) or free_port()  # one port for every process, chosen here
+    workers = max(1, args.workers or os.cpu_count() or 1)
+    metrics_dir = (data_dir / "metrics").resolve()
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)  # before any process counts anything
+    os.environ["MEDSETTLE_AUDIT_LOG"] = str((data_dir / "audit.log").resolve())
     embedded = None
     if config.redis_url is None:
         embedded = EmbeddedRedis(config.data_dir).start()
@@ -55,19 +93,15 @@ async def serve(args: argparse.Namespace) -> int:
         print(f"medsettle: embedded redis-server on {redis_url} (AOF in {embedded.dir})", flush=True)
     else:
         redis_url = config.redis_url
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def request_stop(signum: int, frame: object) -> None:
-        # A plain handler, not loop.add_signal_handler: gRPC's poller can leave asyncio's wakeup fd
-        # unread, and the stop request was then lost. Python runs this handler in the main thread
-        # within a second (the health monitor wakes the loop), and it wakes the loop itself.
-        loop.call_soon_threadsafe(stop.set)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, request_stop)
-    gateway = None
+    stop = stop_event()
+    children: list[subprocess.Popen[bytes]] = []
     posting: subprocess.Popen[bytes] | None = None
+    level = args.log_level or ("WARNING" if args.demo else "INFO")
+
+    def spawn() -> subprocess.Popen[bytes]:
+        cmd = ["gateway-process", "--listen", f"{host}:{port}", "--redis", redis_url, "--ledger", ledger_dsn]
+        return subprocess.Popen([sys.executable, "-m", "gateway.cli", *cmd, "--log-level", level])
+
     try:
         if embedded is not None and not args.no_demo_data:
             client = redis_client(redis_url, config)
@@ -77,14 +111,21 @@ async def serve(args: argparse.Namespace) -> int:
                 f"medsettle: loaded demo data: {len(report.versions)} versions, {report.persons} persons",
                 flush=True,
             )
-        gateway = await Gateway(config, redis_url).start()
-        host = config.listen.rsplit(":", 1)[0]
-        print(f"medsettle: listening on {host}:{gateway.port} (gRPC, health, reflection)", flush=True)
+        children = [spawn() for _ in range(workers)]
+        if not await wait_serving(f"{host}:{port}", children):
+            print("medsettle: the gateway processes did not become ready", flush=True)
+            return 1
+        print(
+            f"medsettle: listening on {host}:{port} (gRPC, health, reflection), {workers} processes",
+            flush=True,
+        )
         if args.metrics_port >= 0:
-            live = gateway
-            http = serve_metrics(
-                args.metrics_port, lambda: (live.healthy, "SERVING" if live.healthy else "NOT_SERVING"), host
-            )
+
+            def health() -> tuple[bool, str]:
+                alive = sum(child.poll() is None for child in children)
+                return alive == len(children), f"{alive} of {len(children)} gateway processes running"
+
+            http = serve_metrics(args.metrics_port, health, host)
             print(f"medsettle: metrics on http://{host}:{http.server_port}/metrics", flush=True)
         if embedded is not None and not args.no_worker:
             worker_metrics = str(args.metrics_port + 1 if args.metrics_port > 0 else args.metrics_port)
@@ -101,31 +142,66 @@ async def serve(args: argparse.Namespace) -> int:
             print(f"medsettle: posting worker started (pid {posting.pid}), ledger {ledger_dsn}", flush=True)
         status = 0
         if args.demo:
-            status = await run_demo(f"{host}:{gateway.port}", DEMO_CARD, LOST_CARD)
+            from gateway.demo import DEMO_CARD, LOST_CARD, run_demo
+
+            status = await run_demo(f"{host}:{port}", DEMO_CARD, LOST_CARD)
             if posting is not None:
-                status = status or await show_posted(ledger_dsn, gateway.service)
+                status = status or await show_posted(ledger_dsn, config.timezone)
             if args.exit_after_demo:
                 return status
         print("medsettle: serving; Ctrl-C or SIGTERM to stop", flush=True)
-        await stop.wait()
+        while not stop.is_set():  # supervise: a gateway process that died is started again
+            for i, child in enumerate(children):
+                if child.poll() is not None:
+                    print(
+                        f"medsettle: gateway process {child.pid} exited ({child.returncode}); restarting",
+                        flush=True,
+                    )
+                    children[i] = spawn()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
         print("medsettle: stopping", flush=True)
         return status
     finally:
-        if posting is not None:
-            posting.terminate()  # it finishes the batch in hand, then exits
-            posting.wait(timeout=30)
-        if gateway is not None:
-            await gateway.stop()
+        for proc in [*children, *([posting] if posting else [])]:
+            if proc.poll() is None:
+                proc.terminate()  # each finishes what it has in hand, then exits
+        for proc in [*children, *([posting] if posting else [])]:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
         if embedded is not None:
             embedded.stop()
 
 
-async def show_posted(ledger_dsn: str, service: Any) -> int:
+async def wait_serving(target: str, children: list[subprocess.Popen[bytes]], timeout_s: float = 60) -> bool:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while asyncio.get_running_loop().time() < deadline:
+            if any(child.poll() is not None for child in children):
+                return False
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return True
+            await asyncio.sleep(0.1)
+    return False
+
+
+async def show_posted(ledger_dsn: str, timezone: str) -> int:
     """After the demo: wait for the posting worker to book the day's settlements, print the statement."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
     from adapters.ledger.store import Ledger, LedgerUnavailable
     from gateway.posting.statements import institution_statements
 
-    month = service.now().strftime("%Y-%m")
+    month = datetime.now(ZoneInfo(timezone)).strftime("%Y-%m")
     ledger = Ledger(ledger_dsn)
     for _ in range(100):
         try:
@@ -292,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-worker", action="store_true", help="embedded mode: do not start the posting worker")
     p.add_argument(
+        "--workers", type=int, default=0, help="gateway processes sharing the port (default: cores)"
+    )
+    p.add_argument(
         "--log-level", help="INFO (default; WARNING with --demo): one JSON line per request on stderr"
     )
     p.add_argument(
@@ -303,6 +382,13 @@ def build_parser() -> argparse.ArgumentParser:
         " (default: sqlite in --data-dir)",
     )
     p.set_defaults(func=lambda a: asyncio.run(serve(a)))
+
+    p = sub.add_parser("gateway-process", help=argparse.SUPPRESS)  # one of serve's processes
+    p.add_argument("--listen", required=True)
+    p.add_argument("--redis", required=True)
+    p.add_argument("--ledger")
+    p.add_argument("--log-level", default="INFO")
+    p.set_defaults(func=lambda a: asyncio.run(gateway_process(a)))
 
     p = sub.add_parser("load", help="validate and publish policies, catalogs, institutions and persons")
     p.add_argument("--redis", required=True)
@@ -360,8 +446,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from gateway import logs
 
     audit = Path(args.data_dir) / "audit.log" if args.command == "serve" else None
+    if args.command == "gateway-process":  # the audit log of the serve it belongs to
+        audit = Path(os.environ.get("MEDSETTLE_AUDIT_LOG", "medsettle-data/audit.log"))
     level = getattr(args, "log_level", None) or ("WARNING" if getattr(args, "demo", False) else "INFO")
-    logs.configure(level if args.command == "serve" else "WARNING", audit)
+    logs.configure(level if args.command in ("serve", "gateway-process") else "WARNING", audit)
     try:
         return int(args.func(args))
     except DataError as exc:

@@ -79,6 +79,7 @@ class StaticCache:
         self.snapshot = StaticSnapshot()
         self._parsed: cachetools.LRUCache[str, Any] = cachetools.LRUCache(PARSED_MAX)
         self._lock = asyncio.Lock()
+        self._versions_shown: set[tuple[str, str, str]] = set()
 
     async def refresh(self) -> StaticSnapshot:
         """Load what the pointer names (reading only the blobs not yet parsed), then swap."""
@@ -109,9 +110,12 @@ class StaticCache:
                 else:
                     institutions = value
             self.snapshot = StaticSnapshot(pointer, policies, catalogs, institutions)
-            metrics.STATIC_VERSION.clear()
-            for name, version in pointer.items():
-                metrics.STATIC_VERSION.labels(*split_field(name), version).set(1)
+            current = {(*split_field(name), version) for name, version in pointer.items()}
+            for old in self._versions_shown - current:  # clear() is not possible across processes
+                metrics.STATIC_VERSION.labels(*old).set(0)
+            for labels in current:
+                metrics.STATIC_VERSION.labels(*labels).set(1)
+            self._versions_shown = current
             return self.snapshot
 
     async def follow(self, stopping: asyncio.Event) -> None:

@@ -4,11 +4,13 @@ loads the demo data, serves, runs the demo, and stops cleanly on SIGTERM; its da
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,7 @@ CLI = [sys.executable, "-m", "gateway.cli"]
 def test_serve_runs_the_demo_on_embedded_defaults(tmp_path: Path) -> None:
     for run in (1, 2):  # the second run finds the first run's data (AOF) and still passes
         result = subprocess.run(
-            [*CLI, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path), "--demo", "--exit-after-demo", "--metrics-port", "0"],  # noqa: E501
+            [*CLI, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path), "--demo", "--exit-after-demo", "--metrics-port", "0", "--workers", "2"],  # noqa: E501
             capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -28,24 +30,42 @@ def test_serve_runs_the_demo_on_embedded_defaults(tmp_path: Path) -> None:
     assert (tmp_path / "redis" / "appendonlydir").exists() or any((tmp_path / "redis").glob("*.aof"))
 
 
-def test_sigterm_stops_gateway_and_its_redis(tmp_path: Path) -> None:
+def test_two_processes_serve_one_port_count_together_and_stop_together(tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [*CLI, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path), "--metrics-port", "0"],
+        [*CLI, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path), "--metrics-port", "0",
+         "--workers", "2", "--no-worker"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert proc.stdout is not None
-    redis_port = None
+    found: dict[str, int] = {}
     for line in proc.stdout:
-        match = re.search(r"redis://127.0.0.1:(\d+)", line)
-        if match:
-            redis_port = int(match.group(1))
+        for key, pattern in (("redis", r"redis://127.0.0.1:(\d+)"), ("grpc", r"listening on 127.0.0.1:(\d+)"),
+                             ("metrics", r"metrics on http://127.0.0.1:(\d+)")):  # fmt: skip
+            match = re.search(pattern, line)
+            if match:
+                found[key] = int(match.group(1))
         if "serving" in line:
             break
-    assert redis_port is not None
+    demo = subprocess.run(
+        [*CLI, "demo", "--target", f"127.0.0.1:{found['grpc']}"], capture_output=True, text=True
+    )
+    assert demo.returncode == 0, demo.stdout[-2000:]
+    with urllib.request.urlopen(f"http://127.0.0.1:{found['metrics']}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    handled = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("grpc_server_handled_total{") and "medsettle.v1.SettlementService" in line
+    )
+    assert handled == 12, "the demo's 12 calls, counted across the gateway processes"
+    counting = {p.removeprefix("counter_").removesuffix(".db") for p in os.listdir(tmp_path / "metrics")
+                if p.startswith("counter_")}  # fmt: skip
+    assert len(counting - {str(proc.pid)}) == 2, "two gateway processes besides the supervisor"
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 0
-    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", redis_port), timeout=1):
-        pass  # the embedded redis-server is gone too
+    assert proc.wait(timeout=60) == 0
+    for port in (found["grpc"], found["redis"]):
+        with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            pass  # every gateway process and the embedded redis-server are gone
 
 
 def test_load_refuses_a_bad_file_and_writes_nothing(tmp_path: Path) -> None:
