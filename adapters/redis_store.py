@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 
 from adapters import redis_keys as keys
 from adapters.citydata_files import CARD_STATUSES
+from adapters.redis_batch import ScriptBatcher
 from gateway import metrics
 from gateway.engine.model import Person, PersonState
 from rules_cache import records
@@ -76,6 +77,7 @@ class StoredSettlement:
 class RedisStore:
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
+        self._batch = ScriptBatcher(client)
         self._read = client.register_script(lua("read_person.lua"))
         self._commit = client.register_script(lua("commit_settlement.lua"))
         self._reverse = client.register_script(lua("reverse_settlement.lua"))
@@ -116,9 +118,9 @@ class RedisStore:
         read_keys = [keys.person_key(person_id), keys.state_key(person_id), keys.acc_key(person_id, year)]
         if message is not None:
             read_keys.append(keys.idem_key(keys.partition_of(person_id), *message))
-        raw, ver, bal, acc_flat, earlier_hash, earlier_kind, earlier_response = await self._read(
-            keys=read_keys
-        )
+        with READ_SECONDS.time():
+            reply = await self._batch.call(self._read, read_keys, [])
+        raw, ver, bal, acc_flat, earlier_hash, earlier_kind, earlier_response = reply
         if raw is None:
             return None
         earlier = None
@@ -195,15 +197,16 @@ class RedisStore:
         for name, value in deltas.items():
             args += [name, value]
         with COMMIT_SECONDS.time():
-            result = await self._commit(
-                keys=[
+            result = await self._batch.call(
+                self._commit,
+                [
                     keys.idem_key(partition, institution, message_id),
                     keys.state_key(pid),
                     keys.acc_key(pid, year),
                     keys.settlement_key(settlement_id),
                     keys.stream_key(partition),
                 ],
-                args=args,
+                args,
             )
         return CommitResult(text(result[0]), bytes(result[1]) if len(result) > 1 else b"")
 

@@ -226,11 +226,10 @@ def main() -> None:
             server.wait(timeout=60)
     floor = results[0][1]
     print(
-        f"machine: {os.cpu_count()} cores; gateway processes: {args.workers}; redis AOF everysec; h2load -c 8 -m 16"
+        f"machine: {os.cpu_count()} cores; gateway processes: {args.workers}; AOF everysec; h2load -c 8 -m 16"
     )
-    print(
-        f"{'rpc':<30}{'max/s':>8}{'vs no-op':>10}{'CPU µs':>8}{'p50 ms':>8}{'p99 ms':>8}{'p99.9 ms':>10}  at /s"
-    )
+    head = f"{'rpc':<30}{'max/s':>8}{'vs no-op':>10}{'CPU µs':>8}{'p50 ms':>8}{'p99 ms':>8}{'p99.9 ms':>10}"
+    print(head + "  at /s")
     for name, top, cpu, lat in results:
         print(
             f"{name:<30}{top:>8.0f}{top / floor:>10.2f}{cpu:>8.0f}{percentile(lat, 0.5):>8.2f}"
