@@ -247,3 +247,27 @@ async def test_person_update_keeps_live_state(
     assert balance(sync_redis) == BALANCE - 109_815
     _, info = await expect_error(stub.Settle(terminal.settle(STAY)))
     assert info.reason == "CARD_FROZEN"
+
+
+async def test_settles_after_redis_lost_its_scripts(stub: Any, terminal: Terminal, sync_redis: Any) -> None:
+    # a Redis restarted without persistence, or failed over, has no scripts: the gateway loads them again
+    sync_redis.script_flush()
+    first = await stub.Settle(terminal.settle(STAY))
+    assert first.split.account_fen == 109_815
+    assert balance(sync_redis) == BALANCE - 109_815
+
+
+async def test_concurrent_settles_for_many_persons_share_pipelines(gateway: Any, terminal: Terminal) -> None:
+    # 40 different persons at once: their reads and commits are coalesced, each gets its own answer
+    from loadtest.synthetic import persons
+
+    for record in persons(40):
+        await gateway.service.store.put_person(record)
+    requests = [terminal.settle(STAY, card=f"L{i:08d}") for i in range(40)]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as channel:
+        from gateway.protos import pb_grpc
+
+        stub = pb_grpc.SettlementServiceStub(channel)
+        replies = await asyncio.gather(*(stub.Settle(r) for r in requests))
+    assert len({r.settlement_id for r in replies}) == 40
+    assert {r.person_id for r in replies} == {f"PSNLT{i:08d}" for i in range(40)}
