@@ -51,9 +51,10 @@ def settle_requests(persons: int, count: int, run: str) -> Iterator[Any]:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process so far (Linux /proc), to show server CPU per call."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU so far of the gateway processes (the children of `serve`), from /proc."""
+    from loadtest.bench_h2load import children_cpu
+
+    return children_cpu(pid)
 
 
 def percentile(sorted_ms: list[float], q: float) -> float:
@@ -107,9 +108,10 @@ async def open_loop(
     return sorted(latencies)
 
 
-def start_gateway(redis_url: str, wrapper: list[str]) -> tuple[subprocess.Popen[str], int]:
+def start_gateway(redis_url: str, wrapper: list[str], data_dir: Path) -> tuple[subprocess.Popen[str], int]:
     proc = subprocess.Popen(
-        [*wrapper, sys.executable, "-m", "gateway.cli", "serve", "--redis", redis_url, "--listen", LISTEN],
+        [*wrapper, sys.executable, "-m", "gateway.cli", "serve", "--redis", redis_url, "--listen", LISTEN,
+         "--log-level", "WARNING", "--metrics-port", "-1", "--data-dir", str(data_dir)],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert proc.stdout is not None
@@ -166,7 +168,7 @@ async def bench(args: argparse.Namespace) -> None:
             [*CLI, "load", "--redis", server.url, "--persons", str(persons_file)],
             check=True, stdout=subprocess.DEVNULL,
         )  # fmt: skip
-        proc, port = start_gateway(server.url, args.wrap.split() if args.wrap else [])
+        proc, port = start_gateway(server.url, args.wrap.split() if args.wrap else [], Path(tmp) / "serve")
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
                 await channel.channel_ready()

@@ -125,6 +125,7 @@ def h2load_at_rate(port: int, path: str, data: Path, seconds: float, rate: float
         )
     )
     log = tmp / "h2load.log"
+    log.unlink(missing_ok=True)  # h2load appends: each RPC gets a fresh log
     subprocess.run(
         [
             "h2load",
