@@ -19,15 +19,13 @@ import shutil
 import struct
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from adapters.embedded_redis import EmbeddedRedis, free_port
 from gateway.protos import pb
-from loadtest.synthetic import INPATIENT_LINES, OUTPATIENT_10_LINES, PHARMACY_LINES, write_persons
+from loadtest.stack import running_stack
+from loadtest.synthetic import INPATIENT_LINES, OUTPATIENT_10_LINES, PHARMACY_LINES
 
-CLI = [sys.executable, "-m", "gateway.cli"]
 SERVICE = "medsettle.v1.SettlementService"
 
 
@@ -174,57 +172,17 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("h2load") is None:
         sys.exit("h2load is not installed: apt-get install nghttp2-client")
-    with tempfile.TemporaryDirectory() as d, EmbeddedRedis(Path(d)) as redis_server:
-        tmp = Path(d)
-        root = Path(__file__).resolve().parent.parent / "citydata"
-        subprocess.run(
-            [*CLI, "load", "--redis", redis_server.url, "--dir", str(root)], check=True, capture_output=True
-        )
-        persons = write_persons(tmp / "persons.json", 2000)
-        subprocess.run(
-            [*CLI, "load", "--redis", redis_server.url, "--persons", str(persons)],
-            check=True,
-            capture_output=True,
-        )
-        port = free_port()
-        server = subprocess.Popen(
-            [
-                *CLI,
-                "serve",
-                "--redis",
-                redis_server.url,
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--workers",
-                str(args.workers),
-                "--metrics-port",
-                "-1",
-                "--log-level",
-                "WARNING",
-                "--data-dir",
-                str(tmp / "serve"),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        assert server.stdout is not None
-        for line in server.stdout:
-            if "serving" in line:
-                break
+    with running_stack(2000, args.workers) as stack:
+        port, server, tmp = stack.port, stack.server, stack.tmp
         results = []
-        try:
-            for name, (path, body) in requests().items():
-                data = tmp / "body.bin"
-                data.write_bytes(body)
-                cpu0 = children_cpu(server.pid)
-                top = h2load_max(port, path, data, args.seconds)
-                cpu_us = (children_cpu(server.pid) - cpu0) / (top * (args.seconds + 1)) * 1e6
-                lat = h2load_at_rate(port, path, data, min(args.seconds, 5), args.rate, tmp)
-                results.append((name, top, cpu_us, lat))
-        finally:
-            server.terminate()
-            server.wait(timeout=60)
+        for name, (path, body) in requests().items():
+            data = tmp / "body.bin"
+            data.write_bytes(body)
+            cpu0 = children_cpu(server.pid)
+            top = h2load_max(port, path, data, args.seconds)
+            cpu_us = (children_cpu(server.pid) - cpu0) / (top * (args.seconds + 1)) * 1e6
+            lat = h2load_at_rate(port, path, data, min(args.seconds, 5), args.rate, tmp)
+            results.append((name, top, cpu_us, lat))
     floor = results[0][1]
     print(
         f"machine: {os.cpu_count()} cores; gateway processes: {args.workers}; AOF everysec; h2load -c 8 -m 16"

@@ -11,19 +11,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import grpc
 
-from adapters.embedded_redis import EmbeddedRedis, free_port
 from gateway.protos import pb_grpc
 from loadtest.bench_gateway import settle_requests
-from loadtest.bench_h2load import CLI
-from loadtest.synthetic import write_persons
+from loadtest.stack import running_stack
 
 
 def rss_kib(pids: list[int]) -> int:
@@ -89,35 +85,9 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as d, EmbeddedRedis(Path(d)) as redis_server:
-        tmp = Path(d)
-        root = Path(__file__).resolve().parent.parent / "citydata"
-        subprocess.run(
-            [*CLI, "load", "--redis", redis_server.url, "--dir", str(root)], check=True, capture_output=True
-        )
-        persons = write_persons(tmp / "persons.json", 5000)
-        subprocess.run(
-            [*CLI, "load", "--redis", redis_server.url, "--persons", str(persons)],
-            check=True,
-            capture_output=True,
-        )
-        port = free_port()
-        server = subprocess.Popen(
-            [*CLI, "serve", "--redis", redis_server.url, "--listen", f"127.0.0.1:{port}", "--workers",
-             str(args.workers), "--metrics-port", "-1", "--log-level", "WARNING",
-             "--data-dir", str(tmp / "serve")],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        )  # fmt: skip
-        assert server.stdout is not None
-        for line in server.stdout:
-            if "serving" in line:
-                break
-        try:
-            pids = gateway_pids(server.pid)
-            ok, errors, samples = asyncio.run(soak(port, args.rate, args.minutes * 60, 5000, pids))
-        finally:
-            server.terminate()
-            server.wait(timeout=60)
+    with running_stack(5000, args.workers) as stack:
+        pids = gateway_pids(stack.server.pid)
+        ok, errors, samples = asyncio.run(soak(stack.port, args.rate, args.minutes * 60, 5000, pids))
     base = samples[min(6, len(samples) - 1)]  # after the first minute: caches warm, pools full
     growth = (samples[-1] - base) / base * 100
     print(

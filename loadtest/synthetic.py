@@ -8,6 +8,8 @@ import random
 from pathlib import Path
 from typing import Any
 
+from gateway.demo import INPATIENT_LINES as DEMO_INPATIENT_LINES
+
 DISTRICTS = ("500103", "500104", "500105", "500106", "500107", "500108", "500109", "500112", "500113")
 
 # Load across the seed cities: region -> (districts, employee tier, resident tiers, hospital, pharmacy)
@@ -26,85 +28,62 @@ def id_number(district: str, birth: str, seq: int) -> str:
     return body + CHECK[sum(int(d) * w for d, w in zip(body, WEIGHTS, strict=True)) % 11]
 
 
-def persons(count: int, seed: int = 7) -> list[dict[str, Any]]:
-    rng = random.Random(seed)
-    out = []
-    for i in range(count):
-        district = DISTRICTS[i % len(DISTRICTS)]
-        birth = f"{rng.randint(1950, 2000)}{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}"
-        out.append(
+def record(
+    i: int, prefix: str, region: str, district: str, birth: str, employee: bool, tier: int, balance_fen: int
+) -> dict[str, Any]:
+    """One person as the core system exports it (citydata/README.md)."""
+    person_type = ("retiree" if birth < "1966" else "in_service") if employee else "adult"
+    return {
+        "person_id": f"PSN{prefix}{i:08d}",
+        "name": "测试" + "甲乙丙丁戊己庚辛"[i % 8],
+        "id_number": id_number(district, birth, i % 1000),
+        "card_no": f"{prefix[0]}{i:08d}",
+        "card_status": "normal",
+        "sex": "MF"[i % 2],
+        "birth_date": f"{birth[:4]}-{birth[4:6]}-{birth[6:]}",
+        "tags": [],
+        "enrolments": [
             {
-                "person_id": f"PSNLT{i:08d}",
-                "name": "测试" + "甲乙丙丁戊己庚辛"[i % 8],
-                "id_number": id_number(district, birth, i % 1000),
-                "card_no": f"L{i:08d}",
-                "card_status": "normal",
-                "sex": "MF"[i % 2],
-                "birth_date": f"{birth[:4]}-{birth[4:6]}-{birth[6:]}",
-                "tags": [],
-                "enrolments": [
-                    {
-                        "region": "500000",
-                        "district": district,
-                        "scheme": "employee",
-                        "person_type": "retiree" if birth < "1966" else "in_service",
-                        "status": "active",
-                        "valid_from": "2020-01-01",
-                        "valid_to": None,
-                        "tiers": [{"tier": 1, "applied_on": "2020-01-01"}],
-                    }
-                ],
-                "approvals": [],
-                "special_diseases": [],
-                "account_balance_fen": 1_000_000_000,
-                "accumulators": {"year": 2026, "values": {}},
+                "region": region, "district": district, "scheme": "employee" if employee else "resident",
+                "person_type": person_type, "status": "active", "valid_from": "2020-01-01", "valid_to": None,
+                "tiers": [{"tier": tier, "applied_on": "2020-01-01"}],
             }
+        ],
+        "approvals": [],
+        "special_diseases": [],
+        "account_balance_fen": balance_fen,
+        "accumulators": {"year": 2026, "values": {}},
+    }  # fmt: skip
+
+
+def birth_date(rng: random.Random, latest_year: int) -> str:
+    return f"{rng.randint(1950, latest_year)}{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}"
+
+
+def persons(count: int, seed: int = 7) -> list[dict[str, Any]]:
+    """Chongqing employees with large accounts (cards L00000000...), for the gateway benchmarks."""
+    rng = random.Random(seed)
+    return [
+        record(
+            i, "LT", "500000", DISTRICTS[i % len(DISTRICTS)], birth_date(rng, 2000), True, 1, 1_000_000_000
         )
-    return out
+        for i in range(count)
+    ]
 
 
 def city_persons(count: int, seed: int = 11) -> list[dict[str, Any]]:
     """Employees and residents spread over the four seed cities (cards C00000000...), for Locust."""
     rng = random.Random(seed)
-    out = []
     regions = sorted(CITIES)
+    out = []
     for i in range(count):
         region = regions[i % len(regions)]
         districts, employee_tier, resident_tiers, _, _ = CITIES[region]
-        district = districts[(i // len(regions)) % len(districts)]
         employee = (i // len(regions)) % 3 != 2  # two employees for each resident
-        birth = f"{rng.randint(1950, 2005)}{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}"
         tier = employee_tier if employee else resident_tiers[i % len(resident_tiers)]
-        out.append(
-            {
-                "person_id": f"PSNCT{i:08d}",
-                "name": "测试" + "甲乙丙丁"[i % 4],
-                "id_number": id_number(district, birth, i % 1000),
-                "card_no": f"C{i:08d}",
-                "card_status": "normal",
-                "sex": "MF"[i % 2],
-                "birth_date": f"{birth[:4]}-{birth[4:6]}-{birth[6:]}",
-                "tags": [],
-                "enrolments": [
-                    {
-                        "region": region,
-                        "district": district,
-                        "scheme": "employee" if employee else "resident",
-                        "person_type": ("retiree" if birth < "1966" else "in_service")
-                        if employee
-                        else "adult",
-                        "status": "active",
-                        "valid_from": "2020-01-01",
-                        "valid_to": None,
-                        "tiers": [{"tier": tier, "applied_on": "2020-01-01"}],
-                    }
-                ],
-                "approvals": [],
-                "special_diseases": [],
-                "account_balance_fen": 500_000_000 if employee else 0,
-                "accumulators": {"year": 2026, "values": {}},
-            }
-        )
+        district = districts[(i // len(regions)) % len(districts)]
+        out.append(record(i, "CT", region, district, birth_date(rng, 2005), employee, tier,
+                          500_000_000 if employee else 0))  # fmt: skip
     return out
 
 
@@ -114,16 +93,7 @@ def write_persons(path: Path, count: int, across_cities: bool = False) -> Path:
     return path
 
 
-INPATIENT_LINES = [  # a five-day stay for an appendectomy
-    ("F000001", 3530, 5),
-    ("T000005", 1500, 5),
-    ("T000049", 120000, 1),
-    ("T000060", 120000, 1),
-    ("D000004", 350, 10),
-    ("M000003", 1800, 2),
-    ("M000001", 300, 5),
-    ("T000006", 2000, 2),
-]
+INPATIENT_LINES = DEMO_INPATIENT_LINES  # the demo's five-day stay
 PHARMACY_LINES = [("D000001", 1250, 2), ("D000009", 1450, 1), ("D000012", 2350, 1)]
 
 
