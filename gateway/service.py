@@ -63,7 +63,6 @@ class SettlementService:
         # One commit at a time per person in this process, so concurrent bills for one person queue
         # instead of spinning on the compare-and-set; other processes are kept honest by the CAS.
         self._person_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
-        self.conflicts = 0
 
     # ---------------------------------------------------------------- lookups
 
@@ -178,7 +177,6 @@ class SettlementService:
                     raise Rejected(Rejection.MESSAGE_ID_REUSED, reused(env))
                 # CONFLICT: another process committed for this person since our read. Back off a little
                 # (jittered, so two gateways do not keep colliding), read again and recompute.
-                self.conflicts += 1
                 metrics.COMMIT_CONFLICTS.inc()
                 await asyncio.sleep(random.uniform(0, self.limits.conflict_backoff_ms / 1000 * (attempt + 1)))
         raise Rejected(Rejection.PERSON_BUSY, "the person's account is busy; retry with the same message id")

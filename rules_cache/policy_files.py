@@ -123,7 +123,6 @@ def parse_plan(r: Reader, defaults: dict[ItemKind, int]) -> Plan:
         benefits=benefits,
         layers=tuple(parse_layer(layer) for layer in r.tables("layers")),
         first_selfpay_bp=first_selfpay(own_defaults) if own_defaults else defaults,
-        account_fund_code=r.text("account_fund_code", "310200"),
     )
     r.done()
     return plan

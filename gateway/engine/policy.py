@@ -130,7 +130,6 @@ class Plan:
     benefits: Mapping[VisitType, Benefit]
     layers: tuple[SupplementaryLayer, ...]
     first_selfpay_bp: Mapping[ItemKind, int]  # class B default by kind when the entry has none
-    account_fund_code: str = "310200"
 
 
 @dataclass(frozen=True, slots=True)
