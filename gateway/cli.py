@@ -138,7 +138,10 @@ async def serve(args: argparse.Namespace) -> int:
                 "--metrics-port",
                 worker_metrics,
             ]
-            posting = subprocess.Popen([sys.executable, "-m", "gateway.cli", *worker_args])
+            # the worker serves its own metrics: it must not aggregate the gateway processes' files too,
+            # or Prometheus would count every settlement twice
+            own_env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+            posting = subprocess.Popen([sys.executable, "-m", "gateway.cli", *worker_args], env=own_env)
             print(f"medsettle: posting worker started (pid {posting.pid}), ledger {ledger_dsn}", flush=True)
         status = 0
         if args.demo:
