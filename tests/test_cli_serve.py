@@ -27,6 +27,9 @@ def test_serve_runs_the_demo_on_embedded_defaults(tmp_path: Path) -> None:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         assert "== demo passed" in result.stdout, run
         assert "[FAILED]" not in result.stdout
+    audit = [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]
+    events = [a["event"] for a in audit]
+    assert events.count("settle") == 4 and events.count("reverse") == 2  # two demo runs
     assert (tmp_path / "redis" / "appendonlydir").exists() or any((tmp_path / "redis").glob("*.aof"))
 
 
