@@ -139,9 +139,7 @@ class SettlementService:
                     earlier_hash, kind, earlier_response = person.earlier
                     if earlier_hash != payload_hash or kind != "settle":
                         raise Rejected(Rejection.MESSAGE_ID_REUSED, reused(env))
-                    original = pb.SettleResponse.FromString(earlier_response).settlement_id
-                    logs.note(settlement_id=original, duplicate=True)
-                    return Settled(earlier_response, True, original, None)
+                    return resent(earlier_response)
                 result, enrolment = self.compute(snap, inst, person, bill, now.date())
                 sid = f"S{partition:03d}-{now:%y%m%d}-{secrets.token_hex(8)}"
                 response = pb.SettleResponse(
@@ -169,10 +167,8 @@ class SettlementService:
                     audit("settle", env, sid, result.total_fen, result.fund_total_fen, result.account_fen,
                           result.cash_fen, result.policy_version, result.catalog_version)  # fmt: skip
                     return Settled(response, False, sid, result)
-                if outcome.status == "DUP":
-                    original = pb.SettleResponse.FromString(outcome.response).settlement_id
-                    logs.note(settlement_id=original, duplicate=True)
-                    return Settled(outcome.response, True, original, None)
+                if outcome.status == "DUP":  # a resend that raced its original to the commit
+                    return resent(outcome.response)
                 if outcome.status == "MISMATCH":
                     raise Rejected(Rejection.MESSAGE_ID_REUSED, reused(env))
                 # CONFLICT: another process committed for this person since our read. Back off a little
@@ -219,13 +215,12 @@ class SettlementService:
         original = pb.SettleResponse.FromString(stored.response)
         now = self.now()
         debit = original.split.account_fen
-        response = pb.ReverseResponse(
+        response: bytes = pb.ReverseResponse(
             settlement_id=stored.settlement_id,
             reversal_id="R" + stored.settlement_id[1:],
             reversed_at=now.isoformat(timespec="seconds"),
             split=codec.mirror(original.split, await self.store.balance(stored.person_id) + debit),
         ).SerializeToString()
-        assert isinstance(response, bytes)
         event = {
             "type": "reverse",
             "sid": stored.settlement_id,
@@ -377,6 +372,13 @@ def count_settlement(enrolment: Enrolment, bill: Bill, result: Split) -> None:
         metrics.ACCOUNT_FEN.labels(region).inc(result.account_fen)
     if result.cash_fen:
         metrics.CASH_FEN.labels(region).inc(result.cash_fen)
+
+
+def resent(response: bytes) -> Settled:
+    """The answer to a resend: the original response, byte for byte."""
+    original = pb.SettleResponse.FromString(response).settlement_id
+    logs.note(settlement_id=original, duplicate=True)
+    return Settled(response, True, original, None)
 
 
 def reused(env: Envelope) -> str:
