@@ -9,8 +9,7 @@ person's partition as its hash tag, so one Lua script can update them all in one
     ms:{p017}:stl:<settlement_id>        hash: resp, status, rev, pid, year, debit, inst, msgid, d:<acc>...
     ms:{p017}:stream                     stream: settle / reverse events for the posting worker
     ms:card:<card_no>, ms:idno:<id>      person id (global index)
-    ms:static:current                    hash: policy:<region>, catalog:<region>, institutions -> version
-    ms:static:<kind>:<region>:<version>  immutable blob of one published version
+    static data (policies, catalogs, institutions): rules_cache/keys.py
 """
 
 from __future__ import annotations
@@ -18,8 +17,6 @@ from __future__ import annotations
 import zlib
 
 PARTITIONS = 256
-STATIC_POINTER = "ms:static:current"
-STATIC_CHANNEL = "ms:static:changed"
 PERSON_CHANNEL = "ms:person:changed"
 
 
@@ -68,7 +65,3 @@ def card_key(card_no: str) -> str:
 
 def id_number_key(id_number: str) -> str:
     return f"ms:idno:{id_number}"
-
-
-def static_key(kind: str, region: str, version: str) -> str:
-    return f"ms:static:{kind}:{region}:{version}"

@@ -16,10 +16,10 @@ import redis.asyncio as aioredis
 from adapters import redis_keys as keys
 from adapters.citydata_files import CARD_STATUSES
 from adapters.redis_batch import ScriptBatcher
-from gateway import metrics
 from gateway.engine.model import Person, PersonState
 from rules_cache import records
 from rules_cache.reader import DataError
+from telemetry import metrics
 
 PERSON_PARSED_MAX = 50_000  # parsed person records kept per process, keyed by their bytes
 CARD_CACHE_MAX = 200_000

@@ -72,8 +72,8 @@ async def serve(args: argparse.Namespace) -> int:
     from adapters.embedded_redis import EmbeddedRedis, free_port
     from gateway.config import Config
     from gateway.data_loading import load_citydata_dir
-    from gateway.metrics import serve_metrics
     from gateway.server import redis_client
+    from telemetry.metrics import serve_metrics
 
     data_dir = Path(args.data_dir)
     ledger_dsn = args.ledger or f"sqlite:///{(data_dir / 'ledger.db').resolve()}"
@@ -280,9 +280,9 @@ def worker(args: argparse.Namespace) -> int:
     import redis
 
     from adapters.ledger.store import Ledger
-    from gateway.metrics import serve_metrics
     from gateway.posting.budgets import load_budgets
     from gateway.posting.worker import PostingWorker, WorkerConfig
+    from telemetry.metrics import serve_metrics
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -19,13 +19,13 @@ from grpc_reflection.v1alpha import reflection
 
 from adapters.ledger.store import Ledger
 from adapters.redis_keys import PERSON_CHANNEL
-from adapters.redis_listen import follow_channel
 from adapters.redis_store import RedisStore
 from gateway.config import Config
 from gateway.ledger_service import LedgerService
 from gateway.protos import pb
 from gateway.service import ServiceLimits, SettlementService
 from gateway.servicer import DiagnosticsServicer, LedgerServicer, SettlementServicer, handlers
+from rules_cache.notices import follow_channel
 from rules_cache.static_data import StaticCache
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from typing import Any
 
 from adapters import redis_keys as keys
 from adapters.redis_store import PersonSnapshot, RedisStore, StoredSettlement
-from gateway import codec, logs, metrics
+from gateway import codec, logs
 from gateway.codec import Envelope, PersonRef
 from gateway.engine import Rejected as EngineRejected
 from gateway.engine import Rejection, Split, split
@@ -26,6 +26,7 @@ from gateway.engine.policy import CapOn
 from gateway.errors import Rejected
 from gateway.protos import pb
 from rules_cache.static_data import StaticCache, StaticSnapshot
+from telemetry import metrics
 
 CARD_REJECTIONS = {
     "lost": Rejection.CARD_LOST,

@@ -16,11 +16,12 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from gateway import codec, logs, metrics
+from gateway import codec, logs
 from gateway.engine import Rejection
 from gateway.errors import InvalidInput, Rejected, Unavailable
 from gateway.protos import pb
 from gateway.service import SettlementService
+from telemetry import metrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

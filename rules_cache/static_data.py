@@ -21,15 +21,14 @@ from typing import Any
 import cachetools
 import redis.asyncio as aioredis
 
-from adapters.redis_keys import STATIC_CHANNEL, STATIC_POINTER, static_key
-from adapters.redis_listen import follow_channel
-from adapters.redis_store import text
-from gateway import metrics
 from gateway.engine.model import Catalog, CatalogEntry, Institution
 from gateway.engine.policy import Policy
 from rules_cache import records
+from rules_cache.keys import STATIC_CHANNEL, STATIC_POINTER, static_key, text
+from rules_cache.notices import follow_channel
 from rules_cache.policy_files import parse_policy
 from rules_cache.reader import DataError
+from telemetry import metrics
 
 PARSED_MAX = 256  # parsed static blobs kept per process (current versions and a few old ones)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.ledger.schema import MIGRATIONS
-from gateway.posting.routing import Journal, Transfer
+from gateway.engine.routing import Journal, Transfer
 
 JOURNAL_COLUMNS = (
     "settlement_id",

@@ -23,9 +23,9 @@ import redis
 
 from adapters import redis_keys as keys
 from adapters.ledger.store import Entry, Ledger, LedgerUnavailable, UnbalancedEntry
-from gateway import metrics
-from gateway.posting.routing import Journal, PostingError, Transfer, mirror, route
+from gateway.engine.routing import Journal, PostingError, Transfer, mirror, route
 from gateway.posting.statements import fund_spend
+from telemetry import metrics
 
 log = logging.getLogger(__name__)
 GROUP = "posting"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from gateway import metrics  # noqa: F401  (registers every metric)
 from gateway.cli import build_parser
+from telemetry import metrics  # noqa: F401  (registers every metric)
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMQL_WORDS = {

@@ -8,14 +8,14 @@ import sys
 from pathlib import Path
 
 COUNT = """
-from gateway import metrics
+from telemetry import metrics
 metrics.SETTLEMENTS.labels("500000", "500103", "employee", "outpatient").inc({n})
 metrics.FUND_FEN.labels("500000", "310100").inc({fen})
 metrics.POSTING_LAG_S.set({lag})
 """
 SCRAPE = """
 from prometheus_client import generate_latest
-from gateway import metrics
+from telemetry import metrics
 print(generate_latest(metrics.registry()).decode())
 """
 

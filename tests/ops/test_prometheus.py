@@ -21,9 +21,9 @@ import redis
 
 from adapters.embedded_redis import EmbeddedRedis, free_port
 from adapters.ledger.store import Ledger
-from gateway.metrics import serve_metrics
 from gateway.posting.worker import PostingWorker, WorkerConfig
 from gateway.server import Gateway
+from telemetry.metrics import serve_metrics
 
 from ..posting.test_worker import add_persons, settle_many
 

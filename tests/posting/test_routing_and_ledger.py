@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from adapters.ledger.store import Entry, Ledger, UnbalancedEntry
+from gateway.engine.routing import PostingError, balances, mirror, route
 from gateway.posting import statements
-from gateway.posting.routing import PostingError, balances, mirror, route
 
 
 def event(**changes: Any) -> dict[str, Any]:
