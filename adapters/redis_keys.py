@@ -2,13 +2,16 @@
 person's partition as its hash tag, so one Lua script can update them all in one slot. Static data
 (policies, catalogs, institutions) and the card index are read-mostly and live anywhere.
 
-    ms:{p017}:person:<person_id>         JSON: the person's static record (enrolments, approvals, ...)
-    ms:{p017}:state:<person_id>          hash: ver (bumped by every commit), bal (personal account, fen)
-    ms:{p017}:acc:<person_id>:<year>     hash: accumulator name -> fen (or count), for that year
-    ms:{p017}:idem:<institution>:<msgid> hash: h (payload hash), kind, sid, resp (response bytes)
-    ms:{p017}:stl:<settlement_id>        hash: resp, status, rev, pid, year, debit, inst, msgid, d:<acc>...
-    ms:{p017}:stream                     stream: settle / reverse events for the posting worker
-    ms:card:<card_no>, ms:idno:<id>      person id (global index)
+    ms:{p017}:person:<person_id>          JSON: the person's static record (enrolments, approvals, ...)
+    ms:{p017}:person:<person_id>:<digest> an earlier version of it that a live settlement was split with
+    ms:{p017}:state:<person_id>           hash: ver (bumped by every commit), bal (personal account, fen),
+                                          bal0 (the balance the core system first exported)
+    ms:{p017}:year:<person_id>:<year>     hash: the person's plan-years of that year (settlement_records)
+    ms:{p017}:idem:<institution>:<msgid>  hash: the message record (kind, payload hash, where the answer is)
+    ms:{p017}:stl:<settlement_id>         hash: the answer, inputs, contribution, money, corrections
+    ms:{p017}:stream                      stream: posting events (settle, reverse, refund, adjust)
+    ms:{c042}:claim:<institution>:<msgid> string: who used the message id (any person): person|kind|hash
+    ms:card:<card_no>, ms:idno:<id>       person id (global index)
     static data (policies, catalogs, institutions): rules_cache/keys.py
 """
 
@@ -36,8 +39,19 @@ def state_key(person_id: str) -> str:
     return f"{tag(partition_of(person_id))}:state:{person_id}"
 
 
-def acc_key(person_id: str, year: int) -> str:
-    return f"{tag(partition_of(person_id))}:acc:{person_id}:{year}"
+def person_version_key(person_id: str, digest: str) -> str:
+    return f"{tag(partition_of(person_id))}:person:{person_id}:{digest}"
+
+
+def year_key(person_id: str, year: int) -> str:
+    return f"{tag(partition_of(person_id))}:year:{person_id}:{year}"
+
+
+def claim_key(institution: str, message_id: str) -> str:
+    """An institution's message id is one idempotency key across every person, so its claim cannot live
+    in a person's slot; spread over 256 slots of its own by (institution, message id)."""
+    slot = zlib.crc32(f"{institution}|{message_id}".encode()) % PARTITIONS
+    return f"ms:{{c{slot:03d}}}:claim:{institution}:{message_id}"
 
 
 def idem_key(partition: int, institution: str, message_id: str) -> str:
@@ -46,6 +60,10 @@ def idem_key(partition: int, institution: str, message_id: str) -> str:
 
 def settlement_key(settlement_id: str) -> str:
     return f"{tag(partition_of_settlement(settlement_id))}:stl:{settlement_id}"
+
+
+def settlement_prefix(partition: int) -> str:
+    return f"{tag(partition)}:stl:"
 
 
 def stream_key(partition: int) -> str:

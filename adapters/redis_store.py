@@ -1,11 +1,18 @@
-"""Person state, settlements and idempotency records in Redis. Two Redis commands per settlement on the
-common path, each one round trip: a Lua read of the person (record, state, accumulators, and any earlier
-answer under the same message id), and a Lua commit. A script is one command for redis-py, which
-costs far less client CPU than a pipeline of four."""
+"""The settlement store on Redis. Two commands per settlement on the common path, each one round trip:
+a Lua read of the person (record, state, the year's plan-years and what is recorded under the message
+id, with its stored answer) and the generic Lua commit (adapters/lua/commit.lua). A script is one
+command for redis-py, which costs far less client CPU than a pipeline of several.
+
+Single node: the institution-wide claim of the message id is checked and set inside the commit (the
+claim key lives in its own slot, which only a cluster would refuse). Cluster: the claim is a SET NX GET
+of its own before the commit (`claims_inline=False`); a claim left by a crash between the two holds the
+same value, so the terminal's retry passes it."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -14,9 +21,17 @@ import cachetools
 import redis.asyncio as aioredis
 
 from adapters import redis_keys as keys
+from adapters import settlement_records as rec
 from adapters.citydata_files import CARD_STATUSES
 from adapters.redis_batch import ScriptBatcher
-from gateway.engine.model import Person, PersonState
+from adapters.settlement_store import (
+    Commit,
+    CommitOutcome,
+    MessageRecord,
+    PersonSnapshot,
+    StoredSettlement,
+)
+from gateway.engine.model import Person
 from rules_cache import records
 from rules_cache.reader import DataError
 from telemetry import metrics
@@ -32,11 +47,8 @@ PERSON_HIT = metrics.CACHE.labels("l1", "person_record", "hit")
 PERSON_MISS = metrics.CACHE.labels("l1", "person_record", "miss")
 READ_SECONDS = metrics.REDIS_SECONDS.labels("read_person")
 COMMIT_SECONDS = metrics.REDIS_SECONDS.labels("commit")
-REVERSE_SECONDS = metrics.REDIS_SECONDS.labels("reverse")
-
-
-def raw_bytes(value: Any) -> bytes:
-    return value if isinstance(value, bytes) else str(value or "").encode()
+CLAIM_SECONDS = metrics.REDIS_SECONDS.labels("claim")
+REFUSED = metrics.STORE_REFUSED
 
 
 def text(value: Any) -> str:
@@ -48,45 +60,68 @@ def lua(name: str) -> str:
     return resources.files("adapters").joinpath("lua", name).read_text(encoding="utf-8")
 
 
+def record_digest(raw: bytes) -> str:
+    """The version of a person record: the first 16 hex digits of its SHA-1 (what put_person.lua keeps
+    an earlier version under, with redis.sha1hex)."""
+    return hashlib.sha1(raw).hexdigest()[:16]
+
+
 @dataclass(frozen=True, slots=True)
-class PersonSnapshot:
+class ParsedPerson:
     person: Person
     card_status: str
-    state: PersonState
-    version: int  # the state version the split is computed from; the commit checks it
-    earlier: tuple[str, str, bytes] | None = None  # (payload hash, kind, response) under this message id
+    digest: str
 
 
-@dataclass(frozen=True, slots=True)
-class CommitResult:
-    status: str  # OK, DUP, MISMATCH, CONFLICT, NOT_FOUND
-    response: bytes = b""
+class StoreRefused(Exception):
+    """The commit script refused to write (keys of a wrong type, malformed operands): data in Redis that
+    is not ours, or a bug. Nothing was written."""
 
 
-@dataclass(frozen=True, slots=True)
-class StoredSettlement:
-    settlement_id: str
-    status: str  # settled | reversed
-    response: bytes  # SettleResponse bytes
-    reversal: bytes  # ReverseResponse bytes, empty unless reversed
-    person_id: str
-    year: int
-    institution: str
+class Ops:
+    """The operand list of one commit.lua call, keys numbered as they are first used."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self.args: list[Any] = []
+        self._index: dict[str, int] = {}
+
+    def key(self, name: str) -> int:
+        if name not in self._index:
+            self.keys.append(name)
+            self._index[name] = len(self.keys)
+        return self._index[name]
+
+    def op(self, letter: str, name: str, *operands: Any) -> None:
+        self.args += [letter, self.key(name), *operands]
+
+    def fields(self, letter: str, name: str, fields: dict[str, Any]) -> None:
+        if not fields:
+            return
+        flat: list[Any] = []
+        for field, value in fields.items():
+            flat += [field, value]
+        self.args += [letter, self.key(name), len(fields), *flat]
+
+    def delete(self, name: str, fields: Sequence[str]) -> None:
+        if fields:
+            self.args += ["D", self.key(name), len(fields), *fields]
 
 
 class RedisStore:
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, claims_inline: bool = True) -> None:
         self.client = client
+        self.claims_inline = claims_inline
         self._batch = ScriptBatcher(client)
         self._read = client.register_script(lua("read_person.lua"))
-        self._commit = client.register_script(lua("commit_settlement.lua"))
-        self._reverse = client.register_script(lua("reverse_settlement.lua"))
-        self._parsed: cachetools.LRUCache[bytes, tuple[Person, str]] = cachetools.LRUCache(PERSON_PARSED_MAX)
+        self._commit = client.register_script(lua("commit.lua"))
+        self._put = client.register_script(lua("put_person.lua"))
+        self._parsed: cachetools.LRUCache[bytes, ParsedPerson] = cachetools.LRUCache(PERSON_PARSED_MAX)
         self._cards: cachetools.TTLCache[str, str] = cachetools.TTLCache(CARD_CACHE_MAX, CARD_CACHE_TTL_S)
 
     async def preload_scripts(self) -> None:
         """Load the Lua scripts once at start, so the first settlement does not pay NOSCRIPT + load."""
-        for script in (self._read, self._commit, self._reverse):
+        for script in (self._read, self._commit, self._put):
             await self.client.script_load(script.script)
 
     # ---------------------------------------------------------------- reads
@@ -110,163 +145,197 @@ class RedisStore:
         for lookup in lookups:
             self._cards.pop(lookup, None)
 
-    async def read_person(
-        self, person_id: str, year: int, message: tuple[str, str] | None = None
-    ) -> PersonSnapshot | None:
-        """One round trip: the record, the state, the year's accumulators and, when `message` =
-        (institution, message id) is given, what was already committed under that message id."""
-        read_keys = [keys.person_key(person_id), keys.state_key(person_id), keys.acc_key(person_id, year)]
-        if message is not None:
-            read_keys.append(keys.idem_key(keys.partition_of(person_id), *message))
-        with READ_SECONDS.time():
-            reply = await self._batch.call(self._read, read_keys, [])
-        raw, ver, bal, acc_flat, earlier_hash, earlier_kind, earlier_response = reply
-        if raw is None:
-            return None
-        earlier = None
-        if earlier_hash is not None:
-            earlier = (text(earlier_hash), text(earlier_kind), raw_bytes(earlier_response))
+    def parse_person(self, raw: bytes, person_id: str) -> ParsedPerson:
         parsed = self._parsed.get(raw)
         (PERSON_MISS if parsed is None else PERSON_HIT).inc()
         if parsed is None:
             data = json.loads(raw)
-            parsed = (records.person(data, "redis", person_id), data.get("card_status", "normal"))
+            parsed = ParsedPerson(
+                records.person(data, "redis", person_id),
+                data.get("card_status", "normal"),
+                record_digest(raw),
+            )
             self._parsed[raw] = parsed
-        acc = {text(acc_flat[i]): int(acc_flat[i + 1]) for i in range(0, len(acc_flat), 2)}
-        state = PersonState(int(bal or 0), year, acc)
-        return PersonSnapshot(parsed[0], parsed[1], state, int(ver or 0), earlier)
+        return parsed
+
+    async def read_person(
+        self, person_id: str, year: int, message: tuple[str, str] | None = None
+    ) -> PersonSnapshot | None:
+        """One round trip: the record, the state, every plan-year of `year` and, when `message` =
+        (institution, message id) is given, what is recorded under it and the answer stored for it."""
+        partition = keys.partition_of(person_id)
+        read_keys = [keys.person_key(person_id), keys.state_key(person_id), keys.year_key(person_id, year)]
+        if message is not None:
+            read_keys.append(keys.idem_key(partition, *message))
+        with READ_SECONDS.time():
+            reply = await self._batch.call(self._read, read_keys, [keys.settlement_prefix(partition)])
+        raw, ver, bal, year_flat, message_flat, answer = reply
+        if raw is None:
+            return None
+        parsed = self.parse_person(raw, person_id)
+        flat = {text(year_flat[i]): text(year_flat[i + 1]) for i in range(0, len(year_flat), 2)}
+        earlier = rec.message_from(*message, message_flat) if message is not None else None
+        return PersonSnapshot(
+            parsed.person,
+            parsed.digest,
+            parsed.card_status,
+            int(ver or 0),
+            int(bal or 0),
+            year,
+            rec.years_from(year, flat),
+            earlier,
+            bytes(answer) if answer else b"",
+        )
+
+    async def message(self, person_id: str, institution: str, message_id: str) -> MessageRecord | None:
+        flat = await self.client.hgetall(keys.idem_key(keys.partition_of(person_id), institution, message_id))
+        items = [x for kv in flat.items() for x in kv]
+        return rec.message_from(institution, message_id, items)
 
     async def settlement(self, settlement_id: str) -> StoredSettlement | None:
-        try:
-            key = keys.settlement_key(settlement_id)
-        except ValueError:
-            return None
-        fields = await self.client.hmget(key, "status", "resp", "rev", "pid", "year", "inst")
-        status, resp, rev, pid, year, inst = fields
-        if status is None:
-            return None
-        return StoredSettlement(
-            settlement_id,
-            text(status),
-            raw_bytes(resp),
-            raw_bytes(rev),
-            text(pid),
-            int(text(year)),
-            text(inst),
-        )
+        return (await self.settlements([settlement_id]))[0]
+
+    async def settlements(self, settlement_ids: Sequence[str]) -> list[StoredSettlement | None]:
+        pipe = self.client.pipeline(transaction=False)
+        valid = []
+        for sid in settlement_ids:
+            try:
+                pipe.hgetall(keys.settlement_key(sid))
+                valid.append(sid)
+            except ValueError:  # not a settlement id at all
+                continue
+        replies = dict(zip(valid, await pipe.execute(), strict=True)) if valid else {}
+        return [
+            rec.settlement_from(sid, replies[sid]) if replies.get(sid) else None for sid in settlement_ids
+        ]
+
+    async def person_version(self, person_id: str, digest: str) -> Person | None:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(keys.person_key(person_id))
+        pipe.get(keys.person_version_key(person_id, digest))
+        current, earlier = await pipe.execute()
+        for raw in (current, earlier):
+            if raw is not None and record_digest(raw) == digest:
+                return self.parse_person(raw, person_id).person
+        return None
 
     async def balance(self, person_id: str) -> int:
         return int(await self.client.hget(keys.state_key(person_id), "bal") or 0)
 
-    async def settlement_id_for_message(
-        self, partition: int, institution: str, message_id: str
-    ) -> str | None:
-        sid = await self.client.hget(keys.idem_key(partition, institution, message_id), "sid")
-        return text(sid) if sid else None
-
     # ---------------------------------------------------------------- commits
 
-    async def commit_settlement(
-        self,
-        *,
-        partition: int,
-        institution: str,
-        message_id: str,
-        payload_hash: str,
-        snapshot: PersonSnapshot,
-        debit_fen: int,
-        deltas: dict[str, int],
-        settlement_id: str,
-        response: bytes,
-        event: dict[str, Any],
-    ) -> CommitResult:
-        pid = snapshot.person.person_id
-        year = snapshot.state.year
-        args: list[Any] = [
-            payload_hash,
-            snapshot.version,
-            debit_fen,
-            settlement_id,
-            response,
-            json.dumps(event, separators=(",", ":"), ensure_ascii=False),
-            year,
-            pid,
-            institution,
-            message_id,
-        ]
-        for name, value in deltas.items():
-            args += [name, value]
-        with COMMIT_SECONDS.time():
-            result = await self._batch.call(
-                self._commit,
-                [
-                    keys.idem_key(partition, institution, message_id),
-                    keys.state_key(pid),
-                    keys.acc_key(pid, year),
-                    keys.settlement_key(settlement_id),
-                    keys.stream_key(partition),
-                ],
-                args,
+    def operations(self, c: Commit, with_claims: bool) -> Ops:
+        pid = c.person_id
+        partition = keys.partition_of(pid)
+        ops = Ops()
+        state = keys.state_key(pid)
+        ops.op("V", state, c.expected_version, c.expected_version + 1)
+        for m in c.messages:
+            ops.op("A", keys.idem_key(partition, m.institution, m.message_id))
+        if with_claims:
+            for m in c.messages:
+                ops.op("C", keys.claim_key(m.institution, m.message_id), m.claim)
+        ops.fields("I", state, {"bal": str(c.balance_fen)})
+        for old, new in c.years:
+            texts, ints, gone = rec.year_diff(old, new)
+            year = keys.year_key(pid, new.key.year)
+            ops.fields("H", year, texts)
+            ops.fields("I", year, ints)
+            ops.delete(year, gone)
+        for s in c.new:
+            fields = rec.settlement_fields(
+                s.settlement_id, s.person_id, s.plan, s.institution, s.message_id, s.response, s.live, s.route
             )
-        return CommitResult(text(result[0]), bytes(result[1]) if len(result) > 1 else b"")
+            ops.fields("H", keys.settlement_key(s.settlement_id), fields)
+        for ch in c.changes:
+            fields = {}
+            if ch.reversal is not None:
+                fields.update({"status": "reversed", "rev": ch.reversal})
+            if ch.live is not None:
+                fields.update(rec.live_fields(ch.live))
+            if ch.correction is not None:
+                fields.update({f"x:{ch.correction_no}": ch.correction, "xn": str(ch.correction_no)})
+            ops.fields("H", keys.settlement_key(ch.settlement_id), fields)
+        for m in c.messages:
+            ops.fields("H", keys.idem_key(partition, m.institution, m.message_id), rec.message_fields(m))
+        stream = keys.stream_key(partition)
+        for event in c.events:
+            ops.fields(
+                "X", stream, {"type": event["type"], "sid": event["sid"], "event": rec.dumps(dict(event))}
+            )
+        return ops
 
-    async def reverse_settlement(
-        self,
-        *,
-        stored: StoredSettlement,
-        institution: str,
-        message_id: str,
-        payload_hash: str,
-        response: bytes,
-        event: dict[str, Any],
-    ) -> CommitResult:
-        partition = keys.partition_of_settlement(stored.settlement_id)
-        with REVERSE_SECONDS.time():
-            result = await self._reverse(
-                keys=[
-                    keys.settlement_key(stored.settlement_id),
-                    keys.state_key(stored.person_id),
-                    keys.acc_key(stored.person_id, stored.year),
-                    keys.stream_key(partition),
-                    keys.idem_key(partition, institution, message_id),
-                ],
-                args=[
-                    payload_hash,
-                    response,
-                    json.dumps(event, separators=(",", ":"), ensure_ascii=False),
-                    stored.settlement_id,
-                ],
-            )
-        return CommitResult(text(result[0]), bytes(result[1]) if len(result) > 1 else b"")
+    async def commit(self, commit: Commit) -> CommitOutcome:
+        if not self.claims_inline:
+            held = await self.claim(commit.messages)
+            if held is not None:
+                return CommitOutcome("CLAIMED", detail=held)
+        ops = self.operations(commit, self.claims_inline)
+        with COMMIT_SECONDS.time():
+            reply = await self._batch.call(self._commit, ops.keys, ops.args)
+        status = text(reply[0])
+        if status == "OK":
+            return CommitOutcome("OK")
+        if status == "CONFLICT":
+            return CommitOutcome("CONFLICT")
+        if status == "CLAIMED":
+            return CommitOutcome("CLAIMED", detail=text(reply[1]))
+        if status == "EXISTS":
+            name = ops.keys[int(reply[1]) - 1]
+            m = next(m for m in commit.messages if name.endswith(f":idem:{m.institution}:{m.message_id}"))
+            return CommitOutcome("EXISTS", rec.message_from(m.institution, m.message_id, reply[2]))
+        REFUSED.inc()
+        raise StoreRefused(text(reply[1]))
+
+    async def claim(self, messages: Sequence[MessageRecord]) -> str | None:
+        """Cluster mode: claim each message id in its own slot before the commit. Returns the holder of a
+        claim that is not ours, or None."""
+        for m in messages:
+            with CLAIM_SECONDS.time():
+                held = await self.client.set(
+                    keys.claim_key(m.institution, m.message_id), m.claim, nx=True, get=True
+                )
+            if held is not None and text(held) != m.claim:
+                return text(held)
+        return None
 
     # ---------------------------------------------------------------- person import
 
     async def put_person(self, record: dict[str, Any], source: str = "import") -> None:
-        """Write one person from the core system's export. The static record always replaces the old
-        one; the personal account balance and accumulators are taken only for a person new to the
-        gateway (after that, the gateway's own state is the truth)."""
+        """Write one person from the core system's export (put_person.lua), then the card and ID index.
+        The static record always replaces the old one; the balance and the year's opening accumulators are
+        taken only for a person new to the gateway."""
         status = record.get("card_status", "normal")
         if status not in CARD_STATUSES:
             raise DataError(source, "card_status", f"{status!r} is not one of: {', '.join(CARD_STATUSES)}")
         person = records.person(record, source, "")
         state = records.person_state(record, source, "")
+        plan = records.opening_plan(record, person, source, "")
         pid = person.person_id
         static = {k: v for k, v in record.items() if k not in ("account_balance_fen", "accumulators")}
-        old_raw = await self.client.get(keys.person_key(pid))
+        raw = json.dumps(static, ensure_ascii=False, sort_keys=True)
+        opening: list[Any] = []
+        if plan is not None and state.year:
+            prefix = f"{plan[0]}:{plan[1].value}"
+            for name, value in sorted(state.accumulators.items()):
+                if value:
+                    opening += [f"{prefix}|o|{name}", str(value), f"{prefix}|a|{name}", str(value)]
+        reply = await self._put(
+            keys=[keys.person_key(pid), keys.state_key(pid), keys.year_key(pid, state.year or 0)],
+            args=[raw, str(state.account_balance_fen), keys.person_version_key(pid, ""), *opening],
+        )
+        if text(reply[0]) == "REFUSED":
+            REFUSED.inc()
+            raise StoreRefused(text(reply[1]))
+        old_raw = reply[0]
         stale_cards = []
-        if old_raw is not None:
+        if old_raw:
             old = json.loads(old_raw)
             stale_cards = [f"c:{old.get('card_no')}", f"i:{old.get('id_number')}"]
             if old.get("card_no") != person.card_no:
                 await self.client.delete(keys.card_key(old["card_no"]))
         pipe = self.client.pipeline(transaction=False)
-        pipe.set(keys.person_key(pid), json.dumps(static, ensure_ascii=False, sort_keys=True))
         pipe.set(keys.card_key(person.card_no), pid)
         pipe.set(keys.id_number_key(person.id_number), pid)
-        pipe.hsetnx(keys.state_key(pid), "ver", 0)
-        pipe.hsetnx(keys.state_key(pid), "bal", state.account_balance_fen)
-        if state.accumulators and state.year:
-            for name, value in state.accumulators.items():
-                pipe.hsetnx(keys.acc_key(pid, state.year), name, value)
         await pipe.execute()
         await self.client.publish(keys.PERSON_CHANNEL, json.dumps([*stale_cards, f"c:{person.card_no}"]))

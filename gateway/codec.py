@@ -9,7 +9,10 @@ from typing import Any
 
 from gateway import logs
 from gateway.engine import Split
-from gateway.engine.model import Bill, BillLine, ItemClass, Scheme, VisitType
+from gateway.engine.corrections import RefundLine
+from gateway.engine.model import Bill, BillLine, ItemClass, Scheme, StayTotals, VisitType
+from gateway.engine.money import yuan
+from gateway.engine.plan_year import BILL_TOTAL_MAX_FEN
 from gateway.errors import InvalidInput
 from gateway.protos import pb
 from rules_cache.records import LINES_MAX, QUANTITY_MAX, UNIT_PRICE_MAX_FEN
@@ -98,6 +101,16 @@ def bill_violations(bill: Any) -> list[tuple[str, str]]:
             out.append((f"bill.lines[{i}].quantity", f"between 1 and {QUANTITY_MAX}"))
         if line.line_no < 0:
             out.append((f"bill.lines[{i}].line_no", "0 (position) or a positive number"))
+    total = sum(line.unit_price_fen * line.quantity for line in bill.lines)
+    if total > BILL_TOTAL_MAX_FEN:
+        out.append(("bill.lines", f"the bill's total {yuan(total)} exceeds {yuan(BILL_TOTAL_MAX_FEN)} yuan"))
+    stay_visits = (pb.VISIT_TYPE_INPATIENT, pb.VISIT_TYPE_MATERNITY)
+    if bill.stay_id:
+        out += text_violation(bill.stay_id, "bill.stay_id", True, CODE_LEN_MAX)
+        if bill.visit_type not in stay_visits:
+            out.append(("bill.stay_id", "only an inpatient or maternity bill belongs to a stay"))
+    if bill.interim and not bill.stay_id:
+        out.append(("bill.interim", "an interim settlement needs the stay_id its later parts will name"))
     if bill.visit_type == pb.VISIT_TYPE_SPECIAL and not bill.disease_code:
         out.append(("bill.disease_code", "required for a special-disease visit"))
     if bill.visit_type == pb.VISIT_TYPE_MATERNITY and not bill.maternity_event:
@@ -116,6 +129,8 @@ def decode_bill(bill: Any) -> Bill:
         maternity_event=bill.maternity_event or None,
         emergency=bill.emergency,
         use_account=not bill.decline_account,
+        stay_id=bill.stay_id or None,
+        interim=bill.interim,
     )
 
 
@@ -138,7 +153,48 @@ def payload_hash(*messages: Any) -> str:
     return digest.hexdigest()
 
 
-def encode_split(s: Split, insured_region: str, insured_district: str) -> Any:
+def refund_lines(request: Any) -> tuple[RefundLine, ...]:
+    violations: list[tuple[str, str]] = []
+    if not request.lines:
+        violations.append(("lines", "at least one refunded line"))
+    if len(request.lines) > LINES_MAX:
+        violations.append(("lines", f"at most {LINES_MAX} lines"))
+    for i, line in enumerate(request.lines[:LINES_MAX]):
+        if line.line_no < 1:
+            violations.append((f"lines[{i}].line_no", "the settlement's line number, 1 or more"))
+        if not 1 <= line.quantity <= QUANTITY_MAX:
+            violations.append((f"lines[{i}].quantity", f"between 1 and {QUANTITY_MAX}"))
+    if violations:
+        raise InvalidInput(violations)
+    return tuple(RefundLine(line.line_no, line.quantity) for line in request.lines)
+
+
+def encode_split(
+    s: Split,
+    insured_region: str,
+    insured_district: str,
+    plan_year: int = 0,
+    stay_id: str | None = None,
+    stay_after: StayTotals | None = None,
+    interim: bool = False,
+) -> Any:
+    out = encode_split_only(s, insured_region, insured_district)
+    out.plan_year = plan_year
+    if stay_id and stay_after is not None:
+        out.stay.CopyFrom(
+            pb.StaySummary(
+                stay_id=stay_id,
+                parts=stay_after.parts,
+                interim=interim,
+                in_scope_fen=stay_after.in_scope_fen,
+                deductible_fen=stay_after.deductible_fen,
+                stay_no=stay_after.stay_no,
+            )
+        )  # fmt: skip
+    return out
+
+
+def encode_split_only(s: Split, insured_region: str, insured_district: str) -> Any:
     return pb.Split(
         lines=[
             pb.LineResult(
@@ -214,6 +270,39 @@ def mirror(split: Any, balance_after_fen: int) -> Any:
         fund.amount_fen = -fund.amount_fen
         fund.remaining_max_fen = -1
     out.account_balance_after_fen = balance_after_fen
+    return out
+
+
+def difference(after: Any, before: Any) -> Any:
+    """after - before, field by field: the signed change a correction makes (lines by line number,
+    funds by layer and fund code). Versions and flags are the new split's."""
+    out = pb.Split()
+    out.CopyFrom(after)
+    for name in MONEY_FIELDS:
+        setattr(out, name, getattr(after, name) - getattr(before, name))
+    out.account_balance_after_fen = after.account_balance_after_fen
+    old_lines = {line.line_no: line for line in before.lines}
+    del out.lines[:]
+    for line in after.lines:
+        new = out.lines.add()
+        new.CopyFrom(line)
+        old = old_lines.pop(line.line_no, None)
+        for name in LINE_MONEY_FIELDS:
+            setattr(new, name, getattr(line, name) - (getattr(old, name) if old is not None else 0))
+    for old in old_lines.values():  # a line refunded in full
+        gone = out.lines.add()
+        gone.CopyFrom(old)
+        for name in LINE_MONEY_FIELDS:
+            setattr(gone, name, -getattr(old, name))
+    old_funds = {(f.layer, f.fund_code): f.amount_fen for f in before.funds}
+    del out.funds[:]
+    for f in after.funds:
+        out.funds.add(
+            layer=f.layer, fund_code=f.fund_code, remaining_max_fen=f.remaining_max_fen,
+            amount_fen=f.amount_fen - old_funds.pop((f.layer, f.fund_code), 0),
+        )  # fmt: skip
+    for (layer, code), amount in old_funds.items():
+        out.funds.add(layer=layer, fund_code=code, amount_fen=-amount, remaining_max_fen=-1)
     return out
 
 

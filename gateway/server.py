@@ -21,9 +21,10 @@ from adapters.ledger.store import Ledger
 from adapters.redis_keys import PERSON_CHANNEL
 from adapters.redis_store import RedisStore
 from gateway.config import Config
+from gateway.correction_service import CorrectionService
 from gateway.ledger_service import LedgerService
 from gateway.protos import pb
-from gateway.service import ServiceLimits, SettlementService
+from gateway.service import Context, ServiceLimits, SettlementService
 from gateway.servicer import DiagnosticsServicer, LedgerServicer, SettlementServicer, handlers
 from rules_cache.notices import follow_channel
 from rules_cache.static_data import StaticCache
@@ -53,6 +54,8 @@ class Gateway:
     server: grpc.aio.Server | None = None
     port: int = 0
     service: SettlementService | None = None
+    corrections: CorrectionService | None = None
+    store: RedisStore | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     health: health.aio.HealthServicer | None = None
     now: Callable[[], datetime] | None = None  # tests pin the clock; production uses config.timezone
@@ -69,7 +72,10 @@ class Gateway:
             await store.preload_scripts()
         zone = ZoneInfo(self.config.timezone)
         now = self.now or (lambda: datetime.now(zone))
-        self.service = SettlementService(store, static, now, ServiceLimits(self.config.commit_retries_max))
+        self.store = store
+        ctx = Context(store, static, now, ServiceLimits(self.config.commit_retries_max))
+        self.service = SettlementService(ctx)
+        self.corrections = CorrectionService(ctx)
         self.server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", self.config.request_bytes_max),
@@ -80,7 +86,9 @@ class Gateway:
         self.ledger_service = LedgerService(ledger, client, now)
         self.server.add_generic_rpc_handlers(
             handlers(
-                SettlementServicer(self.service), LedgerServicer(self.ledger_service), DiagnosticsServicer()
+                SettlementServicer(self.service, self.corrections),
+                LedgerServicer(self.ledger_service),
+                DiagnosticsServicer(),
             )
         )
         self.health = health.aio.HealthServicer()
@@ -137,8 +145,8 @@ class Gateway:
             task.cancel()
         if self.tasks:
             await asyncio.wait(self.tasks, timeout=3)
-        if self.service is not None:
-            await self.service.store.client.aclose()
+        if self.store is not None:
+            await self.store.client.aclose()
 
 
 __all__ = ["Gateway", "pb"]

@@ -1,7 +1,8 @@
-"""The service layer: eligibility, pre-settle, settle, reverse and query. It loads static data from the
-in-process snapshot, the person in one pipelined Redis read, runs the pure engine, and commits in one
-Lua script. Outcomes a client can cause are raised as gateway.errors values; Redis trouble as
-Unavailable. No gRPC here: the servicer maps these to status codes."""
+"""The service layer: eligibility, pre-settle and settle (corrections: gateway/correction_service.py).
+It takes static data from the in-process snapshot, reads the person in one store round trip, runs the
+pure engine and the pure plan-year decision, and commits what they decided in one more. Outcomes a
+client can cause are raised as gateway.errors values; store trouble as Unavailable. No gRPC here: the
+servicer maps these to status codes."""
 
 from __future__ import annotations
 
@@ -9,21 +10,31 @@ import asyncio
 import random
 import secrets
 import weakref
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
 from adapters import redis_keys as keys
-from adapters.redis_store import PersonSnapshot, RedisStore, StoredSettlement
+from adapters.settlement_store import (
+    Commit,
+    CommitOutcome,
+    MessageRecord,
+    NewSettlement,
+    PersonSnapshot,
+    SettlementStore,
+)
 from gateway import codec, logs
 from gateway.codec import Envelope, PersonRef
 from gateway.engine import Rejected as EngineRejected
 from gateway.engine import Rejection, Split, split
+from gateway.engine.corrections import LiveSettlement, Money, SettlementInputs, admit, classify
 from gateway.engine.eligibility import enrolment_in_force, tier_in_force
-from gateway.engine.model import Bill, Enrolment, Institution
+from gateway.engine.model import Bill, Enrolment, Institution, StayTotals
+from gateway.engine.plan_year import PlanKey, PlanYear
 from gateway.engine.policy import CapOn
-from gateway.errors import Rejected
+from gateway.errors import Rejected, Unavailable
 from gateway.protos import pb
 from rules_cache.static_data import StaticCache, StaticSnapshot
 from telemetry import metrics
@@ -49,10 +60,22 @@ class Settled:
     split: Split | None  # None for a duplicate (the original split is in the response)
 
 
-class SettlementService:
+@dataclass(frozen=True, slots=True)
+class Computed:
+    split: Split
+    enrolment: Enrolment
+    year: PlanYear  # the plan-year the bill settles in, as read
+    stay_before: StayTotals
+
+
+class Context:
+    """What the settlement and correction services share: the store, the static data, the clock, and
+    one lock per person per process (concurrent bills for one person queue here instead of spinning on
+    the store's compare-and-set; other processes are kept honest by the compare-and-set)."""
+
     def __init__(
         self,
-        store: RedisStore,
+        store: SettlementStore,
         static: StaticCache,
         now: Callable[[], datetime],
         limits: ServiceLimits = ServiceLimits(),
@@ -61,11 +84,19 @@ class SettlementService:
         self.static = static
         self.now = now
         self.limits = limits
-        # One commit at a time per person in this process, so concurrent bills for one person queue
-        # instead of spinning on the compare-and-set; other processes are kept honest by the CAS.
-        self._person_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
-    # ---------------------------------------------------------------- lookups
+    @asynccontextmanager
+    async def person_lock(self, person_id: str) -> AsyncIterator[None]:
+        lock = self._locks.setdefault(person_id, asyncio.Lock())
+        async with lock:
+            yield
+
+    async def backoff(self, attempt: int) -> None:
+        """Another process committed for this person since our read: wait a little (jittered, so two
+        gateways do not keep colliding), then read again and recompute."""
+        metrics.COMMIT_CONFLICTS.inc()
+        await asyncio.sleep(random.uniform(0, self.limits.conflict_backoff_ms / 1000 * (attempt + 1)))
 
     def institution(self, snap: StaticSnapshot, code: str) -> Institution:
         inst = snap.institutions.get(code)
@@ -81,28 +112,44 @@ class SettlementService:
         return pid
 
     async def read_person(
-        self, pid: str, ref: PersonRef, year: int, message: tuple[str, str] | None = None
+        self, pid: str, ref: PersonRef | None, year: int, message: tuple[str, str] | None = None
     ) -> PersonSnapshot:
         snapshot = await self.store.read_person(pid, year, message)
         if snapshot is None:
             raise Rejected(Rejection.PERSON_NOT_FOUND, f"person {pid} has no record")
-        if snapshot.earlier is None and ref.card_no and snapshot.card_status != "normal":
+        if snapshot.earlier is None and ref is not None and ref.card_no and snapshot.card_status != "normal":
             raise Rejected(CARD_REJECTIONS[snapshot.card_status], f"card is {snapshot.card_status}")
         return snapshot
 
-    @staticmethod
-    def home_enrolment(snapshot: PersonSnapshot, on: date) -> Enrolment:
-        for enrolment in snapshot.person.enrolments:
-            if enrolment.in_force(on):
-                return enrolment
-        raise Rejected(Rejection.NOT_ENROLLED, f"no enrolment in force on {on}")
+    async def commit(self, commit: Commit) -> CommitOutcome:
+        """The commit runs to its end even when the caller's deadline expires meanwhile: what the store
+        did is then known here (and audited), even if the terminal only learns UNAVAILABLE."""
+        return await asyncio.shield(self.store.commit(commit))
 
-    # ---------------------------------------------------------------- split
+
+def home_enrolment(snapshot: PersonSnapshot, on: date) -> Enrolment:
+    for enrolment in snapshot.person.enrolments:
+        if enrolment.in_force(on):
+            return enrolment
+    raise Rejected(Rejection.NOT_ENROLLED, f"no enrolment in force on {on}")
+
+
+def plan_key(enrolment: Enrolment, on: date) -> PlanKey:
+    return PlanKey(enrolment.region, enrolment.scheme.value, on.year)
+
+
+class SettlementService:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    @property
+    def static(self) -> StaticCache:
+        return self.ctx.static
 
     def compute(
         self, snap: StaticSnapshot, inst: Institution, person: PersonSnapshot, bill: Bill, on: date
-    ) -> tuple[Split, Enrolment]:
-        enrolment = self.home_enrolment(person, on)
+    ) -> Computed:
+        enrolment = home_enrolment(person, on)
         policy = snap.policies.get(enrolment.region)
         catalog = snap.catalogs.get(inst.region)
         if policy is None or catalog is None:
@@ -110,169 +157,107 @@ class SettlementService:
                 "policy of region " + enrolment.region if policy is None else "catalog of " + inst.region
             )
             raise Rejected(Rejection.REGION_NOT_SERVED, f"no {missing} is loaded")
-        outcome = split(bill, policy, catalog, inst, person.person, person.state, on)
+        year = person.plan_year(plan_key(enrolment, on))
+        stay = year.stay(bill.stay_id)
+        outcome = split(bill, policy, catalog, inst, person.person, year.state(person.balance_fen), on, stay)
         if isinstance(outcome, EngineRejected):
             raise Rejected(outcome.code, outcome.reason, outcome.line_no)
-        return outcome, enrolment
+        return Computed(outcome, enrolment, year, stay)
+
+    def encode(self, c: Computed, bill: Bill) -> Any:
+        after = c.stay_before.plus(c.split.stay) if c.split.stay is not None else None
+        return codec.encode_split(
+            c.split,
+            c.enrolment.region,
+            c.enrolment.district,
+            c.year.key.year,
+            bill.stay_id,
+            after,
+            bill.interim,
+        )
 
     async def presettle(self, env: Envelope, ref: PersonRef, bill: Bill) -> Any:
         snap = self.static.snapshot
-        inst = self.institution(snap, env.institution_code)
-        pid = await self.person_id(ref)
-        on = self.now().date()
-        person = await self.read_person(pid, ref, on.year)
-        result, enrolment = self.compute(snap, inst, person, bill, on)
-        return pb.PreSettleResponse(split=codec.encode_split(result, enrolment.region, enrolment.district))
+        inst = self.ctx.institution(snap, env.institution_code)
+        pid = await self.ctx.person_id(ref)
+        on = self.ctx.now().date()
+        person = await self.ctx.read_person(pid, ref, on.year)
+        return pb.PreSettleResponse(split=self.encode(self.compute(snap, inst, person, bill, on), bill))
 
     async def settle(self, env: Envelope, ref: PersonRef, bill: Bill, payload_hash: str) -> Settled:
         snap = (
             self.static.snapshot
         )  # this request settles with these versions, whatever is published meanwhile
-        inst = self.institution(snap, env.institution_code)
-        pid = await self.person_id(ref)
+        inst = self.ctx.institution(snap, env.institution_code)
+        pid = await self.ctx.person_id(ref)
         partition = keys.partition_of(pid)
-        lock = self._person_locks.setdefault(pid, asyncio.Lock())
-        async with lock:
-            for attempt in range(self.limits.commit_retries_max):
-                now = self.now()
-                person = await self.read_person(pid, ref, now.year, (inst.code, env.message_id))
-                if person.earlier is not None:  # a resend: answer as the first time, whatever changed since
-                    earlier_hash, kind, earlier_response = person.earlier
-                    if earlier_hash != payload_hash or kind != "settle":
-                        raise Rejected(Rejection.MESSAGE_ID_REUSED, reused(env))
-                    return resent(earlier_response)
-                result, enrolment = self.compute(snap, inst, person, bill, now.date())
+        async with self.ctx.person_lock(pid):
+            for attempt in range(self.ctx.limits.commit_retries_max):
+                now = self.ctx.now()
+                on = now.date()
+                person = await self.ctx.read_person(pid, ref, on.year, (inst.code, env.message_id))
+                earlier = person.earlier.earlier if person.earlier is not None else None
+                seen = classify(earlier, "settle", payload_hash, pid)
+                if seen == "resend":  # answer as the first time, whatever changed since
+                    return resent(env, person.earlier_response)
+                refuse_seen(seen, env)
+                c = self.compute(snap, inst, person, bill, on)
                 sid = f"S{partition:03d}-{now:%y%m%d}-{secrets.token_hex(8)}"
+                admitted = admit(c.year, person.balance_fen, sid, c.split, bill.stay_id)
+                if isinstance(admitted, EngineRejected):
+                    raise Rejected(admitted.code, admitted.reason)
                 response = pb.SettleResponse(
                     settlement_id=sid,
                     message_id=env.message_id,
                     settled_at=now.isoformat(timespec="seconds"),
-                    split=codec.encode_split(result, enrolment.region, enrolment.district),
+                    split=self.encode(c, bill),
                     person_id=pid,
                 ).SerializeToString()
-                outcome = await self.store.commit_settlement(
-                    partition=partition,
-                    institution=inst.code,
-                    message_id=env.message_id,
-                    payload_hash=payload_hash,
-                    snapshot=person,
-                    debit_fen=result.account_fen,
-                    deltas=dict(result.deltas),
-                    settlement_id=sid,
-                    response=response,
-                    event=posting_event(env.message_id, sid, inst, enrolment, bill, result, now, pid),
+                inputs = SettlementInputs(
+                    bill, on, inst.code, c.split.policy_version, c.split.catalog_version,
+                    snap.versions.get("institutions", ""), person.digest, person.balance_fen,
+                )  # fmt: skip
+                live = LiveSettlement(admitted.contribution, inputs, Money.of(c.split))
+                route = route_of(inst, c.enrolment, c.split.scheme, bill, pid)
+                message = MessageRecord(inst.code, env.message_id, "settle", payload_hash, pid, sid, "resp")
+                commit = Commit(
+                    pid,
+                    person.version,
+                    admitted.balance_fen,
+                    [(c.year, admitted.year)],
+                    [message],
+                    new=[
+                        NewSettlement(sid, pid, c.year.key, inst.code, env.message_id, response, live, route)
+                    ],
+                    events=[event("settle", sid, sid, env.message_id, now, route, live.money, c.split)],
                 )
+                outcome = await self.ctx.commit(commit)
                 if outcome.status == "OK":
-                    count_settlement(enrolment, bill, result)
+                    count_settlement(c.enrolment, bill, c.split)
                     logs.note(settlement_id=sid)
-                    audit("settle", env, sid, result.total_fen, result.fund_total_fen, result.account_fen,
-                          result.cash_fen, result.policy_version, result.catalog_version)  # fmt: skip
-                    return Settled(response, False, sid, result)
-                if outcome.status == "DUP":  # a resend that raced its original to the commit
-                    return resent(outcome.response)
-                if outcome.status == "MISMATCH":
-                    raise Rejected(Rejection.MESSAGE_ID_REUSED, reused(env))
-                # CONFLICT: another process committed for this person since our read. Back off a little
-                # (jittered, so two gateways do not keep colliding), read again and recompute.
-                metrics.COMMIT_CONFLICTS.inc()
-                await asyncio.sleep(random.uniform(0, self.limits.conflict_backoff_ms / 1000 * (attempt + 1)))
+                    audit("settle", env, sid, live.money, c.split.policy_version, c.split.catalog_version)
+                    return Settled(response, False, sid, c.split)
+                if outcome.status == "CLAIMED":
+                    refuse_claimed(outcome.detail, pid, env)
+                if outcome.status == "EXISTS":  # a resend that raced its original to the commit
+                    continue  # the next read finds the record and answers as the first time
+                await self.ctx.backoff(attempt)
         raise Rejected(Rejection.PERSON_BUSY, "the person's account is busy; retry with the same message id")
 
-    # ---------------------------------------------------------------- reverse and query
-
-    async def find(
-        self, env: Envelope, settlement_id: str, original_message_id: str, ref: PersonRef | None
-    ) -> StoredSettlement:
-        if not settlement_id:
-            if ref is None:
-                raise ValueError("a message-id lookup needs the person")  # the codec guarantees it
-            pid = await self.person_id(ref)
-            found = await self.store.settlement_id_for_message(
-                keys.partition_of(pid), env.institution_code, original_message_id
-            )
-            if found is None:
-                raise Rejected(
-                    Rejection.SETTLEMENT_NOT_FOUND,
-                    f"no settlement for message {original_message_id} of {env.institution_code}",
-                )
-            settlement_id = found
-        stored = await self.store.settlement(settlement_id)
-        if stored is None or stored.institution != env.institution_code:
-            # another institution's settlement is none of this terminal's business: same answer
-            raise Rejected(Rejection.SETTLEMENT_NOT_FOUND, f"no settlement {settlement_id} here")
-        return stored
-
-    async def reverse(
-        self,
-        env: Envelope,
-        settlement_id: str,
-        original_message_id: str,
-        ref: PersonRef | None,
-        payload_hash: str,
-    ) -> bytes:
-        stored = await self.find(env, settlement_id, original_message_id, ref)
-        if stored.status == "reversed":
-            return stored.reversal
-        original = pb.SettleResponse.FromString(stored.response)
-        now = self.now()
-        debit = original.split.account_fen
-        response: bytes = pb.ReverseResponse(
-            settlement_id=stored.settlement_id,
-            reversal_id="R" + stored.settlement_id[1:],
-            reversed_at=now.isoformat(timespec="seconds"),
-            split=codec.mirror(original.split, await self.store.balance(stored.person_id) + debit),
-        ).SerializeToString()
-        event = {
-            "type": "reverse",
-            "sid": stored.settlement_id,
-            "msgid": env.message_id,
-            "at": now.isoformat(timespec="seconds"),
-            "inst": stored.institution,
-        }
-        outcome = await self.store.reverse_settlement(
-            stored=stored,
-            institution=env.institution_code,
-            message_id=env.message_id,
-            payload_hash=payload_hash,
-            response=response,
-            event=event,
-        )
-        if outcome.status == "OK":
-            metrics.REVERSALS.labels(original.split.insured_region).inc()
-            logs.note(settlement_id=stored.settlement_id)
-            s = original.split
-            audit("reverse", env, stored.settlement_id, -s.total_fen, -s.fund_total_fen, -s.account_fen,
-                  -s.cash_fen, s.policy_version, s.catalog_version)  # fmt: skip
-            return response
-        if outcome.status == "DUP":
-            return outcome.response
-        if outcome.status == "MISMATCH":
-            raise Rejected(Rejection.MESSAGE_ID_REUSED, reused(env))
-        raise Rejected(Rejection.SETTLEMENT_NOT_FOUND, f"no settlement {stored.settlement_id}")
-
-    async def get(
-        self, env: Envelope, settlement_id: str, original_message_id: str, ref: PersonRef | None
-    ) -> Any:
-        stored = await self.find(env, settlement_id, original_message_id, ref)
-        reversed_ = stored.status == "reversed"
-        return pb.GetSettlementResponse(
-            status=pb.SETTLEMENT_STATUS_REVERSED if reversed_ else pb.SETTLEMENT_STATUS_SETTLED,
-            settlement=pb.SettleResponse.FromString(stored.response),
-            reversal=pb.ReverseResponse.FromString(stored.reversal) if reversed_ else None,
-        )
+    # ---------------------------------------------------------------- eligibility
 
     async def eligibility(self, env: Envelope, ref: PersonRef) -> Any:
         snap = self.static.snapshot
-        inst = self.institution(snap, env.institution_code)
-        pid = await self.person_id(ref)
-        on = self.now().date()
-        person = await self.read_person(pid, ref, on.year)
+        inst = self.ctx.institution(snap, env.institution_code)
+        pid = await self.ctx.person_id(ref)
+        on = self.ctx.now().date()
+        person = await self.ctx.read_person(pid, ref, on.year)
         p = person.person
         response = pb.QueryEligibilityResponse(
             person_id=pid,
             masked_name=codec.mask_name(p.name),
             masked_id_number=codec.mask_id_number(p.id_number),
-            account_balance_fen=person.state.account_balance_fen,
+            account_balance_fen=person.balance_fen,
         )
         for enrolment in p.enrolments:
             if not enrolment.in_force(on):
@@ -291,12 +276,13 @@ class SettlementService:
             plan = policy.plans.get((enrolment.scheme, tier)) if policy and tier else None
             if plan is None:
                 continue
+            state = person.plan_year(plan_key(enrolment, on)).state(person.balance_fen)
             for visit, benefit in plan.benefits.items():
                 basic = benefit.basic
                 if basic is None or basic.annual_max_fen is None:
                     continue
                 used_key = basic.fund_key if basic.annual_max_on is CapOn.FUND else basic.cost_key
-                used = person.state.acc(used_key, on.year)
+                used = state.acc(used_key, on.year)
                 response.limits.add(
                     layer=basic.name,
                     fund_code=basic.fund_code,
@@ -306,7 +292,7 @@ class SettlementService:
                 )
             for layer in plan.layers:
                 if layer.annual_max_fen is not None:
-                    used = person.state.acc(layer.fund_key, on.year)
+                    used = state.acc(layer.fund_key, on.year)
                     response.limits.add(
                         layer=layer.name,
                         fund_code=layer.fund_code,
@@ -340,25 +326,79 @@ class SettlementService:
         return response
 
 
-def audit(
+# ---------------------------------------------------------------- shared helpers
+
+
+def refuse_seen(seen: str, env: Envelope) -> None:
+    if seen == "void":
+        raise Rejected(
+            Rejection.MESSAGE_ID_VOID,
+            f"message {env.message_id} of {env.institution_code} was reversed before it settled: it is void;"
+            " settle again under a new message id if the patient is still at the counter",
+        )
+    if seen == "reused":
+        raise Rejected(Rejection.MESSAGE_ID_REUSED, reused(env))
+
+
+def refuse_claimed(holder: str, person_id: str, env: Envelope) -> None:
+    """The institution-wide claim of the message id is another request's."""
+    held_by, kind, _ = ([*holder.split("|"), "", ""])[:3]
+    if kind == "void" and held_by == person_id:
+        refuse_seen("void", env)
+    raise Rejected(Rejection.MESSAGE_ID_REUSED, reused(env))
+
+
+def route_of(
+    inst: Institution, enrolment: Enrolment, scheme: str, bill: Bill, person_id: str
+) -> dict[str, Any]:
+    """Who owes whom for a settlement: what every posting event of it carries. No names, no card or ID
+    numbers."""
+    return {
+        "inst": inst.code, "inst_region": inst.region, "inst_district": inst.district,
+        "city_managed": inst.city_managed, "insured_region": enrolment.region,
+        "insured_district": enrolment.district, "scheme": scheme, "visit": bill.visit_type.value,
+        "person": person_id,
+    }  # fmt: skip
+
+
+def event(
     kind: str,
-    env: Envelope,
+    entry_id: str,
     settlement_id: str,
-    total_fen: int,
-    fund_total_fen: int,
-    account_fen: int,
-    cash_fen: int,
-    policy_version: str,
-    catalog_version: str,
+    message_id: str,
+    at: datetime,
+    route: dict[str, Any] | Any,
+    money: Money,
+    split: Split | None = None,
+    cause: str = "",
+) -> dict[str, Any]:
+    """A posting event: the signed amounts of one ledger entry and everything needed to route them."""
+    out = {
+        **dict(route), "type": kind, "entry": entry_id, "sid": settlement_id, "msgid": message_id,
+        "at": at.isoformat(timespec="seconds"), "total": money.total_fen, "funds": dict(money.funds),
+        "account": money.account_fen, "cash": money.cash_fen,
+    }  # fmt: skip
+    if split is not None:
+        out.update(policy=split.policy_version, catalog=split.catalog_version)
+    if cause:
+        out["cause"] = cause
+    return out
+
+
+def audit(
+    kind: str, env: Envelope, settlement_id: str, money: Money, policy: str = "", catalog: str = ""
 ) -> None:
-    """One audit line per committed settlement or reversal: who, what, how much, by which rules."""
+    """One audit line per committed settlement, reversal, refund or adjustment, and per resend answered
+    from the store: who, what, how much, by which rules."""
+    identity = (logs.request_fields.get() or {}).get("identity", "")
     logs.AUDIT_LOG.info(
         kind,
         extra={
             "event": kind, "settlement_id": settlement_id, "institution": env.institution_code,
             "terminal": env.terminal_id, "operator": env.operator_id, "message_id": env.message_id,
-            "total_fen": total_fen, "fund_total_fen": fund_total_fen, "account_fen": account_fen,
-            "cash_fen": cash_fen, "policy_version": policy_version, "catalog_version": catalog_version,
+            "identity": identity, "total_fen": money.total_fen, "fund_total_fen": money.fund_total_fen,
+            "account_fen": money.account_fen, "cash_fen": money.cash_fen, "policy_version": policy,
+            "catalog_version": catalog,
         },
     )  # fmt: skip
 
@@ -375,46 +415,15 @@ def count_settlement(enrolment: Enrolment, bill: Bill, result: Split) -> None:
         metrics.CASH_FEN.labels(region).inc(result.cash_fen)
 
 
-def resent(response: bytes) -> Settled:
+def resent(env: Envelope, response: bytes) -> Settled:
     """The answer to a resend: the original response, byte for byte."""
-    original = pb.SettleResponse.FromString(response).settlement_id
-    logs.note(settlement_id=original, duplicate=True)
-    return Settled(response, True, original, None)
+    if not response:
+        raise Unavailable("the stored answer of this message is missing; query the settlement")
+    original = pb.SettleResponse.FromString(response)
+    logs.note(settlement_id=original.settlement_id, duplicate=True)
+    audit("resend", env, original.settlement_id, Money(original.split.total_fen))
+    return Settled(response, True, original.settlement_id, None)
 
 
 def reused(env: Envelope) -> str:
     return f"message id {env.message_id} of {env.institution_code} was used for a different request"
-
-
-def posting_event(
-    message_id: str,
-    sid: str,
-    inst: Institution,
-    enrolment: Enrolment,
-    bill: Bill,
-    result: Split,
-    now: datetime,
-    person_id: str,
-) -> dict[str, Any]:
-    """What the posting worker books: who owes whom, by fund. No names, no card or ID numbers."""
-    return {
-        "type": "settle",
-        "sid": sid,
-        "msgid": message_id,
-        "at": now.isoformat(timespec="seconds"),
-        "inst": inst.code,
-        "inst_region": inst.region,
-        "inst_district": inst.district,
-        "city_managed": inst.city_managed,
-        "insured_region": enrolment.region,
-        "insured_district": enrolment.district,
-        "scheme": result.scheme,
-        "visit": bill.visit_type.value,
-        "person": person_id,
-        "total": result.total_fen,
-        "funds": {f.fund_code: f.amount_fen for f in result.funds if f.amount_fen},
-        "account": result.account_fen,
-        "cash": result.cash_fen,
-        "policy": result.policy_version,
-        "catalog": result.catalog_version,
-    }

@@ -17,6 +17,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from gateway import codec, logs
+from gateway.correction_service import CorrectionService, Target
 from gateway.engine import Rejection
 from gateway.errors import InvalidInput, Rejected, Unavailable
 from gateway.protos import pb
@@ -124,18 +125,29 @@ def target_violations(request: Any) -> list[tuple[str, str]]:
     return codec.text_violation(getattr(request, which), which, True, limit)
 
 
-def decode_lookup(request: Any) -> tuple[codec.Envelope, codec.PersonRef | None]:
-    """Reverse and GetSettlement: the envelope, and the person when the target is a message id."""
+def decode_lookup(request: Any) -> tuple[codec.Envelope, Target]:
+    """Reverse, Refund and GetSettlement: the envelope, and the target (with the person when the
+    target is a message id)."""
     violations = codec.envelope_violations(request.envelope) + target_violations(request)
     ref = person_or_none(request, violations)
     if violations:
         raise InvalidInput(violations)
-    return codec.decode_envelope(request.envelope), ref
+    return codec.decode_envelope(request.envelope), Target(
+        request.settlement_id, request.original_message_id, ref
+    )
+
+
+def target_hash(request: Any, *more: Any) -> str:
+    """A reversal or refund is the same request again when it names the same target (and lines)."""
+    which = request.WhichOneof("target")
+    target = pb.ReverseRequest(**{which: getattr(request, which)})
+    return codec.payload_hash(target, *more)
 
 
 class SettlementServicer:
-    def __init__(self, service: SettlementService) -> None:
+    def __init__(self, service: SettlementService, corrections: CorrectionService) -> None:
         self.service = service
+        self.corrections = corrections
 
     def ready(self) -> None:
         if not self.service.static.snapshot.ready:
@@ -173,35 +185,27 @@ class SettlementServicer:
 
     async def Reverse(self, request: Any, context: grpc.aio.ServicerContext) -> bytes:
         async def work() -> bytes:
-            env, ref = decode_lookup(request)
+            env, target = decode_lookup(request)
             self.ready()
-            target = pb.ReverseRequest(settlement_id=request.settlement_id) if request.settlement_id else None
-            digest = codec.payload_hash(
-                target or pb.ReverseRequest(original_message_id=request.original_message_id)
-            )
-            return await self.service.reverse(
-                env,
-                request.settlement_id,
-                request.original_message_id,
-                ref,
-                digest,
-            )
+            return await self.corrections.reverse(env, target, target_hash(request))
 
         return await guarded(context, "medsettle.v1.SettlementService", "Reverse", work())
 
+    async def Refund(self, request: Any, context: grpc.aio.ServicerContext) -> bytes:
+        async def work() -> bytes:
+            env, target = decode_lookup(request)
+            lines = codec.refund_lines(request)
+            self.ready()
+            digest = target_hash(request, pb.RefundRequest(lines=request.lines))
+            return await self.corrections.refund(env, target, lines, digest)
+
+        return await guarded(context, "medsettle.v1.SettlementService", "Refund", work())
+
     async def GetSettlement(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def work() -> Any:
-            violations = codec.envelope_violations(request.envelope) + target_violations(request)
-            ref = person_or_none(request, violations)
-            if violations:
-                raise InvalidInput(violations)
+            env, target = decode_lookup(request)
             self.ready()
-            return await self.service.get(
-                codec.decode_envelope(request.envelope),
-                request.settlement_id,
-                request.original_message_id,
-                ref,
-            )
+            return await self.corrections.get(env, target)
 
         return await guarded(context, "medsettle.v1.SettlementService", "GetSettlement", work())
 

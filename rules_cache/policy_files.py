@@ -16,6 +16,7 @@ from gateway.engine.policy import (
     BasicLayer,
     Benefit,
     CapOn,
+    Corrections,
     Deductible,
     DeductibleScope,
     Level3Rule,
@@ -59,6 +60,11 @@ def parse_policy(data: dict[str, Any], source: str) -> Policy:
     for scheme, tier in plans:
         if tier not in tier_switch.tiers_low_to_high.get(scheme, ()):
             raise top.error(f"plan {scheme} tier {tier} is not listed in [tiers].{scheme}", "tiers")
+    corrections = top.opt_table("corrections")
+    mode = Corrections.REFUSE
+    if corrections is not None:
+        mode = corrections.enum("later_settlements", Corrections, Corrections.REFUSE)
+        corrections.done()
     policy = Policy(
         region=top.text("region"),
         name=top.text("name"),
@@ -69,6 +75,7 @@ def parse_policy(data: dict[str, Any], source: str) -> Policy:
         tier_switch=tier_switch,
         level3=parse_level3(top.opt_table("level3_out_of_district")),
         out_of_region=parse_out_of_region(top.opt_table("out_of_region")),
+        corrections=mode,
         source=source,
     )
     top.done()
@@ -117,15 +124,73 @@ def parse_plan(r: Reader, defaults: dict[ItemKind, int]) -> Plan:
     benefits = {
         visit: parse_benefit(r.table(visit.value), visit) for visit in VisitType if r.has(visit.value)
     }
+    layers = tuple(parse_layer(layer) for layer in r.tables("layers"))
     plan = Plan(
         scheme=scheme,
         tier=tier,
         benefits=benefits,
-        layers=tuple(parse_layer(layer) for layer in r.tables("layers")),
+        layers=layers,
         first_selfpay_bp=first_selfpay(own_defaults) if own_defaults else defaults,
+        caps=counters_and_caps(r, benefits, layers),
     )
     r.done()
     return plan
+
+
+def counters_and_caps(
+    r: Reader, benefits: dict[VisitType, Benefit], layers: tuple[SupplementaryLayer, ...]
+) -> tuple[tuple[str, int], ...]:
+    """Each accumulator has one role (a fund's payments, an eligible cost, a layer's base, a deductible,
+    a count of stays, a lump sum) and one owner. Only the basic layers of several visit types may share
+    one counter, and then they must share its annual maximum too: two rules paying from one counter
+    against different maxima would together pay beyond either. Returns every (counter, maximum)."""
+    owner: dict[str, tuple[str, str]] = {}  # counter -> (role, who)
+    caps: dict[str, int] = {}
+
+    def claim(key: str, role: str, who: str, shareable: bool, cap: int | None, where: str) -> None:
+        if key in owner:
+            other_role, other = owner[key]
+            if not (shareable and other_role == role and other.startswith("basic ")):
+                raise r.error(
+                    f"counter {key!r} of {who} is already the {other_role} counter of {other}", where
+                )
+            if caps.get(key) != cap:
+                raise r.error(
+                    f"counter {key!r} is shared by {other} and {who} with different annual maxima", where
+                )
+            return
+        owner[key] = (role, who)
+        if cap is not None:
+            caps[key] = cap
+
+    for visit, benefit in benefits.items():
+        basic = benefit.basic
+        where = f"{visit.value}"
+        if basic is not None:
+            who = f"basic {visit.value}"
+            fund_cap = basic.annual_max_fen if basic.annual_max_on is CapOn.FUND else None
+            cost_cap = basic.annual_max_fen if basic.annual_max_on is CapOn.COST else None
+            claim(basic.fund_key, "fund", who, True, fund_cap, f"{where}.fund_key")
+            claim(basic.cost_key, "eligible cost", who, True, cost_cap, f"{where}.cost_key")
+            ded = basic.deductible
+            if ded is not None:
+                claim(ded.key, "deductible", who, True, ded.yearly_cap_fen, f"{where}.deductible.key")
+                if ded.stays_key is not None:
+                    claim(ded.stays_key, "stays", who, True, None, f"{where}.deductible.stays_key")
+        if benefit.lump_sums_fen:
+            claim(
+                benefit.lump_sum_key,
+                "lump sum",
+                f"{visit.value} lump sums",
+                False,
+                None,
+                f"{where}.lump_sum_key",
+            )
+    for i, layer in enumerate(layers):
+        who = f"layer {layer.name}"
+        claim(layer.fund_key, "fund", who, False, layer.annual_max_fen, f"layers[{i}].fund_key")
+        claim(layer.base_key, "base", who, False, None, f"layers[{i}].base_key")
+    return tuple(sorted(caps.items()))
 
 
 def parse_benefit(r: Reader, visit: VisitType) -> Benefit:
@@ -152,6 +217,7 @@ def parse_benefit(r: Reader, visit: VisitType) -> Benefit:
         lump_sums_fen=lump_sums,
         lump_sum_fund_code=r.text("lump_sum_fund_code", "510100"),
         lump_sum_key=r.text("lump_sum_key", "fund.maternity"),
+        lump_sums_per_year=r.integer("lump_sums_per_year", 1, minimum=1, maximum=12),
         requires_registration=r.flag("requires_registration", visit is VisitType.SPECIAL),
     )
     r.done()

@@ -32,6 +32,8 @@ from rules_cache.reader import Reader
 LINES_MAX = 500  # a bill longer than this is an input error, not a big bill
 QUANTITY_MAX = 100_000
 UNIT_PRICE_MAX_FEN = 100_000_000  # one million yuan per unit
+BALANCE_IMPORT_MAX_FEN = 10_000_000_000  # 100 million yuan: a personal account balance beyond is an error
+ACCUMULATOR_IMPORT_MAX = 10_000_000_000
 
 
 def blank_to_none(row: dict[str, Any]) -> dict[str, Any]:
@@ -169,12 +171,27 @@ def person_state(data: dict[str, Any], source: str, path: str) -> PersonState:
         year = acc.integer("year", minimum=1900, maximum=9999)
         table = acc.table("values") if acc.has("values") else None
         if table is not None:
-            values = {k: table.integer(k) for k in table.data}
-        acc.seen.add("values")
+            values = {k: table.integer(k, maximum=ACCUMULATOR_IMPORT_MAX) for k in table.data}
+        acc.seen.update({"values", "region", "scheme"})  # which plan: opening_plan()
         acc.done()
-    state = PersonState(r.integer("account_balance_fen", 0), year, values)
+    state = PersonState(r.integer("account_balance_fen", 0, maximum=BALANCE_IMPORT_MAX_FEN), year, values)
     r.done()
     return state
+
+
+def opening_plan(data: dict[str, Any], person: Person, source: str, path: str) -> tuple[str, Scheme] | None:
+    """Which plan the exported accumulators belong to: `accumulators.region` and `.scheme`, by default
+    the person's first enrolment. None when the export carries no accumulators."""
+    acc = data.get("accumulators")
+    if not isinstance(acc, dict) or not acc.get("values"):
+        return None
+    r = Reader(acc, source, f"{path}.accumulators" if path else "accumulators")
+    first = person.enrolments[0] if person.enrolments else None
+    if first is None and not (r.has("region") and r.has("scheme")):
+        raise r.error("accumulators need a region and a scheme for a person without enrolments")
+    region = r.text("region", first.region if first else None)
+    scheme = r.enum("scheme", Scheme, first.scheme if first else None)
+    return region, scheme
 
 
 def bill(data: dict[str, Any], source: str, path: str) -> Bill:

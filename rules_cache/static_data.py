@@ -117,6 +117,19 @@ class StaticCache:
             self._versions_shown = current
             return self.snapshot
 
+    async def load(self, kind: str, region: str, version: str) -> Any:
+        """One published version, parsed (from L1, else one read of its blob): what a correction or an
+        audit needs to split a settlement again with the rules it was split with."""
+        key = static_key(kind, region, version)
+        parsed = self._parsed.get(key)
+        if parsed is None:
+            blob = await self.client.get(key)
+            if blob is None:
+                raise DataError(key, "", "published version is missing from Redis")
+            parsed = parse_blob(kind, region, version, blob if isinstance(blob, bytes) else blob.encode())
+            self._parsed[key] = parsed
+        return parsed
+
     async def follow(self, stopping: asyncio.Event) -> None:
         """Refresh on every publication (and every 30 s, for a message missed while disconnected)."""
 

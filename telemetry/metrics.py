@@ -99,6 +99,15 @@ REDIS_SECONDS = Histogram(
 COMMIT_CONFLICTS = Counter(
     "medsettle_commit_conflicts_total", "Commits retried because the person's state moved."
 )
+STORE_REFUSED = Counter(
+    "medsettle_store_refused_total",
+    "Commits the store refused to write (keys of a wrong type, malformed operands): nothing was written.",
+)
+CORRECTIONS = Counter(
+    "medsettle_corrections_total",
+    "Corrections committed: reversals, refunds, and adjustments of later settlements.",
+    ["kind"],
+)
 DEPENDENCY_FAILURES = Counter(
     "medsettle_dependency_failures_total", "Requests answered UNAVAILABLE, by dependency.", ["dependency"]
 )

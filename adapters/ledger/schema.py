@@ -56,4 +56,77 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX transfers_credit ON transfers (credit);
         """,
     ),
+    (
+        2,
+        # Corrections: a settlement may have refunds and adjustments beside its settle and reverse
+        # entries, so every entry gets an id of its own (the settlement id for its settle entry, R... for
+        # a reversal, F... for a refund, A... for an adjustment); a settlement is still settled at most
+        # once and reversed at most once.
+        """
+        CREATE TABLE journal2 (
+            entry_id         TEXT   NOT NULL PRIMARY KEY,
+            settlement_id    TEXT   NOT NULL,
+            kind             TEXT   NOT NULL CHECK (kind IN ('settle', 'reverse', 'refund', 'adjust')),
+            cause            TEXT   NOT NULL DEFAULT '',
+            message_id       TEXT   NOT NULL,
+            at               TEXT   NOT NULL,
+            month            TEXT   NOT NULL,
+            institution      TEXT   NOT NULL,
+            inst_region      TEXT   NOT NULL,
+            inst_district    TEXT   NOT NULL,
+            insured_region   TEXT   NOT NULL,
+            insured_district TEXT   NOT NULL,
+            paying_party     TEXT   NOT NULL,
+            scheme           TEXT   NOT NULL,
+            visit            TEXT   NOT NULL,
+            total_fen        BIGINT NOT NULL,
+            fund_total_fen   BIGINT NOT NULL,
+            account_fen      BIGINT NOT NULL,
+            cash_fen         BIGINT NOT NULL,
+            stream_id        TEXT   NOT NULL,
+            booked_at        TEXT   NOT NULL,
+            CHECK (fund_total_fen + account_fen + cash_fen = total_fen)
+        );
+        INSERT INTO journal2 SELECT
+            CASE kind WHEN 'settle' THEN settlement_id ELSE 'R' || substr(settlement_id, 2) END,
+            settlement_id, kind, '', message_id, at, month, institution, inst_region, inst_district,
+            insured_region, insured_district, paying_party, scheme, visit, total_fen, fund_total_fen,
+            account_fen, cash_fen, stream_id, booked_at
+            FROM journal;
+        CREATE TABLE journal_funds2 (
+            entry_id   TEXT   NOT NULL REFERENCES journal2 (entry_id),
+            fund_code  TEXT   NOT NULL,
+            amount_fen BIGINT NOT NULL,
+            PRIMARY KEY (entry_id, fund_code)
+        );
+        INSERT INTO journal_funds2 SELECT
+            CASE kind WHEN 'settle' THEN settlement_id ELSE 'R' || substr(settlement_id, 2) END,
+            fund_code, amount_fen FROM journal_funds;
+        CREATE TABLE transfers2 (
+            entry_id   TEXT    NOT NULL REFERENCES journal2 (entry_id),
+            seq        INTEGER NOT NULL,
+            debit      TEXT    NOT NULL,
+            credit     TEXT    NOT NULL,
+            amount_fen BIGINT  NOT NULL CHECK (amount_fen > 0),
+            PRIMARY KEY (entry_id, seq),
+            CHECK (debit <> credit)
+        );
+        INSERT INTO transfers2 SELECT
+            CASE kind WHEN 'settle' THEN settlement_id ELSE 'R' || substr(settlement_id, 2) END,
+            seq, debit, credit, amount_fen FROM transfers;
+        DROP TABLE transfers;
+        DROP TABLE journal_funds;
+        DROP TABLE journal;
+        ALTER TABLE journal2 RENAME TO journal;
+        ALTER TABLE journal_funds2 RENAME TO journal_funds;
+        ALTER TABLE transfers2 RENAME TO transfers;
+        CREATE UNIQUE INDEX journal_settled_once ON journal (settlement_id, kind)
+            WHERE kind IN ('settle', 'reverse');
+        CREATE INDEX journal_settlement ON journal (settlement_id);
+        CREATE INDEX journal_institution_month2 ON journal (institution, month);
+        CREATE INDEX journal_message2 ON journal (institution, message_id);
+        CREATE INDEX transfers_debit2 ON transfers (debit);
+        CREATE INDEX transfers_credit2 ON transfers (credit);
+        """,
+    ),
 ]

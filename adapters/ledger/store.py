@@ -16,8 +16,10 @@ from adapters.ledger.schema import MIGRATIONS
 from gateway.engine.routing import Journal, Transfer
 
 JOURNAL_COLUMNS = (
+    "entry_id",
     "settlement_id",
     "kind",
+    "cause",
     "message_id",
     "at",
     "month",
@@ -53,23 +55,26 @@ class UnbalancedEntry(ValueError):
     pass
 
 
+SOURCES = ("fund:", "personal:")
+
+
 def check_entry(entry: Entry) -> None:
     """The code-level half of the balance check (the database's CHECKs are the other): what leaves the
-    funds and the personal account is exactly the journal's fund total plus account payment."""
+    funds and the personal account, net, is exactly the journal's fund total plus account payment
+    (negative for a reversal or a refund: money moves back into them)."""
     j = entry.journal
     if any(t.amount_fen <= 0 or t.debit == t.credit for t in entry.transfers):
-        raise UnbalancedEntry(
-            f"{j.settlement_id}: a transfer that is not positive or not between two accounts"
-        )
-    side = "debit" if j.kind == "settle" else "credit"  # a reversal moves money back into the funds
-    moved = sum(t.amount_fen for t in entry.transfers if getattr(t, side).startswith(("fund:", "personal:")))
-    if moved != abs(j.fund_total_fen + j.account_fen):
-        raise UnbalancedEntry(f"{j.settlement_id}: transfers move {moved}, the journal says funds + account")
+        raise UnbalancedEntry(f"{j.key}: a transfer that is not positive or not between two accounts")
+    moved = sum(t.amount_fen for t in entry.transfers if t.debit.startswith(SOURCES)) - sum(
+        t.amount_fen for t in entry.transfers if t.credit.startswith(SOURCES)
+    )
+    if moved != j.fund_total_fen + j.account_fen:
+        raise UnbalancedEntry(f"{j.key}: transfers move {moved}, the journal says funds + account")
     if (
         j.fund_total_fen + j.account_fen + j.cash_fen != j.total_fen
         or sum(j.funds.values()) != j.fund_total_fen
     ):
-        raise UnbalancedEntry(f"{j.settlement_id}: the journal does not add up")
+        raise UnbalancedEntry(f"{j.key}: the journal does not add up")
 
 
 class Ledger:
@@ -165,8 +170,10 @@ class Ledger:
                 j = entry.journal
                 check_entry(entry)
                 row = (
+                    j.key,
                     j.settlement_id,
                     j.kind,
+                    j.cause,
                     j.message_id,
                     j.at,
                     j.at[:7],
@@ -189,7 +196,7 @@ class Ledger:
                 cur.execute(
                     self.sql(
                         f"INSERT INTO journal ({', '.join(JOURNAL_COLUMNS)}) VALUES ({placeholders}) "
-                        "ON CONFLICT (settlement_id, kind) DO NOTHING"
+                        "ON CONFLICT DO NOTHING"
                     ),
                     row,
                 )
@@ -197,44 +204,45 @@ class Ledger:
                     continue  # delivered again: booked already, nothing to do
                 new.append(j)
                 cur.executemany(
-                    self.sql("INSERT INTO journal_funds VALUES (?, ?, ?, ?)"),
-                    [(j.settlement_id, j.kind, code, amount) for code, amount in sorted(j.funds.items())],
+                    self.sql("INSERT INTO journal_funds VALUES (?, ?, ?)"),
+                    [(j.key, code, amount) for code, amount in sorted(j.funds.items())],
                 )
                 cur.executemany(
-                    self.sql("INSERT INTO transfers VALUES (?, ?, ?, ?, ?, ?)"),
-                    [
-                        (j.settlement_id, j.kind, i, t.debit, t.credit, t.amount_fen)
-                        for i, t in enumerate(entry.transfers)
-                    ],
+                    self.sql("INSERT INTO transfers VALUES (?, ?, ?, ?, ?)"),
+                    [(j.key, i, t.debit, t.credit, t.amount_fen) for i, t in enumerate(entry.transfers)],
                 )
         return new
 
+    def settled(self, settlement_ids: Iterable[str]) -> set[str]:
+        """Which of these settlements have their settle entry booked (a correction waits for it)."""
+        ids = sorted(set(settlement_ids))
+        if not ids:
+            return set()
+        marks = ", ".join("?" * len(ids))
+        rows = self.query(
+            f"SELECT settlement_id FROM journal WHERE kind = 'settle' AND settlement_id IN ({marks})", ids
+        )
+        return {str(r[0]) for r in rows}
+
     def original(self, settlement_id: str) -> tuple[Journal, list[Transfer]] | None:
-        """The booked settle entry of a settlement, to mirror for its reversal."""
+        """The booked settle entry of a settlement, to mirror for a reversal event of the first format."""
         with self.transaction() as cur:
             cur.execute(
-                self.sql(
-                    f"SELECT {', '.join(JOURNAL_COLUMNS)} FROM journal WHERE settlement_id = ? AND kind = ?"
-                ),
-                (settlement_id, "settle"),
+                self.sql(f"SELECT {', '.join(JOURNAL_COLUMNS)} FROM journal WHERE entry_id = ?"),
+                (settlement_id,),
             )
             row = cur.fetchone()
             if row is None:
                 return None
             r = dict(zip(JOURNAL_COLUMNS, row, strict=True))
             cur.execute(
-                self.sql(
-                    "SELECT fund_code, amount_fen FROM journal_funds WHERE settlement_id = ? AND kind = ?"
-                ),
-                (settlement_id, "settle"),
+                self.sql("SELECT fund_code, amount_fen FROM journal_funds WHERE entry_id = ?"),
+                (settlement_id,),
             )
             funds = {code: int(amount) for code, amount in cur.fetchall()}
             cur.execute(
-                self.sql(
-                    "SELECT debit, credit, amount_fen FROM transfers"
-                    " WHERE settlement_id = ? AND kind = ? ORDER BY seq"
-                ),
-                (settlement_id, "settle"),
+                self.sql("SELECT debit, credit, amount_fen FROM transfers WHERE entry_id = ? ORDER BY seq"),
+                (settlement_id,),
             )
             transfers = [Transfer(d, c, int(a)) for d, c, a in cur.fetchall()]
         journal = Journal(
@@ -255,6 +263,7 @@ class Ledger:
             account_fen=int(r["account_fen"]),
             cash_fen=int(r["cash_fen"]),
             funds=funds,
+            entry_id=r["entry_id"],
         )
         return journal, transfers
 

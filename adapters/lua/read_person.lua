@@ -1,7 +1,22 @@
 -- Everything a settlement needs to know about a person, in one command, in the person's slot.
--- KEYS: 1 person record, 2 state, 3 accumulators (year of care), 4 idempotency record (optional)
--- Returns {record, ver, bal, {acc name, value, ...}, earlier payload hash, kind, response}
-local idem = {false, false, false}
-if KEYS[4] then idem = redis.call('HMGET', KEYS[4], 'h', 'kind', 'resp') end
+-- KEYS: 1 person record, 2 state, 3 the person's year (every plan-year of it), 4 message record (optional)
+-- ARGV: 1 the slot's settlement key prefix (a message record names its settlement by id)
+-- Returns {record, ver, bal, {year field, value, ...}, {message field, value, ...}, stored answer or false}
+local message = {}
+local answer = false
+if KEYS[4] then
+  message = redis.call('HGETALL', KEYS[4])
+  local sid, field, inline
+  for i = 1, #message, 2 do
+    if message[i] == 'sid' then sid = message[i + 1]
+    elseif message[i] == 'f' then field = message[i + 1]
+    elseif message[i] == 'resp' then inline = message[i + 1] end
+  end
+  if sid and field then
+    answer = redis.call('HGET', ARGV[1] .. sid, field)  -- same slot: the id carries the partition
+  elseif inline then
+    answer = inline
+  end
+end
 local state = redis.call('HMGET', KEYS[2], 'ver', 'bal')
-return {redis.call('GET', KEYS[1]), state[1], state[2], redis.call('HGETALL', KEYS[3]), idem[1], idem[2], idem[3]}
+return {redis.call('GET', KEYS[1]), state[1], state[2], redis.call('HGETALL', KEYS[3]), message, answer}

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from gateway.engine.model import PersonState, PersonType, VisitType
+from gateway.engine.model import PersonState, PersonType, StayTotals, VisitType
 from gateway.engine.money import BP_ONE, InvariantViolation, apply_bp, clamp_bp, round_bp_sum
 from gateway.engine.policy import (
     Band,
@@ -68,7 +68,16 @@ def segments(bands: tuple[Band, ...], start: int, length: int) -> Iterator[tuple
         lower = upper
 
 
-def deductible_standard(rule: Deductible, visit: Visit, state: PersonState, trace: list[TraceStep]) -> int:
+def stay_number(rule: Deductible, visit: Visit, state: PersonState, stay: StayTotals) -> int:
+    """The stay's number in the plan-year: fixed by the part that first counted it, else the next one."""
+    if stay.stay_no:
+        return stay.stay_no
+    return state.acc(rule.stays_key, visit.year) + 1 if rule.stays_key is not None else 1
+
+
+def deductible_standard(
+    rule: Deductible, visit: Visit, state: PersonState, stay: StayTotals, trace: list[TraceStep]
+) -> int:
     standard = rule.by_level_fen[visit.level]
     trace.append(TraceStep("deductible.level", f"level {visit.level} standard", standard))
     multiplier = rule.person_type_bp.get(visit.person_type)
@@ -76,7 +85,7 @@ def deductible_standard(rule: Deductible, visit: Visit, state: PersonState, trac
         standard = apply_bp(standard, multiplier)
         trace.append(TraceStep("deductible.person_type", f"{visit.person_type} x{multiplier}bp", standard))
     if rule.stays_key is not None and rule.stay_rule is not StayRule.NONE:
-        stay_no = state.acc(rule.stays_key, visit.year) + 1
+        stay_no = stay_number(rule, visit, state, stay)
         if rule.stay_rule is StayRule.REDUCE and stay_no > 1:
             reduced = standard - apply_bp(standard, rule.reduce_each_stay_bp * (stay_no - 1))
             standard = max(rule.floor_fen, reduced, 0) if standard > rule.floor_fen else standard
@@ -90,11 +99,19 @@ def deductible_standard(rule: Deductible, visit: Visit, state: PersonState, trac
 
 
 def deductible_due(
-    rule: Deductible, visit: Visit, state: PersonState, in_scope: int, trace: list[TraceStep]
+    rule: Deductible,
+    visit: Visit,
+    state: PersonState,
+    stay: StayTotals,
+    in_scope: int,
+    trace: list[TraceStep],
 ) -> int:
-    standard = deductible_standard(rule, visit, state, trace)
+    standard = deductible_standard(rule, visit, state, stay, trace)
     paid_this_year = state.acc(rule.key, visit.year)
     due = standard
+    if stay.deductible_fen:  # earlier parts of this stay paid part of its one deductible
+        due = max(0, standard - stay.deductible_fen)
+        trace.append(TraceStep("deductible.stay", f"earlier parts paid {stay.deductible_fen}", due))
     if rule.scope is DeductibleScope.YEAR:
         due = max(0, standard - paid_this_year)
         trace.append(TraceStep("deductible.year", f"already met {paid_this_year}", due))
@@ -125,6 +142,7 @@ def pay_basic(
     layer: BasicLayer,
     visit: Visit,
     state: PersonState,
+    stay: StayTotals,
     eligible: int,
     deltas: dict[str, int],
     trace: list[TraceStep],
@@ -139,7 +157,8 @@ def pay_basic(
     if cap is not None and layer.annual_max_on is CapOn.COST:
         covered = min(eligible, max(0, cap - cost_before))
         trace.append(TraceStep("basic.cost_cap", f"eligible cost left {max(0, cap - cost_before)}", covered))
-    start = cost_before if layer.ratio.bands_scope is BandScope.YEAR else 0
+    # bill-scope bands are measured on this stay (its earlier parts first), year-scope on the year
+    start = cost_before if layer.ratio.bands_scope is BandScope.YEAR else stay.eligible_fen
     pieces = list(segments(bands, start, covered))
     payment = round_bp_sum(sum(cost * ratio for cost, ratio in pieces))
     trace.append(TraceStep("basic.ratio_applied", f"on {covered}", payment))
@@ -235,21 +254,30 @@ def run_cascade(
     layers: tuple[SupplementaryLayer, ...],
     visit: Visit,
     state: PersonState,
+    stay: StayTotals,
     in_scope: int,
     deltas: dict[str, int],
     trace: list[TraceStep],
-) -> tuple[int, list[FundPayment]]:
+) -> tuple[int, list[FundPayment], int]:
+    """Returns the deductible, the fund payments, and the stay number this bill gives its stay when it
+    is the first part that counts (0 otherwise). A bill with nothing in scope never counts as a stay:
+    two empty "stays" must not move a person on to a lower deductible."""
     deductible = 0
+    counted = 0
     if basic.deductible is not None:
-        deductible = deductible_due(basic.deductible, visit, state, in_scope, trace)
         rule = basic.deductible
+        deductible = deductible_due(rule, visit, state, stay, in_scope, trace)
         deltas[rule.key] = deltas.get(rule.key, 0) + deductible
-        if rule.stays_key is not None and visit.visit_type is VisitType.INPATIENT:
-            deltas[rule.stays_key] = deltas.get(rule.stays_key, 0) + 1
-    basic_payment, copay, excess = pay_basic(basic, visit, state, in_scope - deductible, deltas, trace)
+        if visit.visit_type is VisitType.INPATIENT and in_scope > 0 and not stay.stay_no:
+            counted = stay_number(rule, visit, state, stay)
+            if rule.stays_key is not None:
+                deltas[rule.stays_key] = deltas.get(rule.stays_key, 0) + 1
+    elif visit.visit_type is VisitType.INPATIENT and in_scope > 0 and not stay.stay_no:
+        counted = 1
+    basic_payment, copay, excess = pay_basic(basic, visit, state, stay, in_scope - deductible, deltas, trace)
     funds = [basic_payment]
     burden = Burden(deductible, copay, excess)
     for layer in layers:
         if layer_applies(layer, visit):
             funds.append(pay_layer(layer, visit, state, burden, deltas, trace))
-    return deductible, funds
+    return deductible, funds, counted

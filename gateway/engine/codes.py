@@ -30,12 +30,23 @@ class Rejection(IntEnum):
     SPECIAL_DISEASE_NOT_REGISTERED = 302
     MATERNITY_EVENT_UNKNOWN = 303
     DISEASE_CODE_MISSING = 304
+    MATERNITY_LUMP_SUM_USED = (
+        305  # the lump sum for this event was already paid as often as the policy allows
+    )
+    STAY_CLOSED = 306  # the stay's final settlement is live: reverse it before settling another part
 
     # 4xx: outcomes of the gateway around the engine (not returned by split())
     REGION_NOT_SERVED = 401  # no catalog of the place of treatment or policy of the insured region loaded
     SETTLEMENT_NOT_FOUND = 402
     MESSAGE_ID_REUSED = 403  # same (institution, message id), different payload
     PERSON_BUSY = 404  # concurrent commits for one person outlasted the retries; safe to retry
+    LATER_SETTLEMENTS_EXIST = 405  # a correction of a settlement that later ones were computed on
+    MESSAGE_ID_VOID = 406  # a reversal by this message id came first: it will never settle
+    PLAN_YEAR_FULL = 407  # the plan-year holds the maximum number of live settlements
+    REFUND_INVALID = 408  # a refunded line or quantity the settlement does not have
+    SETTLEMENT_REVERSED = 409  # a refund of a settlement that is reversed
+    READJUDICATION_REJECTED = 410  # a later settlement would be rejected on re-adjudication
+    REFUND_WHOLE_BILL = 411  # every line refunded: reverse the settlement instead
 
     @property
     def reason(self) -> str:

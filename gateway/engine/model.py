@@ -186,6 +186,50 @@ class PersonState:
 
 
 @dataclass(frozen=True, slots=True)
+class StayTotals:
+    """What the live parts of one inpatient stay add up to (interim settlements, 中途结算, grouped by a
+    stay id). A stay is one stay whatever the number of parts: one deductible, one count in the year's
+    stays, per-visit quantity limits across the parts, bill-scope cost bands continued from part to part.
+
+    One part's contribution has the same shape, so the totals are the sum of the live parts and a
+    reversed part is subtracted (gateway.engine.plan_year keeps them)."""
+
+    parts: int = 0
+    stay_no: int = 0  # the stay's number in the plan-year, set by the part that first counted it; 0: none
+    in_scope_fen: int = 0
+    eligible_fen: int = 0  # in scope after the deductible: where bill-scope cost bands continue
+    deductible_fen: int = 0
+    lump_sum_fen: int = 0  # maternity: lump sum paid so far in this stay
+    quantities: Mapping[str, int] = field(default_factory=dict)  # units per catalog code across the parts
+    closed: int = 0  # 1 when a final (not interim) part is live: no further part may settle
+
+    def plus(self, other: StayTotals, sign: int = 1) -> StayTotals:
+        quantities = dict(self.quantities)
+        for code, units in other.quantities.items():
+            left = quantities.get(code, 0) + sign * units
+            if left:
+                quantities[code] = left
+            else:
+                quantities.pop(code, None)
+        return StayTotals(
+            self.parts + sign * other.parts,
+            self.stay_no + sign * other.stay_no,
+            self.in_scope_fen + sign * other.in_scope_fen,
+            self.eligible_fen + sign * other.eligible_fen,
+            self.deductible_fen + sign * other.deductible_fen,
+            self.lump_sum_fen + sign * other.lump_sum_fen,
+            quantities,
+            self.closed + sign * other.closed,
+        )
+
+    def minus(self, other: StayTotals) -> StayTotals:
+        return self.plus(other, -1)
+
+
+NO_STAY = StayTotals()
+
+
+@dataclass(frozen=True, slots=True)
 class BillLine:
     code: str
     unit_price_fen: int
@@ -201,6 +245,8 @@ class Bill:
     maternity_event: str | None = None  # e.g. vaginal_delivery, caesarean (visit type maternity)
     emergency: bool = False
     use_account: bool = True  # the patient may decline paying from the personal account
+    stay_id: str | None = None  # groups the interim parts of one inpatient stay (中途结算)
+    interim: bool = False  # an interim part: the stay stays open for further parts
 
 
 @dataclass(frozen=True, slots=True)

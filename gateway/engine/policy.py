@@ -120,7 +120,12 @@ class Benefit:
     lump_sums_fen: Mapping[str, Mapping[int, int]] = field(default_factory=dict)
     lump_sum_fund_code: str = "510100"
     lump_sum_key: str = "fund.maternity"
+    lump_sums_per_year: int = 1  # how often one event's lump sum may be paid in a plan-year
     requires_registration: bool = False  # special diseases: bill's disease must be registered
+
+    def lump_sum_count_key(self, event: str) -> str:
+        """The counter of lump sums paid for `event` this plan-year."""
+        return f"count.{self.lump_sum_key}.{event}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +135,7 @@ class Plan:
     benefits: Mapping[VisitType, Benefit]
     layers: tuple[SupplementaryLayer, ...]
     first_selfpay_bp: Mapping[ItemKind, int]  # class B default by kind when the entry has none
+    caps: tuple[tuple[str, int], ...] = ()  # (counter, annual maximum): checked after every bill
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +174,14 @@ class TierSwitch:
     upgrade_wait_months: int = 0
 
 
+class Corrections(StrEnum):
+    """What a correction (reversal, partial refund) of a settlement that is not the latest of its
+    plan-year does about the settlements computed after it."""
+
+    REFUSE = "refuse"  # refused until the later settlements are reversed (the default)
+    READJUDICATE = "readjudicate"  # the later ones are split again in order; differences are adjustments
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     region: str
@@ -179,6 +193,7 @@ class Policy:
     tier_switch: TierSwitch
     level3: Level3Rule | None = None
     out_of_region: OutOfRegionRule | None = None
+    corrections: Corrections = Corrections.REFUSE
     source: str = ""  # the file it was loaded from, for error messages and audit
 
     def in_force(self, on: date) -> bool:

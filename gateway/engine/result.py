@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from gateway.engine.codes import Rejection
-from gateway.engine.model import ItemClass
+from gateway.engine.model import ItemClass, StayTotals
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +68,7 @@ class Split:
     deltas: Mapping[str, int]  # accumulator increments to commit atomically with the account debit
     trace: tuple[TraceStep, ...]
     flags: tuple[str, ...]  # bill-level: PENALTY_LEVEL3, PENALTY_OUT_OF_REGION, CROSS_REGION, ...
+    stay: StayTotals | None = None  # inpatient and maternity: what this bill adds to its stay
 
 
 SplitOutcome = Split | Rejected

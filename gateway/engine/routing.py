@@ -35,10 +35,17 @@ class Transfer:
     amount_fen: int
 
 
+KINDS = ("settle", "reverse", "refund", "adjust")
+
+
 @dataclass(frozen=True, slots=True)
 class Journal:
+    """One ledger entry. A settlement has one settle entry, and maybe refunds, adjustments (when a
+    correction of an earlier settlement re-adjudicated it) and one reversal: each a difference, never an
+    edit of the original."""
+
     settlement_id: str
-    kind: str  # settle | reverse
+    kind: str  # settle | reverse | refund | adjust
     message_id: str
     at: str  # ISO time of the settlement (or reversal) at the gateway
     institution: str
@@ -54,6 +61,12 @@ class Journal:
     account_fen: int
     cash_fen: int
     funds: Mapping[str, int]  # fund code -> signed amount
+    entry_id: str = ""  # unique per entry: the settlement id for its settle entry
+    cause: str = ""  # an adjustment: the reversal or refund that caused it
+
+    @property
+    def key(self) -> str:
+        return self.entry_id or self.settlement_id
 
 
 class PostingError(ValueError):
@@ -71,15 +84,19 @@ def paying_party(event: Mapping[str, Any]) -> str:
 
 
 def route(event: Mapping[str, Any]) -> tuple[Journal, list[Transfer]]:
-    """The journal row and transfers of a settle event."""
+    """The journal row and transfers of a posting event. A settle event's amounts are positive; a
+    reversal's, refund's or adjustment's are signed differences, and a negative amount moves money back
+    the way it came (the institution's payable returns it to the fund or to the person's account)."""
     try:
+        kind = str(event.get("type", "settle"))
         insured = party(str(event["insured_region"]), str(event["insured_district"]))
         paying = paying_party(event)
         funds = {str(code): int(amount) for code, amount in dict(event["funds"]).items()}
         account, cash, total = int(event["account"]), int(event["cash"]), int(event["total"])
+        sid = str(event["sid"])
         journal = Journal(
-            settlement_id=str(event["sid"]),
-            kind="settle",
+            settlement_id=sid,
+            kind=kind,
             message_id=str(event.get("msgid", "")),
             at=str(event["at"]),
             institution=str(event["inst"]),
@@ -94,12 +111,16 @@ def route(event: Mapping[str, Any]) -> tuple[Journal, list[Transfer]]:
             fund_total_fen=sum(funds.values()),
             account_fen=account,
             cash_fen=cash,
-            funds=funds,
+            funds={code: amount for code, amount in funds.items() if amount},
+            entry_id=str(event.get("entry", sid)),
+            cause=str(event.get("cause", "")),
         )
         person = str(event["person"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise PostingError(f"malformed settle event: {exc!r}") from None
-    if min([account, cash, total, *funds.values()], default=0) < 0:
+        raise PostingError(f"malformed posting event: {exc!r}") from None
+    if kind not in KINDS:
+        raise PostingError(f"unknown entry kind {kind!r}")
+    if kind == "settle" and min([account, cash, total, *funds.values()], default=0) < 0:
         raise PostingError("negative amount in a settle event")
     if journal.fund_total_fen + account + cash != total:
         raise PostingError(
@@ -112,11 +133,15 @@ def route(event: Mapping[str, Any]) -> tuple[Journal, list[Transfer]]:
         if amount == 0:
             continue
         if paying == insured:
-            transfers.append(Transfer(source, f"payable:{insured}:{journal.institution}", amount))
+            legs = [(source, f"payable:{insured}:{journal.institution}")]
         else:  # the paying party advances; the insured party owes it
-            transfers.append(Transfer(source, f"due:{insured}>{paying}", amount))
+            legs = [
+                (source, f"due:{insured}>{paying}"),
+                (f"receivable:{paying}<{insured}", f"payable:{paying}:{journal.institution}"),
+            ]
+        for debit, credit in legs:
             transfers.append(
-                Transfer(f"receivable:{paying}<{insured}", f"payable:{paying}:{journal.institution}", amount)
+                Transfer(debit, credit, amount) if amount > 0 else Transfer(credit, debit, -amount)
             )
     return journal, transfers
 
@@ -124,7 +149,9 @@ def route(event: Mapping[str, Any]) -> tuple[Journal, list[Transfer]]:
 def mirror(
     original: Journal, transfers: list[Transfer], event: Mapping[str, Any]
 ) -> tuple[Journal, list[Transfer]]:
-    """A reversal: a compensating entry (every transfer swapped), never an edit of the original."""
+    """A reversal event of the first format (no amounts in it): the compensating entry of the booked
+    original, every transfer swapped. Streams written before reversals carried their amounts still hold
+    such events; new reversals are routed like every other entry."""
     journal = Journal(
         settlement_id=original.settlement_id,
         kind="reverse",
@@ -143,6 +170,7 @@ def mirror(
         account_fen=-original.account_fen,
         cash_fen=-original.cash_fen,
         funds={code: -amount for code, amount in original.funds.items()},
+        entry_id="R" + original.settlement_id[1:],
     )
     return journal, [Transfer(t.credit, t.debit, t.amount_fen) for t in transfers]
 

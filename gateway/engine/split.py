@@ -9,14 +9,16 @@ from datetime import date
 from gateway.engine.cascade import Visit, run_cascade
 from gateway.engine.codes import Rejection
 from gateway.engine.eligibility import enrolment_in_force, has_approval, penalty_for, tier_in_force
-from gateway.engine.lines import LineContext, split_line
+from gateway.engine.lines import STAY_VISITS, LineContext, split_line
 from gateway.engine.model import (
+    NO_STAY,
     Bill,
     Catalog,
     EnrolmentStatus,
     Institution,
     Person,
     PersonState,
+    StayTotals,
     VisitType,
 )
 from gateway.engine.money import InvariantViolation, require
@@ -32,10 +34,14 @@ def split(
     person: Person,
     state: PersonState,
     on: date,
+    stay: StayTotals = NO_STAY,
 ) -> SplitOutcome:
     """Who pays what for `bill`, at `institution`, for `person` with `state`, on the date of care `on`.
 
-    `policy` is the insured region's, `catalog` the place of treatment's (就医地目录、参保地政策)."""
+    `policy` is the insured region's, `catalog` the place of treatment's (就医地目录、参保地政策).
+    `state` holds the accumulators of the person's plan-year (insured region, scheme, year) and the
+    personal account balance the bill may use; `stay` what the earlier live parts of the bill's stay
+    add up to (an interim settlement's later parts continue its deductible, bands and quantities)."""
     require(catalog.region == institution.region, "the catalog must be the place of treatment's")
     enrolment = enrolment_in_force(person, policy.region, on)
     if enrolment is None:
@@ -73,6 +79,8 @@ def split(
     ):
         return Rejected(Rejection.OUT_OF_REGION_NOT_FILED, "out-of-region care needs a filing or referral")
 
+    if stay.closed:
+        return Rejected(Rejection.STAY_CLOSED, f"stay {bill.stay_id} has a final settlement already")
     registered = frozenset(r.code for r in person.special_diseases if r.in_force(on))
     if benefit.requires_registration:
         if not bill.disease_code:
@@ -94,7 +102,7 @@ def split(
         plan.first_selfpay_bp,
     )
     lines: list[LineSplit] = []
-    used: dict[str, int] = {}
+    used: dict[str, int] = dict(stay.quantities)  # per-visit limits hold across a stay's parts
     entries = catalog.entries
     for line in bill.lines:
         entry = entries.get(line.code)
@@ -122,16 +130,38 @@ def split(
     )
 
     deductible = 0
+    counted = 0
+    lump_paid = 0
     funds: list[FundPayment] = []
     if bill.visit_type is VisitType.MATERNITY:
-        outcome = pay_lump_sum(benefit, bill, institution.level, in_scope, deltas, trace)
+        outcome = pay_lump_sum(benefit, bill, institution.level, in_scope, state, stay, deltas, trace)
         if isinstance(outcome, Rejected):
             return outcome
-        funds.append(outcome)
+        payment, counted = outcome
+        lump_paid = payment.amount_fen
+        funds.append(payment)
     elif benefit.basic is not None:
-        deductible, funds = run_cascade(benefit.basic, plan.layers, visit, state, in_scope, deltas, trace)
-
-    return finish(policy, catalog, plan, benefit, bill, state, lines, deductible, funds, deltas, trace, flags)
+        deductible, funds, counted = run_cascade(
+            benefit.basic, plan.layers, visit, state, stay, in_scope, deltas, trace
+        )
+    part = None
+    if bill.visit_type in STAY_VISITS:
+        quantities: dict[str, int] = {}
+        for line in bill.lines:
+            quantities[line.code] = quantities.get(line.code, 0) + line.quantity
+        part = StayTotals(
+            1,
+            counted,
+            in_scope,
+            in_scope - deductible,
+            deductible,
+            lump_paid,
+            quantities,
+            int(not bill.interim),
+        )
+    return finish(
+        policy, catalog, plan, benefit, bill, state, lines, deductible, funds, deltas, trace, flags, part
+    )
 
 
 def pay_lump_sum(
@@ -139,17 +169,34 @@ def pay_lump_sum(
     bill: Bill,
     level: int,
     in_scope: int,
+    state: PersonState,
+    stay: StayTotals,
     deltas: dict[str, int],
     trace: list[TraceStep],
-) -> FundPayment | Rejected:
-    by_level = benefit.lump_sums_fen.get(bill.maternity_event or "")
+) -> tuple[FundPayment, int] | Rejected:
+    """The maternity lump sum: once per event as often a year as the policy allows (counted by the first
+    part of the stay that has anything in scope), at most the stay's in-scope cost."""
+    event = bill.maternity_event or ""
+    by_level = benefit.lump_sums_fen.get(event)
     if by_level is None:
         return Rejected(Rejection.MATERNITY_EVENT_UNKNOWN, f"no lump sum for event {bill.maternity_event!r}")
+    counter = benefit.lump_sum_count_key(event)
+    counted = 0
+    if not stay.stay_no and in_scope > 0:
+        times = state.acc(counter, state.year)
+        if times >= benefit.lump_sums_per_year:
+            return Rejected(
+                Rejection.MATERNITY_LUMP_SUM_USED,
+                f"the {event} lump sum was paid {times} time(s) this plan-year (at most"
+                f" {benefit.lump_sums_per_year})",
+            )
+        counted = times + 1
+        deltas[counter] = deltas.get(counter, 0) + 1
     lump = by_level[level]
-    payment = min(lump, in_scope)
-    trace.append(TraceStep("maternity.lump_sum", f"{bill.maternity_event} level {level}: {lump}", payment))
+    payment = max(0, min(lump, stay.in_scope_fen + in_scope) - stay.lump_sum_fen)
+    trace.append(TraceStep("maternity.lump_sum", f"{event} level {level}: {lump}", payment))
     deltas[benefit.lump_sum_key] = deltas.get(benefit.lump_sum_key, 0) + payment
-    return FundPayment("maternity", benefit.lump_sum_fund_code, payment, None)
+    return FundPayment("maternity", benefit.lump_sum_fund_code, payment, None), counted
 
 
 def finish(
@@ -165,6 +212,7 @@ def finish(
     deltas: dict[str, int],
     trace: list[TraceStep],
     flags: list[str],
+    stay: StayTotals | None = None,
 ) -> Split:
     total = full = over = first = in_scope = 0
     for line in lines:
@@ -210,9 +258,23 @@ def finish(
         deltas={k: v for k, v in deltas.items() if v},
         trace=tuple(trace),
         flags=tuple(flags),
+        stay=stay,
     )
     check_invariants(result, state)
+    check_caps(plan, result, state)
     return result
+
+
+def check_caps(plan: Plan, s: Split, state: PersonState) -> None:
+    """Every capped counter of the plan (each fund's annual maximum, a maximum on eligible cost, a
+    yearly deductible cap) holds after the bill, whichever layer or benefit moved it: a check of each
+    fund's own remainder alone would miss two rules that share a counter."""
+    for key, maximum in plan.caps:
+        delta = s.deltas.get(key, 0)
+        if delta and state.acc(key, state.year) + delta > maximum:
+            raise InvariantViolation(
+                f"{key}: {state.acc(key, state.year)} + {delta} exceeds its annual maximum {maximum}"
+            )
 
 
 def check_invariants(s: Split, state: PersonState) -> None:

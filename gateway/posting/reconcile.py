@@ -91,7 +91,8 @@ PERIOD_S = "s.institution = ? AND substr(s.at, 1, 10) >= ? AND substr(s.at, 1, 1
 
 def ledger_totals(ledger: Ledger, institution: str, date_from: str, date_to: str) -> Totals:
     ((count, total, funds, account, cash),) = ledger.query(
-        "SELECT COALESCE(SUM(CASE WHEN kind = 'settle' THEN 1 ELSE -1 END), 0), COALESCE(SUM(total_fen), 0),"
+        "SELECT COALESCE(SUM(CASE kind WHEN 'settle' THEN 1 WHEN 'reverse' THEN -1 ELSE 0 END), 0),"
+        " COALESCE(SUM(total_fen), 0),"
         " COALESCE(SUM(fund_total_fen), 0), COALESCE(SUM(account_fen), 0), COALESCE(SUM(cash_fen), 0)"
         f" FROM journal WHERE {PERIOD}",
         [institution, date_from, date_to],
@@ -102,11 +103,14 @@ def ledger_totals(ledger: Ledger, institution: str, date_from: str, date_to: str
 def ledger_items(
     ledger: Ledger, institution: str, date_from: str, date_to: str
 ) -> dict[str, tuple[str, Amounts]]:
-    """Settlements of the period still in force (a reversed settlement is no longer owed)."""
+    """Settlements of the period still in force (a reversed settlement is no longer owed), with what each
+    pays now: its settle entry plus every refund and adjustment booked for it."""
     rows = ledger.query(
-        "SELECT s.message_id, s.settlement_id, s.total_fen, s.fund_total_fen, s.account_fen FROM journal s"
+        "SELECT s.message_id, s.settlement_id, SUM(e.total_fen), SUM(e.fund_total_fen), SUM(e.account_fen)"
+        " FROM journal s JOIN journal e ON e.settlement_id = s.settlement_id"
         f" WHERE s.kind = 'settle' AND {PERIOD_S} AND NOT EXISTS"
-        " (SELECT 1 FROM journal r WHERE r.settlement_id = s.settlement_id AND r.kind = 'reverse')",
+        " (SELECT 1 FROM journal r WHERE r.settlement_id = s.settlement_id AND r.kind = 'reverse')"
+        " GROUP BY s.message_id, s.settlement_id",
         [institution, date_from, date_to],
     )
     return {m: (sid, Amounts(int(t), int(f), int(a))) for m, sid, t, f, a in rows}

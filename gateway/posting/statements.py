@@ -1,6 +1,7 @@
 """Statements from the ledger: per institution and month (what a monthly clearing application needs),
 the monthly inter-party clearing matrix (who owes whom, netted), and fund spend per district and month.
-Reversals count in the month they happened, as negative amounts."""
+Reversals, refunds and adjustments count in the month they happened, as signed amounts; the count is
+settlements minus reversals."""
 
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ def institution_statements(
     if institution:
         where, params = where + " AND institution = ?", [month, institution]
     rows = ledger.query(
-        "SELECT institution, SUM(CASE WHEN kind = 'settle' THEN 1 ELSE -1 END), SUM(total_fen),"
+        "SELECT institution, SUM(CASE kind WHEN 'settle' THEN 1 WHEN 'reverse' THEN -1 ELSE 0 END),"
+        " SUM(total_fen),"
         " SUM(fund_total_fen), SUM(account_fen), SUM(cash_fen)"
         f" FROM journal WHERE {where} GROUP BY institution ORDER BY institution",
         params,
@@ -53,7 +55,7 @@ def institution_statements(
     funds: dict[str, dict[str, int]] = {}
     for inst, code, amount in ledger.query(
         "SELECT j.institution, f.fund_code, SUM(f.amount_fen) FROM journal_funds f"
-        " JOIN journal j ON j.settlement_id = f.settlement_id AND j.kind = f.kind"
+        " JOIN journal j ON j.entry_id = f.entry_id"
         f" WHERE j.{where.replace(' AND institution', ' AND j.institution')}"
         " GROUP BY j.institution, f.fund_code",
         params,
@@ -70,11 +72,11 @@ def clearing_matrix(ledger: Ledger, month: str) -> list[Debt]:
     gross: dict[tuple[str, str], int] = {}
     for account, signed in ledger.query(
         "SELECT t.credit, SUM(t.amount_fen) FROM transfers t JOIN journal j"
-        " ON j.settlement_id = t.settlement_id AND j.kind = t.kind"
+        " ON j.entry_id = t.entry_id"
         " WHERE j.month = ? AND t.credit LIKE 'due:%' GROUP BY t.credit"
         " UNION ALL "
         "SELECT t.debit, -SUM(t.amount_fen) FROM transfers t JOIN journal j"
-        " ON j.settlement_id = t.settlement_id AND j.kind = t.kind"
+        " ON j.entry_id = t.entry_id"
         " WHERE j.month = ? AND t.debit LIKE 'due:%' GROUP BY t.debit",
         [month, month],
     ):
@@ -93,7 +95,7 @@ def fund_spend(ledger: Ledger, month: str) -> list[FundSpend]:
         FundSpend(month, region, district, code, int(amount))
         for region, district, code, amount in ledger.query(
             "SELECT j.insured_region, j.insured_district, f.fund_code, SUM(f.amount_fen) FROM journal_funds f"
-            " JOIN journal j ON j.settlement_id = f.settlement_id AND j.kind = f.kind WHERE j.month = ?"
+            " JOIN journal j ON j.entry_id = f.entry_id WHERE j.month = ?"
             " GROUP BY j.insured_region, j.insured_district, f.fund_code"
             " ORDER BY j.insured_region, j.insured_district, f.fund_code",
             [month],

@@ -246,14 +246,22 @@ class PostingWorker:
             raise PostingError("entry without an event")
         if kind == "settle":
             journal, transfers = route(event)
-        elif kind == "reverse":
-            sid = str(event.get("sid", ""))
+            return Entry(journal, transfers, entry_id)
+        if kind not in ("reverse", "refund", "adjust"):
+            raise PostingError(f"unknown entry type {kind!r}")
+        sid = str(event.get("sid", ""))
+        if kind == "reverse" and "total" not in event:  # a reversal event of the first format
             found = originals.get(sid) or self.ledger.original(sid)
             if found is None:
                 raise DeferEntry(f"reversal of {sid} before its settlement is booked")
             journal, transfers = mirror(found[0], found[1], event)
-        else:
-            raise PostingError(f"unknown entry type {kind!r}")
+            return Entry(journal, transfers, entry_id)
+        journal, transfers = route(event)  # a malformed event is poison now, not in two minutes
+        if journal.kind != kind:
+            raise PostingError(f"entry type {kind!r} carries a {journal.kind!r} event")
+        # a correction is booked after the settlement it corrects, so no statement shows it alone
+        if sid not in originals and not self.ledger.settled([sid]):
+            raise DeferEntry(f"{kind} of {sid} before its settlement is booked")
         return Entry(journal, transfers, entry_id)
 
     def note_failure(

@@ -68,7 +68,8 @@ def test_yancheng_maternity_lump_sum() -> None:
         0,
         80_000,
     )
-    assert s.deltas == {"fund.maternity": 320_000}
+    # the lump sum is counted: once per event and plan-year (test_plan_year_golden.py)
+    assert s.deltas == {"fund.maternity": 320_000, "count.fund.maternity.caesarean": 1}
     # A bill below the lump sum is paid in full by the fund
     small = settle(bill("maternity", ("T1", 250_000, 1), maternity_event="caesarean"), mother, inst, YC_CAT)
     assert (small.fund_total_fen, small.cash_fen) == (250_000, 0)

@@ -21,6 +21,7 @@ from gateway.protos import pb, pb_grpc
 from gateway.server import Gateway
 from rules_cache.static_data import Publication
 
+from ..redis_state import accumulators, set_balance, set_opening
 from .conftest import HOSPITAL, HOSPITAL_2, NOW, PERSON, Terminal, error_of
 from .test_settlement_rpcs import STAY
 
@@ -34,8 +35,8 @@ async def test_concurrent_settlements_never_exceed_the_cap_or_overdraw_the_accou
     # 200.00 yuan of basic fund left this year and 500.00 in the personal account; 50 stays of 2,777.50
     # each, sent at once to two gateway processes from two hospitals. Whatever the interleaving, the
     # fund pays exactly the 200.00 left and the account exactly its 500.00, never more.
-    sync_redis.hset(keys.acc_key(PERSON, 2026), "fund.basic", BASIC_CAP - 20_000)
-    sync_redis.hset(keys.state_key(PERSON), "bal", 50_000)
+    set_opening(sync_redis, PERSON, {"fund.basic": BASIC_CAP - 20_000})
+    set_balance(sync_redis, PERSON, 50_000)
     config = Config(listen="127.0.0.1:0", redis_url=redis_server.url)
     second = await Gateway(config, redis_server.url, now=lambda: NOW).start()
     try:
@@ -54,9 +55,9 @@ async def test_concurrent_settlements_never_exceed_the_cap_or_overdraw_the_accou
     assert len({r.settlement_id for r in replies}) == 50
     assert basic == 20_000, "the basic fund paid exactly what was left of its annual maximum"
     assert account == 50_000, "the account paid exactly its balance"
-    acc = sync_redis.hgetall(keys.acc_key(PERSON, 2026))
-    assert int(acc[b"fund.basic"]) == BASIC_CAP and int(acc[b"fund.large"]) == large
-    assert int(acc[b"stays.inpatient"]) == 50
+    acc = accumulators(sync_redis, PERSON)
+    assert acc["fund.basic"] == BASIC_CAP and acc["fund.large"] == large
+    assert acc["stays.inpatient"] == 50
     assert int(sync_redis.hget(keys.state_key(PERSON), "bal")) == 0
     for r in replies:
         s = r.split

@@ -12,6 +12,7 @@ import redis
 from adapters import redis_keys as keys
 from gateway.protos import pb
 
+from ..redis_state import accumulators
 from .conftest import (
     CARD,
     HOSPITAL_2,
@@ -104,8 +105,8 @@ async def test_settle_commits_once_and_a_retry_gets_the_same_bytes(
     assert again.SerializeToString() == first.SerializeToString()
     assert balance(sync_redis) == BALANCE - 109_815, "debited once"
     assert sync_redis.xlen(keys.stream_key(keys.partition_of(PERSON))) == 1, "queued for posting once"
-    acc = sync_redis.hgetall(keys.acc_key(PERSON, 2026))
-    assert int(acc[b"fund.basic"]) == 167_935 and int(acc[b"stays.inpatient"]) == 1
+    acc = accumulators(sync_redis, PERSON)
+    assert acc["fund.basic"] == 167_935 and acc["stays.inpatient"] == 1
 
 
 async def test_reused_message_id_with_another_payload(
@@ -170,8 +171,7 @@ async def test_reverse_and_query(stub: Any, terminal: Terminal, sync_redis: redi
     assert mirror.split.total_fen == -277_750 and mirror.split.account_fen == -109_815
     assert [f.amount_fen for f in mirror.split.funds] == [-f.amount_fen for f in settled.split.funds]
     assert balance(sync_redis) == BALANCE
-    acc = sync_redis.hgetall(keys.acc_key(PERSON, 2026))
-    assert all(int(v) == 0 for v in acc.values()), acc
+    assert accumulators(sync_redis, PERSON) == {}, "the reversed stay left nothing behind"
     # the same reversal again, and a reversal of the same settlement under another message id
     assert (await stub.Reverse(reverse)).SerializeToString() == mirror.SerializeToString()
     by_message = pb.ReverseRequest(
@@ -243,7 +243,7 @@ async def test_person_update_keeps_live_state(
     record = next(p for p in persons if p["person_id"] == PERSON)
     record["card_status"] = "frozen"
     record["account_balance_fen"] = 1  # the core system's stale balance must not overwrite the live one
-    await gateway.service.store.put_person(record)
+    await gateway.store.put_person(record)
     assert balance(sync_redis) == BALANCE - 109_815
     _, info = await expect_error(stub.Settle(terminal.settle(STAY)))
     assert info.reason == "CARD_FROZEN"
@@ -262,7 +262,7 @@ async def test_concurrent_settles_for_many_persons_share_pipelines(gateway: Any,
     from loadtest.synthetic import persons
 
     for record in persons(40):
-        await gateway.service.store.put_person(record)
+        await gateway.store.put_person(record)
     requests = [terminal.settle(STAY, card=f"L{i:08d}") for i in range(40)]
     async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as channel:
         from gateway.protos import pb_grpc

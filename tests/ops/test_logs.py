@@ -64,7 +64,8 @@ async def test_one_line_per_request_and_an_audit_line_per_settlement(
     assert requests[3]["reason"] == "CARD_LOST"
     audit = [r for r in records if r["logger"] == "medsettle.audit"]
     assert [(a["event"], a["settlement_id"], a["total_fen"]) for a in audit] == [
-        ("settle", settled.settlement_id, 277_750), ("reverse", settled.settlement_id, -277_750),
+        ("settle", settled.settlement_id, 277_750), ("resend", settled.settlement_id, 277_750),
+        ("reverse", settled.settlement_id, -277_750),
     ]  # fmt: skip
     assert audit[0]["policy_version"] == "cq-2026.1"
 

@@ -1,0 +1,143 @@
+"""A person's money in one plan-year, as a fold.
+
+A plan-year is (person, insured region, scheme, year): the accumulators a policy caps (deductible met,
+fund paid, eligible cost, stays, lump sums) belong to one, so a person who is an employee in March and a
+resident in August, or who moves city mid-year, starts the new plan with nothing used. A tier switch
+inside one scheme stays in the same plan-year, as the policies say.
+
+The state is the ordered list of live settlements and what they add up to:
+
+    accumulators = opening + Σ deltas of the live settlements
+    stays[id]    = Σ stay parts of the live settlements of that stay
+
+`opening` is what the core system exported for the year before the gateway settled anything. Nothing
+here does I/O: the store reads a PlanYear, the core returns the next one, the store writes it after
+comparing versions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from gateway.engine.model import NO_STAY, PersonState, StayTotals
+from gateway.engine.money import InvariantViolation
+
+# A plan-year holds at most this many live settlements: with a bill at most BILL_TOTAL_MAX_FEN no
+# accumulator or ledger sum of a plan-year can pass 10^12 fen (exact in a Lua number, far below 2^63).
+LIVE_SETTLEMENTS_MAX = 1_000
+BILL_TOTAL_MAX_FEN = 1_000_000_000  # 10,000,000.00 yuan: no real bill comes near it
+ACCUMULATOR_MAX = LIVE_SETTLEMENTS_MAX * BILL_TOTAL_MAX_FEN
+
+
+class PlanKey(NamedTuple):
+    region: str  # insured region (insuplc_admdvs)
+    scheme: str  # employee | resident
+    year: int
+
+    @property
+    def plan(self) -> str:
+        """The plan without the year: how a store names it inside the person's year."""
+        return f"{self.region}:{self.scheme}"
+
+    def __str__(self) -> str:
+        return f"{self.region}:{self.scheme}:{self.year}"
+
+
+@dataclass(frozen=True, slots=True)
+class Contribution:
+    """What one live settlement adds to its plan-year; stored with the settlement so the fold can be
+    undone (a reversal) and redone (an audit)."""
+
+    settlement_id: str
+    deltas: Mapping[str, int]
+    stay_id: str | None = None
+    stay: StayTotals | None = None  # the settlement's part of its stay, when it belongs to one
+
+
+@dataclass(frozen=True, slots=True)
+class PlanYear:
+    key: PlanKey
+    opening: Mapping[str, int] = field(default_factory=dict)
+    live: tuple[str, ...] = ()  # settlement ids, in the order they were settled
+    accumulators: Mapping[str, int] = field(default_factory=dict)
+    stays: Mapping[str, StayTotals] = field(default_factory=dict)
+
+    def state(self, account_balance_fen: int) -> PersonState:
+        """What the engine reads: this plan-year's accumulators and the balance the bill may use."""
+        return PersonState(account_balance_fen, self.key.year, self.accumulators)
+
+    def stay(self, stay_id: str | None) -> StayTotals:
+        return self.stays.get(stay_id, NO_STAY) if stay_id else NO_STAY
+
+    @property
+    def latest(self) -> str | None:
+        return self.live[-1] if self.live else None
+
+
+def empty(key: PlanKey, opening: Mapping[str, int] | None = None) -> PlanYear:
+    opening = dict(opening or {})
+    return PlanYear(key, opening, (), dict(opening), {})
+
+
+def add(totals: Mapping[str, int], deltas: Mapping[str, int], sign: int = 1) -> dict[str, int]:
+    out = dict(totals)
+    for name, value in deltas.items():
+        left = out.get(name, 0) + sign * value
+        if left < 0:
+            raise InvariantViolation(f"accumulator {name} would go negative ({left})")
+        if left > ACCUMULATOR_MAX:
+            raise InvariantViolation(f"accumulator {name} would pass {ACCUMULATOR_MAX} ({left})")
+        if left:
+            out[name] = left
+        else:
+            out.pop(name, None)
+    return out
+
+
+def with_stay(stays: Mapping[str, StayTotals], c: Contribution, sign: int) -> dict[str, StayTotals]:
+    out = dict(stays)
+    if c.stay_id is None or c.stay is None:
+        return out
+    totals = out.get(c.stay_id, NO_STAY).plus(c.stay, sign)
+    if totals.parts < 0 or totals.closed < 0 or totals.in_scope_fen < 0:
+        raise InvariantViolation(f"stay {c.stay_id} would go below zero parts")
+    if totals.parts:
+        out[c.stay_id] = totals
+    else:
+        out.pop(c.stay_id, None)
+    return out
+
+
+def append(year: PlanYear, c: Contribution) -> PlanYear:
+    """The plan-year after one more settlement."""
+    if c.settlement_id in year.live:
+        raise InvariantViolation(f"{c.settlement_id} is already live in {year.key}")
+    return PlanYear(
+        year.key,
+        year.opening,
+        (*year.live, c.settlement_id),
+        add(year.accumulators, c.deltas),
+        with_stay(year.stays, c, 1),
+    )
+
+
+def fold(key: PlanKey, opening: Mapping[str, int], contributions: Iterable[Contribution]) -> PlanYear:
+    """The plan-year of these live settlements, in this order, from its opening."""
+    year = empty(key, opening)
+    for c in contributions:
+        year = append(year, c)
+    return year
+
+
+def before(year: PlanYear, tail: list[Contribution]) -> PlanYear:
+    """The plan-year as it was before `tail`, its last live settlements (in order): what a correction
+    of the first of them re-splits on. The tail's ids must be exactly the end of `live`."""
+    if [c.settlement_id for c in tail] != list(year.live[len(year.live) - len(tail) :]):
+        raise InvariantViolation(f"{[c.settlement_id for c in tail]} is not the end of {year.key}'s list")
+    accumulators = year.accumulators
+    stays = year.stays
+    for c in reversed(tail):
+        accumulators = add(accumulators, c.deltas, -1)
+        stays = with_stay(stays, c, -1)
+    return PlanYear(year.key, year.opening, year.live[: len(year.live) - len(tail)], accumulators, stays)
