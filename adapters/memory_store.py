@@ -40,6 +40,7 @@ class MemoryStore:
         self.messages: dict[tuple[str, str, str], MessageRecord] = {}
         self.claims: dict[tuple[str, str], str] = {}
         self.stored: dict[str, StoredSettlement] = {}
+        self.answers: dict[tuple[str, str], bytes] = {}  # a refund's answer, by (settlement, f:<n>)
         self.events: list[Mapping[str, Any]] = []
         self.commits = 0
         self.yield_between_read_and_commit = False  # let concurrent tasks interleave, as over a network
@@ -103,7 +104,7 @@ class MemoryStore:
             return s.response
         if m.response_field == "rev":
             return s.reversal
-        return s.corrections[int(m.response_field.removeprefix("x:")) - 1]
+        return self.answers[(s.settlement_id, m.response_field)]
 
     async def message(self, person_id: str, institution: str, message_id: str) -> MessageRecord | None:
         return self.messages.get((person_id, institution, message_id))
@@ -160,6 +161,8 @@ class MemoryStore:
                 if ch.correction_no != len(s.corrections) + 1:
                     raise ValueError(f"correction {ch.correction_no} of {s.settlement_id} out of order")
                 s = dataclasses.replace(s, corrections=(*s.corrections, ch.correction))
+            if ch.answer is not None:
+                self.answers[(ch.settlement_id, f"f:{ch.correction_no}")] = ch.answer
             self.stored[ch.settlement_id] = s
         self.events.extend(c.events)
         return CommitOutcome("OK")

@@ -19,6 +19,7 @@ from typing import Any
 
 import cachetools
 import redis.asyncio as aioredis
+import redis.exceptions
 
 from adapters import redis_keys as keys
 from adapters import settlement_records as rec
@@ -30,6 +31,7 @@ from adapters.settlement_store import (
     MessageRecord,
     PersonSnapshot,
     StoredSettlement,
+    StoreRefused,
 )
 from gateway.engine.model import Person
 from rules_cache import records
@@ -71,11 +73,6 @@ class ParsedPerson:
     person: Person
     card_status: str
     digest: str
-
-
-class StoreRefused(Exception):
-    """The commit script refused to write (keys of a wrong type, malformed operands): data in Redis that
-    is not ours, or a bug. Nothing was written."""
 
 
 class Ops:
@@ -124,6 +121,16 @@ class RedisStore:
         for script in (self._read, self._commit, self._put):
             await self.client.script_load(script.script)
 
+    async def script(self, script: Any, script_keys: list[str], args: list[Any]) -> Any:
+        """One coalesced script call. Redis answering with an error (a key of the wrong type under our
+        name: data that is not ours) is the store refusing, never an unknown outcome: nothing was
+        written, since every script checks before it writes."""
+        try:
+            return await self._batch.call(script, script_keys, args)
+        except redis.exceptions.ResponseError as exc:
+            REFUSED.inc()
+            raise StoreRefused(str(exc)) from exc
+
     # ---------------------------------------------------------------- reads
 
     async def person_id_for(self, card_no: str | None, id_number: str | None) -> str | None:
@@ -168,7 +175,7 @@ class RedisStore:
         if message is not None:
             read_keys.append(keys.idem_key(partition, *message))
         with READ_SECONDS.time():
-            reply = await self._batch.call(self._read, read_keys, [keys.settlement_prefix(partition)])
+            reply = await self.script(self._read, read_keys, [keys.settlement_prefix(partition)])
         raw, ver, bal, year_flat, message_flat, answer = reply
         if raw is None:
             return None
@@ -255,6 +262,8 @@ class RedisStore:
                 fields.update(rec.live_fields(ch.live))
             if ch.correction is not None:
                 fields.update({f"x:{ch.correction_no}": ch.correction, "xn": str(ch.correction_no)})
+            if ch.answer is not None:
+                fields[f"f:{ch.correction_no}"] = ch.answer
             ops.fields("H", keys.settlement_key(ch.settlement_id), fields)
         for m in c.messages:
             ops.fields("H", keys.idem_key(partition, m.institution, m.message_id), rec.message_fields(m))
@@ -272,7 +281,7 @@ class RedisStore:
                 return CommitOutcome("CLAIMED", detail=held)
         ops = self.operations(commit, self.claims_inline)
         with COMMIT_SECONDS.time():
-            reply = await self._batch.call(self._commit, ops.keys, ops.args)
+            reply = await self.script(self._commit, ops.keys, ops.args)
         status = text(reply[0])
         if status == "OK":
             return CommitOutcome("OK")

@@ -27,7 +27,7 @@ class MessageRecord:
     payload_hash: str
     person_id: str
     settlement_id: str = ""
-    response_field: str = ""  # resp | rev | x:<n> in the settlement's record
+    response_field: str = ""  # resp | rev | f:<n> (a refund's answer) in the settlement's record
     response: bytes = b""  # inline answer, only when there is no settlement
 
     @property
@@ -92,6 +92,7 @@ class SettlementChange:
     live: LiveSettlement | None = None  # its new contribution, inputs and money
     correction: bytes | None = None  # one more Correction record, appended
     correction_no: int = 0  # which one (1, 2, ...): the record's field is x:<n>
+    answer: bytes | None = None  # a refund's answer to its terminal (field f:<n>), for its resends
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +112,11 @@ class CommitOutcome:
     status: Literal["OK", "CONFLICT", "EXISTS", "CLAIMED", "REFUSED"]
     earlier: MessageRecord | None = None  # EXISTS: what is there now
     detail: str = ""  # CLAIMED: the claim's holder; REFUSED: why the store refused to write
+
+
+class StoreRefused(Exception):
+    """The store refused to write (keys of a wrong type, malformed operands): data in the store that is
+    not ours, or a bug. Nothing was written."""
 
 
 class SettlementStore(Protocol):

@@ -129,6 +129,7 @@ class CorrectionService:
                     logs.note(duplicate=True)
                     return person.earlier_response
                 refuse_seen("reused" if seen == "void" else seen, env)
+                decided: Corrected | None = None
                 if stored is None:
                     if isinstance(action, Refund):
                         raise Rejected(
@@ -155,12 +156,13 @@ class CorrectionService:
                     answer = stored.reversal
                 else:
                     year = person.plan_year(stored.plan)
-                    decision, tail = await self.decide(year, person.balance_fen, stored, action)
+                    decided, tail = await self.decide(year, person.balance_fen, stored, action)
                     commit, answer = self.build(
-                        env, kind, payload_hash, pid, person.version, year, stored, decision, tail
+                        env, kind, payload_hash, pid, person.version, year, stored, decided, tail
                     )
                 outcome = await self.ctx.commit(commit)
                 if outcome.status == "OK":
+                    self.committed(env, target, stored, decided)
                     return answer
                 if outcome.status == "CLAIMED":
                     refuse_claimed(outcome.detail, pid, env)
@@ -168,6 +170,22 @@ class CorrectionService:
                     continue  # a resend raced us, or the Settle we would void got in first: look again
                 await self.ctx.backoff(attempt)
         raise Rejected(Rejection.PERSON_BUSY, "the person's account is busy; retry with the same message id")
+
+    @staticmethod
+    def committed(
+        env: Envelope, target: Target, stored: StoredSettlement | None, decided: Corrected | None
+    ) -> None:
+        """After the commit, never before: audit lines and counts of what it did."""
+        if stored is None:
+            logs.note(voided=target.original_message_id)
+            audit("void", env, "", Money())
+            return
+        logs.note(settlement_id=stored.settlement_id)
+        for change in decided.changes if decided is not None else ():
+            metrics.CORRECTIONS.labels(change.kind).inc()
+            audit(change.kind, env, change.settlement_id, change.difference)
+        if decided is not None:
+            logs.note(adjusted=len(decided.changes) - 1)
 
     async def decide(
         self, year: PlanYear, balance: int, stored: StoredSettlement, action: Reverse | Refund
@@ -205,8 +223,6 @@ class CorrectionService:
             env.institution_code, env.message_id, "reverse", payload_hash, pid, response=answer
         )
         void = MessageRecord(env.institution_code, target.original_message_id, "void", "", pid)
-        logs.note(voided=target.original_message_id)
-        audit("void", env, "", Money())
         return Commit(pid, version, balance, [], [own, void]), answer
 
     def build(
@@ -310,22 +326,22 @@ class CorrectionService:
                 split=after_split,
                 difference=difference,
             )
+            answer = answer_pb.SerializeToString()
             changes.insert(
                 0,
                 SettlementChange(
-                    sid, live=self.live_after(target), correction=record.SerializeToString(), correction_no=no
+                    sid,
+                    live=self.live_after(target),
+                    correction=record.SerializeToString(),
+                    correction_no=no,
+                    answer=answer,
                 ),
             )
             events.insert(
                 0, event("refund", cause, sid, env.message_id, now, stored.route, target.difference)
             )
-            answer = answer_pb.SerializeToString()
-            field = f"x:{no}"
+            field = f"f:{no}"
         message = MessageRecord(env.institution_code, env.message_id, kind, payload_hash, pid, sid, field)
-        for change in decision.changes:
-            metrics.CORRECTIONS.labels(change.kind).inc()
-            audit(change.kind, env, change.settlement_id, change.difference)
-        logs.note(settlement_id=sid, adjusted=len(later))
         commit = Commit(
             pid,
             version,

@@ -24,6 +24,7 @@ from adapters.settlement_store import (
     NewSettlement,
     PersonSnapshot,
     SettlementStore,
+    StoreRefused,
 )
 from gateway import codec, logs
 from gateway.codec import Envelope, PersonRef
@@ -114,7 +115,11 @@ class Context:
     async def read_person(
         self, pid: str, ref: PersonRef | None, year: int, message: tuple[str, str] | None = None
     ) -> PersonSnapshot:
-        snapshot = await self.store.read_person(pid, year, message)
+        try:
+            snapshot = await self.store.read_person(pid, year, message)
+        except StoreRefused as exc:
+            logs.note(store_refused=str(exc))
+            raise Unavailable(f"the settlement store refused the read: {exc}") from exc
         if snapshot is None:
             raise Rejected(Rejection.PERSON_NOT_FOUND, f"person {pid} has no record")
         if snapshot.earlier is None and ref is not None and ref.card_no and snapshot.card_status != "normal":
@@ -124,7 +129,11 @@ class Context:
     async def commit(self, commit: Commit) -> CommitOutcome:
         """The commit runs to its end even when the caller's deadline expires meanwhile: what the store
         did is then known here (and audited), even if the terminal only learns UNAVAILABLE."""
-        return await asyncio.shield(self.store.commit(commit))
+        try:
+            return await asyncio.shield(self.store.commit(commit))
+        except StoreRefused as exc:
+            logs.note(store_refused=str(exc))
+            raise Unavailable(f"the settlement store refused the write, nothing was written: {exc}") from exc
 
 
 def home_enrolment(snapshot: PersonSnapshot, on: date) -> Enrolment:
