@@ -29,6 +29,10 @@ from telemetry import metrics
 
 log = logging.getLogger(__name__)
 GROUP = "posting"
+ACK_AND_DELETE = """
+redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))
+return redis.call('XDEL', KEYS[1], unpack(ARGV, 2))
+"""
 DEADLETTER = "ms:posting:deadletter"
 
 
@@ -74,6 +78,7 @@ class PostingWorker:
         self.last_ok = time.monotonic()
         self._last_observe = 0.0
         self.budgets: dict[tuple[str, str, str], int] = {}
+        self._ack = client.register_script(ACK_AND_DELETE)
 
     def prepare(self) -> None:
         self.ledger.migrate()
@@ -151,9 +156,12 @@ class PostingWorker:
                 GROUP, self.config.consumer, dict.fromkeys(self.streams, "0"), count=self.config.batch_max
             )
             out = flatten(replies)
-            if out:
+            if any(entry_id not in self.attempts for _, entry_id, _ in out):
                 self._own_pending = True  # keep draining our own backlog before taking new work
                 return out
+            # Only entries that wait (a correction whose settlement is not booked yet) or failed before:
+            # go on and claim what dead consumers hold and read new work, or the settlement they wait for
+            # would never come.
         now = time.monotonic()
         if (now - self._last_claim) * 1000 >= self.config.claim_every_ms:
             self._last_claim = now
@@ -167,10 +175,14 @@ class PostingWorker:
                     "0-0",
                     count=self.config.batch_max,
                 )
+            claimed = False
             for stream, reply in zip(self.streams, pipe.execute(), strict=True):
-                out += [(stream, text(i), f) for i, f in reply[1] if f]
-            if out:
-                return out
+                for i, f in reply[1]:
+                    if f:
+                        out.append((stream, text(i), f))
+                        claimed = True
+            if claimed:
+                return unique(out)
         replies = self.client.xreadgroup(
             GROUP,
             self.config.consumer,
@@ -178,7 +190,7 @@ class PostingWorker:
             count=self.config.batch_max,
             block=self.config.block_ms,
         )
-        return flatten(replies)
+        return unique(out + flatten(replies))
 
     # ---------------------------------------------------------------- booking
 
@@ -293,17 +305,24 @@ class PostingWorker:
             return
         pipe = self.client.pipeline(transaction=False)
         for stream, ids in by_stream.items():
-            pipe.xack(stream, GROUP, *ids)
-            pipe.xdel(stream, *ids)  # the ledger holds it now; the stream stays short
-        pipe.execute()
+            # acknowledged and deleted at once (the ledger holds it now; the stream stays short): a worker
+            # killed between the two would leave an entry no one reads again, holding the watermark back
+            pipe.evalsha(self._ack.sha, 1, stream, GROUP, *ids)
+        results = pipe.execute(raise_on_error=False)
+        if any(isinstance(r, redis.exceptions.NoScriptError) for r in results):  # Redis restarted
+            for stream, ids in by_stream.items():
+                self._ack(keys=[stream], args=[GROUP, *ids])
+        else:
+            for r in results:
+                if isinstance(r, Exception):
+                    raise r
 
     def dead_letter(self, stream: str, entry_id: str, fields: dict[bytes, bytes], reason: str) -> None:
         """Never dropped: the entry goes, with why, to the dead-letter stream, and is then acknowledged."""
         record = {b"stream": stream.encode(), b"id": entry_id.encode(), b"reason": reason.encode()}
         record.update({b"f:" + k: v for k, v in fields.items()})
         self.client.xadd(DEADLETTER, record)  # type: ignore[arg-type]
-        self.client.xack(stream, GROUP, entry_id)
-        self.client.xdel(stream, entry_id)
+        self._ack(keys=[stream], args=[GROUP, entry_id])
         self.attempts.pop(entry_id, None)
         self.stats.dead_lettered += 1
         metrics.DEAD_LETTERS.inc()
@@ -312,6 +331,17 @@ class PostingWorker:
 
 def text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def unique(items: list[tuple[str, str, dict[bytes, bytes]]]) -> list[tuple[str, str, dict[bytes, bytes]]]:
+    """Each entry once (our own pending entries may come back through XAUTOCLAIM as well)."""
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for item in items:
+        if (item[0], item[1]) not in seen:
+            seen.add((item[0], item[1]))
+            out.append(item)
+    return out
 
 
 def flatten(replies: Any) -> list[tuple[str, str, dict[bytes, bytes]]]:
