@@ -91,6 +91,7 @@ class Row:
     closed: Window | None = None
     paced: dict[float, loadgen.Result] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    failed_calls: int = 0  # calls not answered OK, warm-up included: the run's figures are not to be trusted
 
 
 @dataclass(slots=True)
@@ -101,6 +102,7 @@ class Bench:
     redis_pid: int | None
     client_tls: loadgen.ClientTls | None
     settled: list[str] = field(default_factory=list)  # settlement ids of this run's Settles
+    failed_calls: int = 0  # outside any row (the batch settled for Reverse)
     files: int = 0
 
     def path(self, stem: str) -> Path:
@@ -184,7 +186,8 @@ class Bench:
         )
         warm = self.run(server, call, warm_frames, "closed", args.warmup_seconds)
         if warm.errors:
-            row.notes.append(f"warm-up: {warm.error_summary}")
+            row.notes.append(f"warm-up: {warm.errors} errors: {warm.error_summary}")
+            row.failed_calls += warm.errors
         rate_estimate = warm.ok_per_s or WARMUP_RATE_PER_S_MAX
         closed_need = math.ceil(rate_estimate * args.seconds * CLOSED_FRAMES_MARGIN) + 200
         if call is fr.REVERSE:
@@ -200,6 +203,7 @@ class Bench:
         ):
             if result.errors:
                 row.notes.append(f"{label}: {result.errors} errors: {result.error_summary}")
+                row.failed_calls += result.errors
             if result.frames_exhausted:
                 row.notes.append(
                     f"{label}: ran out of frames after {result.seconds:.1f} s ({result.calls} calls)"
@@ -210,6 +214,7 @@ class Bench:
             row.notes.append(
                 "connections landed unevenly: process CPU shares " + "/".join(f"{s:.0%}" for s in shares)
             )
+        self.failed_calls += row.failed_calls
         return row
 
     def top_up(self, needed: int, server: Server) -> None:
@@ -222,7 +227,8 @@ class Bench:
         fr.call_frames(frames, fr.SETTLE_10, missing, self.args.persons)
         result = self.run(server, fr.SETTLE_10, frames, "closed", 3600.0)  # ends when the frames run out
         if result.errors:
-            print(f"  settling a batch for Reverse: {result.error_summary}", file=sys.stderr)
+            print(f"note: settling a batch for Reverse: {result.errors} errors: {result.error_summary}")
+            self.failed_calls += result.errors
 
 
 # -------------------------------------------------------------------- servers
@@ -432,17 +438,25 @@ def main(argv: list[str] | None = None) -> int:
                 scaling_row(bench, args, redis_server.url, n, gateway_calls, tmp) for n in args.workers[1:]
             ]
             if scaling:
-                main_floor = (rows[0].closed, rows[-1].closed)
-                assert main_floor[0] and main_floor[1]
-                by_name = {row.name: row.closed.result.ok_per_s for row in rows if row.closed}
-                floor = (main_floor[0].result.ok_per_s + main_floor[1].result.ok_per_s) / 2
-                main_row = (args.workers[0], floor, by_name.get(fr.PING.name), by_name.get(fr.SETTLE_10.name))
-                print_scaling([main_row, *scaling])
+                print_scaling([throughput(args.workers[0], rows), *scaling])
+    if bench.failed_calls:
+        print(f"{bench.failed_calls} calls were not answered OK (see the notes): these figures do not count")
+        return 1
     return 0
 
 
+def throughput(processes: int, rows: list[Row]) -> tuple[int, float, float | None, float | None]:
+    """(processes, bare calls/s as the mean of the first and last rows, Ping calls/s, Settle calls/s)."""
+    rates = {row.name: row.closed.result.ok_per_s for row in rows if row.closed}
+    first, last = rows[0].closed, rows[-1].closed
+    assert first is not None and last is not None
+    floor = (first.result.ok_per_s + last.result.ok_per_s) / 2
+    return processes, floor, rates.get(fr.PING.name), rates.get(fr.SETTLE_10.name)
+
+
 def bare_name(processes: int, tls: bool) -> str:
-    return f"bare grpc.aio no-op server, {processes} processes" + (", TLS" if tls else "")
+    plural = "es" if processes != 1 else ""
+    return f"bare grpc.aio no-op server, {processes} process{plural}" + (", TLS" if tls else "")
 
 
 def main_table(
@@ -482,19 +496,15 @@ def scaling_row(
             if chosen
             else None
         )
-        first = bench.measure(name, floor, None, [])
-        found: dict[str, float] = {}
+        rows = [bench.measure(name, floor, None, [])]
         for call in chosen:
             assert gw is not None
-            row = bench.measure(call.name, gw, call, [])
-            assert row.closed is not None
-            found[call.name] = row.closed.result.ok_per_s
-            for note in row.notes:
-                print(f"note: {processes} processes: {call.name}: {note}")
-        last = bench.measure(name, floor, None, [])
-    assert first.closed and last.closed
-    floor_rate = (first.closed.result.ok_per_s + last.closed.result.ok_per_s) / 2
-    return processes, floor_rate, found.get(fr.PING.name), found.get(fr.SETTLE_10.name)
+            rows.append(bench.measure(call.name, gw, call, []))
+        rows.append(bench.measure(name, floor, None, []))
+    for row in rows:
+        for note in row.notes:
+            print(f"note: {processes} processes: {row.name}: {note}")
+    return throughput(processes, rows)
 
 
 if __name__ == "__main__":
