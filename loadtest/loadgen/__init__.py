@@ -114,6 +114,7 @@ class Result:
     frames_exhausted: bool
     cpu_s: float
     cpu_us_per_call: float
+    server_streams_max: int  # the server's SETTINGS_MAX_CONCURRENT_STREAMS (0: no connection left)
     connection_errors: int
     error: str | None
 

@@ -754,6 +754,15 @@ int main(int argc, char **argv) {
   printf(",\"late\":%zu,\"late_ms\":%.3f", late_count, late_ms);
   printf(",\"frames\":%zu,\"frames_exhausted\":%s", frames_count, frames_exhausted ? "true" : "false");
   printf(",\"cpu_s\":%.6f,\"cpu_us_per_call\":%.3f", cpu_s, completed ? cpu_s * 1e6 / (double)completed : 0.0);
+  /* a low stream limit from the server would queue calls inside nghttp2: say what it was */
+  uint32_t remote_streams_max = 0;
+  for (int k = 0; k < connections_count; k++)
+    if (!conns[k].dead) {
+      remote_streams_max =
+          nghttp2_session_get_remote_settings(conns[k].session, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
+      break;
+    }
+  printf(",\"server_streams_max\":%u", remote_streams_max);
   printf(",\"connection_errors\":%zu,\"error\":", connection_errors);
   if (first_error[0]) json_string(stdout, first_error);
   else printf("null");
