@@ -37,6 +37,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -101,7 +102,9 @@ class Bench:
     tmp: Path
     redis_pid: int | None
     client_tls: loadgen.ClientTls | None
-    settled: list[str] = field(default_factory=list)  # settlement ids of this run's Settles
+    # settlement ids of this run's Settles, newest first: Reverse takes them from the front, so each
+    # person's later settlements are reversed before earlier ones (as a correction rule may require)
+    settled: list[str] = field(default_factory=list)
     failed_calls: int = 0  # outside any row (the batch settled for Reverse)
     files: int = 0
 
@@ -156,7 +159,7 @@ class Bench:
             tls=tls,
         )
         if responses is not None:
-            self.settled.extend(reversed(fr.settlement_ids(responses)))  # newest first, see reverse_order
+            self.settled[:0] = reversed(fr.settlement_ids(responses))  # answered last = newest: in front
             responses.unlink()
         return result
 
@@ -204,6 +207,12 @@ class Bench:
             if result.errors:
                 row.notes.append(f"{label}: {result.errors} errors: {result.error_summary}")
                 row.failed_calls += result.errors
+            asked = args.paced_streams if result.mode == "paced" else args.streams
+            if 0 < result.server_streams_max < asked:
+                row.notes.append(
+                    f"{label}: the server allows {result.server_streams_max} streams per connection, "
+                    f"fewer than the {asked} asked: calls queued in the client"
+                )
             if result.frames_exhausted:
                 row.notes.append(
                     f"{label}: ran out of frames after {result.seconds:.1f} s ({result.calls} calls)"
@@ -243,6 +252,13 @@ def wait_for(process: subprocess.Popen[str], pattern: str, what: str) -> re.Matc
     raise RuntimeError(f"{what} did not start (exit status {process.wait()})")
 
 
+def drain(process: subprocess.Popen[str]) -> None:
+    """Reads and drops what the server prints after it started: a full pipe would stop it mid-run."""
+    assert process.stdout is not None
+    for _ in process.stdout:
+        pass
+
+
 @contextmanager
 def started(kind: str, command: list[str], tls: bool, ready: str | None = None) -> Iterator[Server]:
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -250,6 +266,7 @@ def started(kind: str, command: list[str], tls: bool, ready: str | None = None) 
         port = int(wait_for(process, r"listening on [\d.]+:(\d+)", kind).group(1))
         if ready:
             wait_for(process, ready, kind)
+        threading.Thread(target=drain, args=(process,), daemon=True).start()
         yield Server(kind, process, port, tls)
     finally:
         process.terminate()
