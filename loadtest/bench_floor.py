@@ -14,9 +14,9 @@ bare server) for latency counted from each call's scheduled send time. Server CP
 + system time of the server's processes (the supervisor's children) over the closed-loop window, from
 /proc, divided by the calls answered; Redis CPU per call likewise for redis-server; the load generator's
 own CPU per call is printed beside them, to show it is not the bottleneck. Settle frames carry a fresh
-message id each, over --persons persons; Reverse reverses settlements of this run's Settles, newest
-first. The first --workers figure is the main table's; each further one gets a throughput row (bare,
-Ping, Settle) with its own bare server.
+message id each, over --persons persons; Reverse takes back settlements of persons of its own pool
+(--reverse-persons, each settled once, so each is its person's latest). The first --workers figure is
+the main table's; each further one gets a throughput row (bare, Ping, Settle) with its own bare server.
 
 TLS: --tls-cert/--tls-key/--tls-ca are the server's files, given to the bare server and to `serve`
 (--tls-ca makes it mutual TLS); the load generator verifies the server with --tls-ca and presents
@@ -102,9 +102,11 @@ class Bench:
     tmp: Path
     redis_pid: int | None
     client_tls: loadgen.ClientTls | None
-    # settlement ids of this run's Settles, newest first: Reverse takes them from the front, so each
-    # person's later settlements are reversed before earlier ones (as a correction rule may require)
+    # settlements for Reverse: each the one settlement of a person of the reverse pool, so each is its
+    # person's latest, which a reversal may take back whatever the order the load generator sends them
+    # (reversing an earlier settlement is refused while later ones stand on it)
     settled: list[str] = field(default_factory=list)
+    next_reverse_person: int = 0
     failed_calls: int = 0  # outside any row (the batch settled for Reverse)
     files: int = 0
 
@@ -159,7 +161,8 @@ class Bench:
             tls=tls,
         )
         if responses is not None:
-            self.settled[:0] = reversed(fr.settlement_ids(responses))  # answered last = newest: in front
+            if frames.name.endswith("top-up"):
+                self.settled += fr.settlement_ids(responses)
             responses.unlink()
         return result
 
@@ -232,8 +235,12 @@ class Bench:
         missing = needed - len(self.settled)
         if missing <= 0:
             return
+        first = self.args.persons + self.next_reverse_person
+        if self.next_reverse_person + missing > self.args.reverse_persons:
+            raise SystemExit(f"Reverse needs {missing} more persons of its own: raise --reverse-persons")
+        self.next_reverse_person += missing
         frames = self.path("top-up")
-        fr.call_frames(frames, fr.SETTLE_10, missing, self.args.persons)
+        fr.call_frames(frames, fr.SETTLE_10, missing, missing, first_person=first)
         result = self.run(server, fr.SETTLE_10, frames, "closed", 3600.0)  # ends when the frames run out
         if result.errors:
             print(f"note: settling a batch for Reverse: {result.errors} errors: {result.error_summary}")
@@ -397,6 +404,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--calls", default="bare," + ",".join(CALLS), help="rows to measure")
     parser.add_argument("--persons", type=int, default=2000)
+    parser.add_argument(
+        "--reverse-persons",
+        type=int,
+        default=20_000,
+        help="persons beside --persons, each settled once for Reverse to take back",
+    )
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--streams", type=int, default=8, help="calls in flight per connection, closed loop")
     parser.add_argument("--paced-streams", type=int, default=4096, help="in-flight cap per connection, paced")
@@ -447,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
             if gateway_calls:
                 load = [*CLI, "load", "--redis", redis_server.url]
                 subprocess.run([*load, "--dir", str(CITYDATA)], check=True, capture_output=True)
-                people = write_persons(tmp / "persons.json", args.persons)
+                people = write_persons(tmp / "persons.json", args.persons + args.reverse_persons)
                 subprocess.run([*load, "--persons", str(people)], check=True, capture_output=True)
             rows = main_table(bench, args, redis_server.url, gateway_calls, tmp)
             print_report(args, rows, rows[0], rows[-1])

@@ -124,13 +124,16 @@ def write_frames(path: Path, messages: Iterable[Any]) -> int:
     return count
 
 
-def call_frames(path: Path, call: Call, count: int, persons: int, tag: str | None = None) -> str:
-    """Writes `count` requests of `call` (numbered 0..count-1 under a fresh tag); returns the tag."""
+def call_frames(
+    path: Path, call: Call, count: int, persons: int, tag: str | None = None, first_person: int = 0
+) -> str:
+    """Writes `count` requests of `call` (numbered 0..count-1 under a fresh tag) going round persons
+    first_person .. first_person + persons - 1; returns the tag."""
     if call.build is None:
         raise ValueError(f"{call.name}: build its frames with reverse_frames")
     build = call.build
     tag = tag or run_tag()
-    write_frames(path, (build(message_id(tag, i), i % persons) for i in range(count)))
+    write_frames(path, (build(message_id(tag, i), first_person + i % persons) for i in range(count)))
     return tag
 
 

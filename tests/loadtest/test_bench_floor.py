@@ -19,7 +19,18 @@ import pytest
 from loadtest import loadgen
 
 ROOT = Path(__file__).resolve().parents[2]
-SHORT = ["--seconds", "0.3", "--warmup-seconds", "0.1", "--rates", "100", "--persons", "200"]
+SHORT = [
+    "--seconds",
+    "0.3",
+    "--warmup-seconds",
+    "0.1",
+    "--rates",
+    "100",
+    "--persons",
+    "200",
+    "--reverse-persons",
+    "2000",
+]
 
 
 def unavailable(reason: str) -> None:
