@@ -154,10 +154,14 @@ async def test_one_institution_cannot_see_anothers_settlement(tls_gateway: Gatew
     theirs = pb_grpc.SettlementServiceStub(connect(tls_gateway, HOSPITAL_2))
     settled = await mine.Settle(settle_request(HOSPITAL, "M-OWN-1"), timeout=5)
     # the other hospital, with its own certificate and its own envelope, asks for it: not found
+    sid = settled.settlement_id
     for call, request in (
-        (theirs.GetSettlement, pb.GetSettlementRequest(envelope=envelope(HOSPITAL_2, "Q1"), settlement_id=settled.settlement_id)),
-        (theirs.Reverse, pb.ReverseRequest(envelope=envelope(HOSPITAL_2, "Q2"), settlement_id=settled.settlement_id)),
-    ):  # fmt: skip
+        (
+            theirs.GetSettlement,
+            pb.GetSettlementRequest(envelope=envelope(HOSPITAL_2, "Q1"), settlement_id=sid),
+        ),
+        (theirs.Reverse, pb.ReverseRequest(envelope=envelope(HOSPITAL_2, "Q2"), settlement_id=sid)),
+    ):
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await call(request, timeout=5)
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
