@@ -252,8 +252,11 @@ async def test_concurrent_streams_per_connection_are_announced_and_capped(
 
 async def test_limits_are_exported_with_their_units(tls_gateway: Gateway) -> None:
     limits = EdgeLimits()
-    for name in ("requests_per_s_max", "calls_in_flight_max", "connections_max", "body_read_timeout_ms",
-                 "eligibility_per_card_per_min_max", "reconcile_page_items_max", "reconcile_response_bytes_max"):  # fmt: skip
+    names = (
+        "requests_per_s_max", "calls_in_flight_max", "connections_max", "body_read_timeout_ms",
+        "eligibility_per_card_per_min_max", "reconcile_page_items_max", "reconcile_response_bytes_max",
+    )  # fmt: skip
+    for name in names:
         value = REGISTRY.get_sample_value("medsettle_edge_limit", {"limit": name})
         assert value == float(getattr(limits, name)), name
 
@@ -322,6 +325,6 @@ async def test_reconcile_is_paged_and_each_page_bounded(
                 date_from="2026-06-02",
                 date_to="2026-06-30",
                 page_token=reply.next_page_token or "cjF8MjAyNi0wNi0wMXwyMDI2LTA2LTMwfE0",
-            )  # fmt: skip
+            )
         )
     assert "page_token" in status_of(info.value)[1]["fields"]
