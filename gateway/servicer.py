@@ -188,6 +188,7 @@ class Edge:
             if remaining is None
             else min(REQUEST_TIMEOUT_MAX_S, remaining - DEADLINE_MARGIN_S)
         )
+        failure: status_pb2.Status | None = None
         try:
             identity = self.identity(context)
             if identity is not None:
@@ -199,25 +200,14 @@ class Edge:
             code = "OK"
             return result
         except (InvalidInput, Rejected, Undecodable, Refused) as exc:
-            status = status_for(exc)
-            code = code_pb2.Code.Name(status.code)
-            if isinstance(exc, Rejected):
-                metrics.REJECTIONS.labels(exc.code.name).inc()
-                fields["reason"] = exc.code.name
-                if exc.code is Rejection.PERSON_NOT_FOUND and admitted is not None:
-                    self.limiter.missed(admitted)
-            elif isinstance(exc, Refused | Undecodable):
-                fields["reason"] = exc.reason if isinstance(exc, Refused) else "UNDECODABLE"
-                if isinstance(exc, Undecodable):
-                    REFUSALS.labels("undecodable").inc()
-                elif exc.retry_after_s is None and exc.reason != "BODY_READ_TIMEOUT":
-                    REFUSALS.labels(exc.reason.lower()).inc()
-            await context.abort_with_status(rpc_status.to_status(status))
+            failure = status_for(exc)
+            code = code_pb2.Code.Name(failure.code)
+            self.note_failure(exc, fields, admitted)
         except (TimeoutError, *DEPENDENCY_ERRORS) as exc:
             log.warning("dependency failure: %r", exc)
             code = "UNAVAILABLE"
             metrics.DEPENDENCY_FAILURES.labels(dependency_of(exc)).inc()
-            await context.abort_with_status(rpc_status.to_status(status_for(Unavailable(str(exc)))))
+            failure = status_for(Unavailable(str(exc)))
         except grpc.aio.AbortError:  # a foreign servicer (health) aborted with its own status
             code = aborted_code(context)
             raise
@@ -225,6 +215,8 @@ class Edge:
             code = "CANCELLED"
             raise
         finally:
+            # counted and logged before the status leaves (abort sends it at once): whoever sees the
+            # answer can already see it in the metrics
             if admitted is not None:
                 self.limiter.release(admitted)
             elapsed = time.perf_counter() - started
@@ -234,7 +226,23 @@ class Edge:
             if logs.REQUEST_LOG.isEnabledFor(logging.INFO):
                 fields.update(outcome=code, latency_ms=round(elapsed * 1000, 3))
                 logs.REQUEST_LOG.info("request", extra=fields)
+        assert failure is not None  # every branch that does not return or raise has set it
+        await context.abort_with_status(rpc_status.to_status(failure))
         raise AssertionError("abort_with_status returns only by raising")
+
+    def note_failure(self, exc: Exception, fields: dict[str, Any], admitted: str | None) -> None:
+        if isinstance(exc, Rejected):
+            metrics.REJECTIONS.labels(exc.code.name).inc()
+            fields["reason"] = exc.code.name
+            if exc.code is Rejection.PERSON_NOT_FOUND and admitted is not None:
+                self.limiter.missed(admitted)
+        elif isinstance(exc, Undecodable):
+            fields["reason"] = "UNDECODABLE"
+            REFUSALS.labels("undecodable").inc()
+        elif isinstance(exc, Refused):
+            fields["reason"] = exc.reason
+            if exc.retry_after_s is None and exc.reason != "BODY_READ_TIMEOUT":  # limits count themselves
+                REFUSALS.labels(exc.reason.lower()).inc()
 
     async def guarded_stream(
         self, route: Route, kind: str, context: grpc.aio.ServicerContext, requests_streamed: bool
@@ -247,6 +255,7 @@ class Edge:
         code = "UNKNOWN"
         fields: dict[str, Any] = {"request_id": secrets.token_hex(8), "rpc": route.method}
         admitted: str | None = None
+        failure: status_pb2.Status | None = None
         try:
             identity = self.identity(context)
             if identity is not None:
@@ -262,9 +271,9 @@ class Edge:
                 await result
             code = "OK"
         except (Undecodable, Refused) as exc:
-            code = code_pb2.Code.Name(status_for(exc).code)
-            REFUSALS.labels("undecodable" if isinstance(exc, Undecodable) else exc.reason.lower()).inc()
-            await context.abort_with_status(rpc_status.to_status(status_for(exc)))
+            failure = status_for(exc)
+            code = code_pb2.Code.Name(failure.code)
+            self.note_failure(exc, fields, admitted)
         except grpc.aio.AbortError:
             code = aborted_code(context)
             raise
@@ -280,6 +289,8 @@ class Edge:
             if logs.REQUEST_LOG.isEnabledFor(logging.INFO):
                 fields.update(outcome=code, latency_ms=round(elapsed * 1000, 3))
                 logs.REQUEST_LOG.info("request", extra=fields)
+        if failure is not None:
+            await context.abort_with_status(rpc_status.to_status(failure))
 
     async def stream_of(
         self, route: Route, context: grpc.aio.ServicerContext, first: Any

@@ -52,7 +52,9 @@ class Stack:
 
 
 @contextmanager
-def running_stack(persons: int, workers: int, insecure: bool = False) -> Iterator[Stack]:
+def running_stack(
+    persons: int, workers: int, insecure: bool = False, limits: list[str] = LOAD_LIMITS
+) -> Iterator[Stack]:
     with tempfile.TemporaryDirectory() as d, EmbeddedRedis(Path(d)) as redis_server:
         tmp = Path(d)
         env = {**os.environ, "MEDSETTLE_REDIS_URL": redis_server.url}  # the password never in argv
@@ -64,7 +66,7 @@ def running_stack(persons: int, workers: int, insecure: bool = False) -> Iterato
         server = subprocess.Popen(
             [*CLI, "serve", "--listen", f"127.0.0.1:{port}",
              "--workers", str(workers), "--metrics-port", "-1", "--log-level", "WARNING",
-             "--data-dir", str(tmp / "serve"), *limit_flags(), *(["--insecure"] if insecure else [])],
+             "--data-dir", str(tmp / "serve"), *limit_flags(limits), *(["--insecure"] if insecure else [])],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
         )  # fmt: skip
         assert server.stdout is not None
