@@ -95,13 +95,12 @@ def server_tls(args: argparse.Namespace, host: str) -> tuple[Any, Any]:
         )  # fmt: skip
     else:
         if not layout.ca_cert.exists():
-            from adapters.citydata_files import citydata_dir
-
             hosts = [h for h in [*(args.host or []), host] if client_host(h) != "127.0.0.1"]
-            created = certs.ensure_pki(root, citydata_dir() / "institutions.csv", hosts)
+            created = certs.ensure_pki(root, citydata_registry(), hosts)
             print(
-                f"medsettle: created a development CA and {len(created) - 2} client certificates in {root}"
-                " (terminals present clients/<institution>.crt; see docs/SECURITY.md)",
+                f"medsettle: created a development CA, a server certificate and {len(created) - 3}"
+                f" institution certificates in {root} (terminals present clients/<institution>.crt;"
+                " docs/SECURITY.md)",
                 flush=True,
             )
         tls = ServerTls.from_dir(root)
@@ -502,15 +501,24 @@ def worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def citydata_registry() -> Path:
+    from adapters.citydata_files import citydata_dir
+
+    return citydata_dir() / "institutions.csv"
+
+
 def certs_cmd(args: argparse.Namespace) -> int:
     """`medsettle certs`: a development PKI (docs/SECURITY.md). Private keys are mode 0600."""
     from gateway.edge import certs
 
-    root = Path(args.dir)
+    root = Path(getattr(args, "dir", f"{DEFAULT_DATA_DIR}/certs"))
+    hosts = getattr(args, "host", None) or []
+    days = getattr(args, "days", certs.LEAF_DAYS)
     layout = certs.Layout(root)
     action = args.action or "init"
     if action == "init":
-        created = certs.ensure_pki(root, Path(args.institutions), args.host or [])
+        registry = Path(getattr(args, "institutions", None) or citydata_registry())
+        created = certs.ensure_pki(root, registry, hosts)
         print(f"{root}: created {', '.join(created) if created else 'nothing (all present)'}")
         return 0
     if not layout.ca_key.exists():
@@ -520,7 +528,7 @@ def certs_cmd(args: argparse.Namespace) -> int:
         )
         return 2
     if action == "server":
-        certs.issue_server(layout, args.host or [], days=args.days)
+        certs.issue_server(layout, hosts, days=days)
         print(f"{layout.server_cert}: reissued (a running gateway picks it up within a second)")
     elif action == "issue":
         if not args.institution and not args.role:
@@ -528,7 +536,7 @@ def certs_cmd(args: argparse.Namespace) -> int:
             return 2
         cert = certs.issue_client(
             layout, args.institution, args.name or args.institution or args.role, terminal=args.terminal,
-            role=args.role, file_name=args.file_name, days=args.days,
+            role=args.role, file_name=args.file_name, days=days,
         )  # fmt: skip
         print(f"issued serial {cert.serial_number:x}, valid until {cert.not_valid_after_utc:%Y-%m-%d}")
     elif action == "revoke":
@@ -694,22 +702,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=lambda a: asyncio.run(health(a)))
 
     p = sub.add_parser("certs", help="create a development CA, server and terminal certificates; revoke")
-    p.add_argument(
-        "action", nargs="?", choices=["init", "server", "issue", "revoke"], default="init",
-        help="init (default): what is missing; server: a new server certificate; issue: one client"
-        " certificate; revoke: add certificates to the CRL",
-    )  # fmt: skip
-    p.add_argument("certificates", nargs="*", metavar="CERT.crt", help="revoke: the certificates")
-    p.add_argument("--dir", default=f"{DEFAULT_DATA_DIR}/certs")
-    p.add_argument("--host", action="append", help="server certificate: a name or address (repeatable)")
-    p.add_argument("--institutions", default=str(Path("citydata") / "institutions.csv"))
-    p.add_argument("--institution", help="issue: the institution code")
-    p.add_argument("--terminal", help="issue: bind the certificate to this terminal id")
-    p.add_argument("--role", choices=["probe"], help="issue: a probe certificate (health only)")
-    p.add_argument("--name", help="issue: subject CN (default: the institution code)")
-    p.add_argument("--file-name", help="issue: clients/<file-name>.crt (default: <institution>[-<terminal>])")
-    p.add_argument("--days", type=int, default=397)
-    p.set_defaults(func=certs_cmd)
+    p.set_defaults(func=certs_cmd, action="init")
+    certs_flags(p)
+    actions = p.add_subparsers(dest="action", required=False, metavar="[init|server|issue|revoke]")
+    a = actions.add_parser(
+        "init", help="what is missing: CA, server, one per institution, probe (the default)"
+    )
+    certs_flags(a)
+    a = actions.add_parser("server", help="a new server certificate (picked up by a running gateway)")
+    certs_flags(a)
+    a = actions.add_parser("issue", help="one client certificate")
+    certs_flags(a)
+    a.add_argument("--institution", help="the institution code")
+    a.add_argument("--terminal", help="bind the certificate to this terminal id")
+    a.add_argument("--role", choices=["probe"], help="a probe certificate (health only), no institution")
+    a.add_argument("--name", help="subject CN (default: the institution code)")
+    a.add_argument("--file-name", help="clients/<file-name>.crt (default: <institution>[-<terminal>])")
+    a = actions.add_parser("revoke", help="add certificates to the CA's CRL (refused within a second)")
+    certs_flags(a)
+    a.add_argument("certificates", nargs="+", metavar="CERT.crt")
 
     p = sub.add_parser("split", help="split one or more self-contained cases offline and print JSON")
     p.add_argument("cases", nargs="+", metavar="CASE.json")
@@ -717,6 +728,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--table", action="store_true", help="print readable tables instead of JSON")
     p.set_defaults(func=cmd_split)
     return parser
+
+
+def certs_flags(p: argparse.ArgumentParser) -> None:
+    # on the command and on each action, so `certs --dir D` and `certs issue --dir D` both work
+    p.add_argument("--dir", default=argparse.SUPPRESS, help=f"the folder (default {DEFAULT_DATA_DIR}/certs)")
+    p.add_argument("--host", action="append", default=argparse.SUPPRESS, help="server: a name or address")
+    p.add_argument("--institutions", default=argparse.SUPPRESS, help="init: the registry CSV")
+    p.add_argument("--days", type=int, default=argparse.SUPPRESS, help="validity of what is issued")
 
 
 def secret_flags(p: argparse.ArgumentParser, name: str, help_text: str) -> None:
