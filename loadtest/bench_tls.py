@@ -2,12 +2,13 @@
 (--insecure) and over mutual TLS, in the same run, against one redis-server; plus what a new connection
 costs (TCP, or TCP + TLS 1.3 handshake with client certificate).
 
-    .venv/bin/python -m loadtest.bench_tls [--seconds 5] [--concurrency 32] [--rate 300]
+    .venv/bin/python -m loadtest.bench_tls [--seconds 5] [--rounds 2] [--workers 1] [--rate 300]
 
-Each gateway is `medsettle serve --workers 1` with the per-institution limits lifted (loadtest/stack.py
-LOAD_LIMITS); the client is this process's grpc.aio on the same machine, so the client's CPU is part of
-every figure. Server CPU per call is from /proc (user + system of the gateway process). Prints figures;
-asserts nothing. On a shared machine run it twice and believe the ratios more than the absolutes."""
+Each gateway is `medsettle serve --workers N` (1 by default) with the per-institution limits lifted
+(loadtest/stack.py LOAD_LIMITS); the client is this process's grpc.aio on the same machine, so the
+client's CPU is part of every figure. Server CPU per call is from /proc (user + system of the gateway
+processes). Prints figures; asserts nothing. Plaintext and mTLS alternate in each round so a drift of a
+shared machine hits both alike: believe the differences over several rounds, not one figure."""
 
 from __future__ import annotations
 
@@ -37,9 +38,11 @@ from loadtest.synthetic import write_persons
 HOSPITAL = "H50010300001"
 
 
-def start(env: dict[str, str], data_dir: Path, insecure: bool) -> tuple[subprocess.Popen[str], int]:
+def start(
+    env: dict[str, str], data_dir: Path, insecure: bool, workers: int
+) -> tuple[subprocess.Popen[str], int]:
     proc = subprocess.Popen(
-        [*CLI, "serve", "--listen", "127.0.0.1:0", "--workers", "1", "--log-level", "WARNING",
+        [*CLI, "serve", "--listen", "127.0.0.1:0", "--workers", str(workers), "--log-level", "WARNING",
          "--metrics-port", "-1", "--data-dir", str(data_dir), *limit_flags(),
          *(["--insecure"] if insecure else [])],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
@@ -110,7 +113,7 @@ async def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
         for round_no in range(args.rounds):  # alternate, so a drift of the machine hits both alike
             for insecure in (True, False):
                 data = Path(tmp) / ("plain" if insecure else "tls")
-                proc, port = start(env, data, insecure)
+                proc, port = start(env, data, insecure, args.workers)
                 try:
                     tls = None if insecure else ClientTls.for_institution(data / "certs", HOSPITAL)
                     name = "plaintext" if insecure else "mTLS"
@@ -130,10 +133,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--persons", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=1, help="gateway processes")
     args = parser.parse_args()
     results = asyncio.run(bench(args))
-    print(f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
-          f"Python {platform.python_version()}, grpcio {grpc.__version__}; 1 gateway process")  # fmt: skip
+    machine = f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}"
+    print(f"machine: {machine}, Python {platform.python_version()}, grpcio {grpc.__version__};"
+          f" {args.workers} gateway processes")  # fmt: skip
     print(f"{'transport':<11}{'rpc':<8}{'max calls/s':>12}{'server CPU µs':>15}{'p50 ms':>9}{'p99 ms':>9}"
           f"{'@ offered/s':>13}")  # fmt: skip
     for r in results:
