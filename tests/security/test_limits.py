@@ -46,7 +46,7 @@ async def presettle(stub: Any, institution: str, n: int) -> Any:
 async def test_requests_per_second_per_institution_refused_with_a_retry_delay_then_recovered(
     start_gateway: StartGateway, connect: Connect
 ) -> None:
-    gw = await start_gateway(EdgeLimits(requests_per_s_max=5, requests_burst_max=5))
+    gw = await start_gateway(EdgeLimits(requests_per_s_max=1, requests_burst_max=3))
     hospital = pb_grpc.SettlementServiceStub(connect(gw, HOSPITAL))
     other = pb_grpc.SettlementServiceStub(connect(gw, HOSPITAL_2))
     before = refusals("requests_per_s_max")
@@ -58,9 +58,9 @@ async def test_requests_per_second_per_institution_refused_with_a_retry_delay_th
         except grpc.aio.AioRpcError as exc:
             code, details = status_of(exc)
             outcomes.append(code.name)
-            assert details["reason"] == "RATE_LIMITED" and 0 < details["retry_delay_s"] <= 0.2
+            assert details["reason"] == "RATE_LIMITED" and 0 < details["retry_delay_s"] <= 1.0
             delay = details["retry_delay_s"]
-    assert outcomes[:5] == ["OK"] * 5 and "RESOURCE_EXHAUSTED" in outcomes[5:]
+    assert outcomes[:3] == ["OK"] * 3 and "RESOURCE_EXHAUSTED" in outcomes[3:]
     assert refusals("requests_per_s_max") >= before + 1
     await presettle(other, HOSPITAL_2, 99)  # another institution has its own budget
     await asyncio.sleep(delay + 0.05)
