@@ -214,6 +214,9 @@ class Edge:
         except asyncio.CancelledError:  # the client went away
             code = "CANCELLED"
             raise
+        except Exception:
+            code = raised_code(context, route)
+            raise
         finally:
             # counted and logged before the status leaves (abort sends it at once): whoever sees the
             # answer can already see it in the metrics
@@ -280,6 +283,9 @@ class Edge:
         except asyncio.CancelledError:
             code = "CANCELLED"
             raise
+        except Exception:
+            code = raised_code(context, route)
+            raise
         finally:
             if admitted is not None:
                 self.limiter.release(admitted)
@@ -303,6 +309,17 @@ class Edge:
             if isinstance(message, BadBody):
                 raise Undecodable(route.message_name)
             yield message
+
+
+def raised_code(context: grpc.aio.ServicerContext, route: Route) -> str:
+    """What grpcio answers for an exception out of a handler: the code the handler set (the generated
+    base servicer sets UNIMPLEMENTED, then raises), else UNKNOWN, a bug, logged with its traceback so
+    the system-error alert has something to point at."""
+    code = aborted_code(context)
+    if code in ("UNKNOWN", "OK"):
+        log.exception("unexpected failure in %s/%s", route.service, route.method)
+        return "UNKNOWN"
+    return code
 
 
 def aborted_code(context: grpc.aio.ServicerContext) -> str:

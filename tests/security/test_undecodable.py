@@ -165,3 +165,17 @@ async def test_health_watch_and_reflection_still_work_behind_the_edge(
     )
     names = [s.name async for r in replies for s in r.list_services_response.service]
     assert "medsettle.v1.SettlementService" in names and "grpc.health.v1.Health" in names
+
+
+async def test_what_a_servicer_leaves_unimplemented_is_counted_as_such(
+    tls_gateway: Gateway, connect: Connect
+) -> None:
+    """grpcio's asyncio health servicer has no List: the answer and the count agree (UNIMPLEMENTED, not
+    an UNKNOWN that would page someone)."""
+    service, method = "grpc.health.v1.Health", "List"
+    before = handled(service, method, "UNIMPLEMENTED")
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call_raw(connect(tls_gateway, certs.ROLE_PROBE), service, method, "unary", b"")
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert handled(service, method, "UNIMPLEMENTED") == before + 1
+    assert handled(service, method, "UNKNOWN") == 0
