@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -101,8 +102,20 @@ def listening_soon(port: int, timeout_s: float = 15) -> list[str]:
     return found
 
 
+def free_pair() -> int:
+    """A port whose successor is free too (serve gives its worker the metrics port + 1)."""
+    while True:
+        port = free_port()
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+
+
 def test_serve_keeps_passwords_out_of_argv_and_stdout_and_binds_loopback(tmp_path: Path) -> None:
-    metrics_port = free_port()  # the embedded worker's metrics take the next one
+    metrics_port = free_pair()  # the embedded worker's metrics take the next one
     proc = subprocess.Popen(
         [*CLI, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path),
          "--metrics-port", str(metrics_port), "--workers", "1", "--log-level", "INFO"],
