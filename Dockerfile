@@ -3,8 +3,12 @@
 # virtualenv and the city data, and runs as a non-root user.
 #
 #   docker build -t medsettle .
-#   docker run -p 50051:50051 medsettle serve --listen 0.0.0.0:50051 --redis redis://redis:6379/0
+#   docker run -p 50051:50051 -e MEDSETTLE_REDIS_URL=redis://gateway:PASSWORD@redis:6379/0 \
+#       -v certs:/data/certs medsettle serve --listen 0.0.0.0:50051 --data-dir /data --host gw.example.org
 #   docker run -p 50051:50051 medsettle serve --listen 0.0.0.0:50051 --data-dir /data --demo   # embedded redis
+#
+# mTLS always (docs/SECURITY.md): without TLS flags the gateway creates a development CA and terminal
+# certificates in /data/certs on first start; the HEALTHCHECK presents that folder's probe certificate.
 #
 # The same commands as on a checkout (README): `medsettle serve`, `medsettle load`, `medsettle demo`.
 
@@ -35,6 +39,6 @@ WORKDIR /app
 USER medsettle
 EXPOSE 50051
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
-    CMD ["medsettle", "health", "--target", "127.0.0.1:50051"]
+    CMD ["medsettle", "health", "--target", "127.0.0.1:50051", "--certs", "/data/certs"]
 ENTRYPOINT ["medsettle"]
 CMD ["serve", "--listen", "0.0.0.0:50051", "--data-dir", "/data"]

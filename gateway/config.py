@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adapters.citydata_files import citydata_dir
+from gateway.edge.limits import EdgeLimits
+from gateway.edge.tls import ServerTls
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,3 +25,7 @@ class Config:
     shutdown_grace_ms: int = 5000
     request_bytes_max: int = 1 << 20
     commit_retries_max: int = 8
+    # None: plaintext gRPC, which `medsettle serve` uses only with --insecure (and says so in the log);
+    # the CLI otherwise always sets it (the data folder's certificates by default)
+    tls: ServerTls | None = None
+    limits: EdgeLimits = field(default_factory=EdgeLimits)

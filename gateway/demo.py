@@ -7,12 +7,14 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from gateway.edge.tls import ClientTls, channel
 from gateway.engine.money import yuan
 from gateway.protos import pb, pb_grpc
 from gateway.split_table import render_split
@@ -177,12 +179,53 @@ class Demo:
         return grpc.StatusCode.OK, ""
 
 
-async def run_demo(target: str, card: str, lost_card: str, out: Callable[[str], None] = print) -> int:
-    async with grpc.aio.insecure_channel(target) as channel:
-        await asyncio.wait_for(channel.channel_ready(), timeout=10)
-        stub = pb_grpc.SettlementServiceStub(channel)
+class ByInstitution:
+    """A SettlementService stub that sends each request over its envelope's institution's channel: each
+    institution's terminal presents that institution's client certificate, as a real one would."""
+
+    def __init__(self, stubs: dict[str, Any]) -> None:
+        self.stubs = stubs
+
+    def __getattr__(self, method: str) -> Callable[..., Any]:
+        def call(request: Any, **kwargs: Any) -> Any:
+            return getattr(self.stubs[request.envelope.institution_code], method)(request, **kwargs)
+
+        return call
+
+
+async def run_demo(
+    target: str,
+    card: str,
+    lost_card: str,
+    out: Callable[[str], None] = print,
+    certs: Path | None = None,
+    insecure: bool = False,
+    server_name: str | None = None,
+) -> int:
+    """mTLS with clients/<institution>.crt of `certs` for each institution the demo acts for; plaintext
+    only with insecure=True (a gateway started with --insecure)."""
+    if not insecure and certs is None:
+        raise ValueError("the demo needs the certificates folder (or insecure=True)")
+    channels = {}
+    try:
+        for institution in (HOSPITAL, PHARMACY):
+            tls = None
+            if not insecure:
+                assert certs is not None
+                base = ClientTls.for_institution(certs, institution)
+                tls = ClientTls(base.ca, base.cert, base.key, server_name)
+            channels[institution] = channel(target, tls)
+        for ch in channels.values():
+            await asyncio.wait_for(ch.channel_ready(), timeout=10)
+        stub = ByInstitution({i: pb_grpc.SettlementServiceStub(ch) for i, ch in channels.items()})
         try:
             return await Demo(stub, out).run(card, lost_card)
         except grpc.aio.AioRpcError as exc:
             out(f"== demo FAILED: {exc.code().name}: {exc.details()}")
             return 1
+    except (FileNotFoundError, TimeoutError) as exc:
+        out(f"== demo FAILED: cannot reach {target} over {'plaintext' if insecure else 'mTLS'}: {exc!r}")
+        return 1
+    finally:
+        for ch in channels.values():
+            await ch.close()

@@ -1,9 +1,16 @@
 """Reconciliation and statements for terminals, from the ledger. Database calls run in a worker thread,
-one at a time, so the event loop never blocks on them."""
+one at a time, so the event loop never blocks on them. The institution is the caller's (the edge has
+checked the envelope against the client certificate): an institution sees only its own settlements.
+
+Detail reconciliation is paged by message id, so neither a request nor a response grows with the
+period: at most `reconcile_items_per_call_max` items in, at most `reconcile_page_items_max` results
+and `reconcile_response_bytes_max` bytes out; the gateway's side of the page is cut in the worker
+thread, so the event loop only ever handles one page."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import Callable
 from datetime import date, datetime
 from typing import Any, TypeVar
@@ -13,6 +20,7 @@ import redis.asyncio as aioredis
 from adapters import redis_keys as keys
 from adapters.ledger.store import Ledger, LedgerUnavailable
 from gateway.codec import Envelope
+from gateway.edge.limits import EdgeLimits
 from gateway.errors import InvalidInput, Unavailable
 from gateway.posting import reconcile, statements
 from gateway.protos import pb
@@ -24,15 +32,23 @@ STATUS_TO_PB = {
     reconcile.ItemStatus.MISSING_AT_INSTITUTION: pb.ITEM_STATUS_MISSING_AT_INSTITUTION,
     reconcile.ItemStatus.AMOUNTS_DIFFER: pb.ITEM_STATUS_AMOUNTS_DIFFER,
 }
-ITEMS_MAX = 100_000  # items per detail reconciliation request
 PERIOD_DAYS_MAX = 366
+TOKEN_PREFIX = "r1"
+GatewayItems = dict[str, tuple[str, reconcile.Amounts]]
 
 
 class LedgerService:
-    def __init__(self, ledger: Ledger | None, client: aioredis.Redis, now: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        ledger: Ledger | None,
+        client: aioredis.Redis,
+        now: Callable[[], datetime],
+        limits: EdgeLimits | None = None,
+    ) -> None:
         self.ledger = ledger
         self.client = client
         self.now = now
+        self.limits = limits or EdgeLimits()
         self._lock = asyncio.Lock()
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -58,8 +74,25 @@ class LedgerService:
 
     async def reconcile(self, env: Envelope, request: Any) -> Any:
         date_from, date_to = period(request.date_from, request.date_to)
-        if len(request.items) > ITEMS_MAX:
-            raise InvalidInput([("items", f"at most {ITEMS_MAX} items per request")])
+        limits = self.limits
+        if len(request.items) > limits.reconcile_items_per_call_max:
+            raise InvalidInput(
+                [("items", f"at most {limits.reconcile_items_per_call_max} items per request: send them in"
+                  " sorted chunks with more_items_follow and page_token")]
+            )  # fmt: skip
+        after = decode_token(request.page_token, date_from, date_to)
+        submitted = {}
+        for i, item in enumerate(request.items):
+            if after is not None and item.message_id <= after:
+                raise InvalidInput(
+                    [(f"items[{i}].message_id", "at or before page_token: already reconciled")]
+                )
+            submitted[item.message_id] = reconcile.Amounts(
+                item.total_fen, item.fund_total_fen, item.account_fen
+            )
+        page_size = limits.reconcile_page_items_max
+        if 0 < request.page_size < page_size:
+            page_size = request.page_size
         watermark = await self.posted_through()
         ours = await self.run(reconcile.ledger_totals, env.institution_code, date_from, date_to)
         theirs = request.totals
@@ -72,19 +105,35 @@ class LedgerService:
             posted_through=watermark,
         )  # fmt: skip
         matched = response.gateway_totals == theirs
-        if request.items:
-            gateway_items = await self.run(reconcile.ledger_items, env.institution_code, date_from, date_to)
-            submitted = [
-                (i.message_id, reconcile.Amounts(i.total_fen, i.fund_total_fen, i.account_fen))
-                for i in request.items
-            ]
-            for result in reconcile.match(gateway_items, submitted):
-                response.items.add(
+        if request.items or request.page_token or request.more_items_follow:
+            upper = max(submitted) if request.more_items_follow and submitted else None
+            gateway_items, upper = await self.run(
+                gateway_page,
+                env.institution_code,
+                date_from,
+                date_to,
+                after,
+                set(submitted),
+                upper,
+                page_size,
+            )
+            page = {k: v for k, v in submitted.items() if upper is None or k <= upper}
+            results = sorted(reconcile.match(gateway_items, page.items()), key=lambda r: r.message_id)
+            budget = limits.reconcile_response_bytes_max - response.ByteSize() - 64
+            for result in results:
+                item = pb.ReconcileItemResult(
                     message_id=result.message_id, status=STATUS_TO_PB[result.status],
                     gateway=amounts_pb(result.message_id, result.gateway),
                     institution=amounts_pb(result.message_id, result.institution),
                     settlement_id=result.settlement_id, action=result.action,
                 )  # fmt: skip
+                budget -= item.ByteSize() + 4  # tag and length prefix
+                if budget < 0:  # the page ends at the last item that fits
+                    upper = response.items[-1].message_id
+                    break
+                response.items.append(item)
+            if upper is not None:
+                response.next_page_token = encode_token(upper, date_from, date_to)
             matched = matched and all(i.status == pb.ITEM_STATUS_MATCHED for i in response.items)
         response.matched = matched
         return response
@@ -118,6 +167,49 @@ def amounts_pb(message_id: str, amounts: reconcile.Amounts | None) -> Any:
         message_id=message_id, total_fen=amounts.total_fen, fund_total_fen=amounts.fund_total_fen,
         account_fen=amounts.account_fen,
     )  # fmt: skip
+
+
+def gateway_page(
+    ledger: Ledger,
+    institution: str,
+    date_from: str,
+    date_to: str,
+    after: str | None,
+    submitted: set[str],
+    upper: str | None,
+    page_size: int,
+) -> tuple[GatewayItems, str | None]:
+    """In the worker thread: the gateway's items of one page and where the page ends. The page holds the
+    message ids after `after`, at most `page_size` of them counting both sides (the gateway's and the
+    institution's), and none beyond `upper` (the institution's last item when more follow)."""
+    items = reconcile.ledger_items(ledger, institution, date_from, date_to)
+    keys = sorted(
+        k for k in items.keys() | submitted if (after is None or k > after) and (upper is None or k <= upper)
+    )
+    if len(keys) > page_size:
+        upper = keys[page_size - 1]
+        keys = keys[:page_size]
+    wanted = set(keys)
+    return {k: v for k, v in items.items() if k in wanted}, upper
+
+
+def encode_token(after: str, date_from: str, date_to: str) -> str:
+    raw = "|".join((TOKEN_PREFIX, date_from, date_to, after)).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_token(token: str, date_from: str, date_to: str) -> str | None:
+    """The last message id a previous page covered; the token is bound to its period."""
+    if not token:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        prefix, start, end, after = raw.split("|", 3)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInput([("page_token", "not a token this gateway issued")]) from None
+    if prefix != TOKEN_PREFIX or (start, end) != (date_from, date_to):
+        raise InvalidInput([("page_token", "issued for another period")])
+    return after
 
 
 def period(date_from: str, date_to: str) -> tuple[str, str]:

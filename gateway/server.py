@@ -15,17 +15,28 @@ from zoneinfo import ZoneInfo
 import grpc
 import redis.asyncio as aioredis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from adapters.ledger.store import Ledger
 from adapters.redis_keys import PERSON_CHANNEL
 from adapters.redis_store import RedisStore
 from gateway.config import Config
 from gateway.correction_service import CorrectionService
+from gateway.edge.identity import IdentityReader, Revocations
+from gateway.edge.limits import grpc_options
+from gateway.edge.tls import ReloadingServerCredentials
 from gateway.ledger_service import LedgerService
 from gateway.protos import pb
 from gateway.service import Context, ServiceLimits, SettlementService
-from gateway.servicer import DiagnosticsServicer, LedgerServicer, SettlementServicer, handlers
+from gateway.servicer import (
+    Collector,
+    DiagnosticsServicer,
+    Edge,
+    LedgerServicer,
+    SettlementServicer,
+    handlers,
+    wrap_foreign,
+)
 from rules_cache.notices import follow_channel
 from rules_cache.static_data import StaticCache
 
@@ -62,6 +73,8 @@ class Gateway:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     ledger_service: LedgerService | None = None
     healthy: bool = False
+    edge: Edge | None = None
+    credentials: ReloadingServerCredentials | None = None
 
     async def start(self) -> Gateway:
         client = redis_client(self.redis_url, self.config)
@@ -76,27 +89,54 @@ class Gateway:
         ctx = Context(store, static, now, ServiceLimits(self.config.commit_retries_max))
         self.service = SettlementService(ctx)
         self.corrections = CorrectionService(ctx)
+        limits = self.config.limits
         self.server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", self.config.request_bytes_max),
                 ("grpc.so_reuseport", 1),
-            ]
+                *grpc_options(limits),
+            ],
+            # grpc's own cap, above the edge's (which answers with RetryInfo and counts): it bounds what
+            # the edge cannot see, such as long health Watch streams
+            maximum_concurrent_rpcs=limits.process_calls_in_flight_max * 2,
         )
+        tls = self.config.tls
+        identities = None
+        if tls is not None:
+            self.credentials = ReloadingServerCredentials(tls)
+            identities = IdentityReader(
+                Revocations(tls.crl, tls.client_ca, tls.reload_check_interval_ms / 1000)
+            )
+        self.edge = Edge(limits, identities)
         ledger = Ledger(self.config.ledger_dsn) if self.config.ledger_dsn else None
-        self.ledger_service = LedgerService(ledger, client, now)
+        self.ledger_service = LedgerService(ledger, client, now, limits)
         self.server.add_generic_rpc_handlers(
             handlers(
+                self.edge,
                 SettlementServicer(self.service, self.corrections),
                 LedgerServicer(self.ledger_service),
                 DiagnosticsServicer(),
             )
         )
         self.health = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        foreign = Collector()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, foreign)
+        names = (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer(names), foreign
         )
-        self.port = self.server.add_insecure_port(self.config.listen)
+        self.server.add_generic_rpc_handlers(
+            [wrap_foreign(self.edge, n, m) for n, m in foreign.services.items()]
+        )
+        if self.credentials is not None:
+            self.port = self.server.add_secure_port(self.config.listen, self.credentials.credentials())
+        else:
+            log.warning(
+                "gRPC on %s is PLAINTEXT (--insecure): no TLS, no client certificate; anyone who reaches the"
+                " port can act for any institution it names",
+                self.config.listen,
+            )
+            self.port = self.server.add_insecure_port(self.config.listen)
         await self.server.start()
         self.tasks = [
             asyncio.create_task(static.follow(self.stopping)),

@@ -6,21 +6,27 @@ settle from the personal account), over thousands of persons in the four seed ci
     .venv/bin/python -m loadtest.locust_data 4000 > persons.json
     .venv/bin/medsettle load --redis URL --persons persons.json
     .venv/bin/locust -f loadtest/locustfile.py --headless -u 50 -r 10 -t 60s --host 127.0.0.1:50051 \\
-        --csv var/locust --p99-max-ms 50
+        --csv var/locust --p99-max-ms 50 --certs medsettle-data/certs
     # more load: one master and workers (one per core)
     .venv/bin/locust -f loadtest/locustfile.py --master --headless -u 200 -r 20 -t 5m --host ... \\
         --expect-workers 2
     .venv/bin/locust -f loadtest/locustfile.py --worker --master-host 127.0.0.1   # twice
 
 Exits non-zero on any failure (Locust's default) or when the p99 of any request type exceeds
---p99-max-ms."""
+--p99-max-ms.
+
+Each simulated terminal presents its institution's client certificate from --certs (a folder made by
+`medsettle certs` or by `medsettle serve` in its data folder; default $MEDSETTLE_CERTS), as a real
+terminal would; --insecure for a gateway started with --insecure."""
 
 from __future__ import annotations
 
 import itertools
+import os
 import random
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import grpc.experimental.gevent as grpc_gevent
@@ -30,6 +36,7 @@ grpc_gevent.init_gevent()  # before any channel: gRPC must cooperate with Locust
 import grpc  # noqa: E402
 from locust import User, between, events, task  # noqa: E402
 
+from gateway.edge.tls import ClientTls  # noqa: E402
 from gateway.protos import pb, pb_grpc  # noqa: E402
 from loadtest.synthetic import CITIES, INPATIENT_LINES, OUTPATIENT_10_LINES, PHARMACY_LINES  # noqa: E402
 
@@ -43,6 +50,10 @@ RUN = uuid.uuid4().hex[:6]  # message ids unique to this run
 def add_arguments(parser: Any) -> None:
     parser.add_argument("--p99-max-ms", type=float, default=0, help="fail the run when a p99 exceeds this")
     parser.add_argument("--persons", type=int, default=PERSONS, help="persons loaded (cards C00000000...)")
+    parser.add_argument("--certs", default=os.environ.get("MEDSETTLE_CERTS", ""), help="client certificates")
+    parser.add_argument(
+        "--insecure", action="store_true", help="plaintext (a gateway started with --insecure)"
+    )
 
 
 @events.quitting.add_listener
@@ -69,10 +80,20 @@ class Terminal(User):
     institution_index = 3  # CITIES tuple position: 3 hospital, 4 pharmacy
 
     def on_start(self) -> None:
-        self.channel = grpc.insecure_channel(self.host)
-        self.stub = pb_grpc.SettlementServiceStub(self.channel)
         self.region = random.choice(REGIONS)
         self.institution = CITIES[self.region][self.institution_index]
+        options = self.environment.parsed_options
+        if options is not None and options.insecure:
+            self.channel = grpc.insecure_channel(self.host)
+        else:
+            if options is None or not options.certs:
+                raise RuntimeError("--certs DIR (the gateway's client certificates) or --insecure")
+            tls = ClientTls.for_institution(Path(options.certs), self.institution)
+            self.channel = grpc.secure_channel(self.host, tls.credentials())
+        # connect (TCP and TLS handshake) before the first task, as a terminal does when it starts: the
+        # request latencies measured are those of requests, not of connection set-up
+        grpc.channel_ready_future(self.channel).result(timeout=30)
+        self.stub = pb_grpc.SettlementServiceStub(self.channel)
 
     def on_stop(self) -> None:
         self.channel.close()

@@ -1,8 +1,13 @@
 """The system under test for the load tools: a redis-server with AOF on in a temporary folder, the demo
-city data and synthetic persons loaded, and `medsettle serve --workers N` on a free port."""
+city data and synthetic persons loaded, and `medsettle serve --workers N` on a free port, over mTLS with
+the development PKI it creates in its data folder (stack.certs), or plaintext with insecure=True.
+
+A load generator acts for a handful of institutions at rates no real one reaches, so the stack lifts the
+per-institution edge limits (LOAD_LIMITS); the limits have their own tests (tests/security)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -11,42 +16,65 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
+
 from adapters.embedded_redis import EmbeddedRedis, free_port
+from gateway.edge.tls import ClientTls, channel
 from loadtest.synthetic import write_persons
 
 CLI = [sys.executable, "-m", "gateway.cli"]
 CITYDATA = Path(__file__).resolve().parent.parent / "citydata"
+LOAD_LIMITS = [
+    "requests_per_s_max=1000000", "requests_burst_max=1000000", "calls_in_flight_max=100000",
+    "process_calls_in_flight_max=100000", "eligibility_per_card_per_min_max=1000000",
+    "person_misses_per_min_max=1000000",
+]  # fmt: skip
+
+
+def limit_flags(limits: list[str] = LOAD_LIMITS) -> list[str]:
+    return [f"--limit={item}" for item in limits]
 
 
 @dataclass(frozen=True, slots=True)
 class Stack:
-    redis_url: str
+    redis_url: str  # the admin user's: never printed
     port: int
     server: subprocess.Popen[str]  # the serve supervisor; the gateway processes are its children
     tmp: Path
+    certs: Path | None  # None: plaintext
+
+    def tls(self, institution: str) -> ClientTls | None:
+        return None if self.certs is None else ClientTls.for_institution(self.certs, institution)
+
+    def channel(self, institution: str) -> grpc.aio.Channel:
+        """An asyncio channel presenting `institution`'s client certificate."""
+        return channel(f"127.0.0.1:{self.port}", self.tls(institution))
 
 
 @contextmanager
-def running_stack(persons: int, workers: int) -> Iterator[Stack]:
+def running_stack(
+    persons: int, workers: int, insecure: bool = False, limits: list[str] = LOAD_LIMITS
+) -> Iterator[Stack]:
     with tempfile.TemporaryDirectory() as d, EmbeddedRedis(Path(d)) as redis_server:
         tmp = Path(d)
-        load = [*CLI, "load", "--redis", redis_server.url]
-        subprocess.run([*load, "--dir", str(CITYDATA)], check=True, capture_output=True)
+        env = {**os.environ, "MEDSETTLE_REDIS_URL": redis_server.url}  # the password never in argv
+        load = [*CLI, "load"]
+        subprocess.run([*load, "--dir", str(CITYDATA)], check=True, capture_output=True, env=env)
         people = write_persons(tmp / "persons.json", persons)
-        subprocess.run([*load, "--persons", str(people)], check=True, capture_output=True)
+        subprocess.run([*load, "--persons", str(people)], check=True, capture_output=True, env=env)
         port = free_port()
         server = subprocess.Popen(
-            [*CLI, "serve", "--redis", redis_server.url, "--listen", f"127.0.0.1:{port}",
+            [*CLI, "serve", "--listen", f"127.0.0.1:{port}",
              "--workers", str(workers), "--metrics-port", "-1", "--log-level", "WARNING",
-             "--data-dir", str(tmp / "serve")],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+             "--data-dir", str(tmp / "serve"), *limit_flags(limits), *(["--insecure"] if insecure else [])],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
         )  # fmt: skip
         assert server.stdout is not None
         for line in server.stdout:
             if "serving" in line:
                 break
         try:
-            yield Stack(redis_server.url, port, server, tmp)
+            yield Stack(redis_server.url, port, server, tmp, None if insecure else tmp / "serve" / "certs")
         finally:
             server.terminate()
             server.wait(timeout=60)

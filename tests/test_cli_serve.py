@@ -50,7 +50,9 @@ def test_two_processes_serve_one_port_count_together_and_stop_together(tmp_path:
         if "serving" in line:
             break
     demo = subprocess.run(
-        [*CLI, "demo", "--target", f"127.0.0.1:{found['grpc']}"], capture_output=True, text=True
+        [*CLI, "demo", "--target", f"127.0.0.1:{found['grpc']}", "--certs", str(tmp_path / "certs")],
+        capture_output=True,
+        text=True,
     )
     assert demo.returncode == 0, demo.stdout[-2000:]
     with urllib.request.urlopen(f"http://127.0.0.1:{found['metrics']}/metrics", timeout=5) as reply:

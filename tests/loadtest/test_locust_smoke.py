@@ -19,11 +19,12 @@ PERSONS = 400
 
 
 @pytest.fixture(scope="module")
-def gateway_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+def gateway_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
     data = tmp_path_factory.mktemp("locust")
     proc = subprocess.Popen(
         [*CLI, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data), "--metrics-port", "-1",
-         "--workers", "2", "--no-worker", "--log-level", "WARNING"],
+         "--workers", "2", "--no-worker", "--log-level", "WARNING", "--limit=requests_per_s_max=1000",
+         "--limit=requests_burst_max=1000"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     assert proc.stdout is not None
@@ -41,23 +42,24 @@ def gateway_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     persons = data / "persons.json"
     persons.write_text(subprocess.run([sys.executable, "-m", "loadtest.locust_data", str(PERSONS)],
                                       capture_output=True, text=True, check=True).stdout)  # fmt: skip
-    subprocess.run([*CLI, "load", "--redis", found["redis"], "--persons", str(persons)], check=True,
-                   capture_output=True)  # fmt: skip
-    yield int(found["port"])
+    subprocess.run([*CLI, "load", "--redis-file", str(data / "secrets" / "redis-admin.url"), "--persons",
+                    str(persons)], check=True, capture_output=True)  # fmt: skip
+    yield int(found["port"]), data / "certs"
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)
 
 
-def locust(port: int, out: Path, p99_max_ms: float) -> subprocess.CompletedProcess[str]:
+def locust(port_certs: tuple[int, Path], out: Path, p99_max_ms: float) -> subprocess.CompletedProcess[str]:
+    port, certs = port_certs
     return subprocess.run(
         [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtest" / "locustfile.py"), "--headless",
          "-u", "8", "-r", "8", "-t", "6s", "--host", f"127.0.0.1:{port}", "--csv", str(out),
-         "--p99-max-ms", str(p99_max_ms), "--persons", str(PERSONS), "--only-summary"],
+         "--p99-max-ms", str(p99_max_ms), "--persons", str(PERSONS), "--only-summary", "--certs", str(certs)],
         capture_output=True, text=True, timeout=120, cwd=ROOT,
     )  # fmt: skip
 
 
-def test_terminal_mix_runs_without_failure(gateway_port: int, tmp_path: Path) -> None:
+def test_terminal_mix_runs_without_failure(gateway_port: tuple[int, Path], tmp_path: Path) -> None:
     result = locust(gateway_port, tmp_path / "smoke", p99_max_ms=2000)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     with (tmp_path / "smoke_stats.csv").open() as f:
@@ -67,7 +69,7 @@ def test_terminal_mix_runs_without_failure(gateway_port: int, tmp_path: Path) ->
     assert int(rows["Aggregated"]["Failure Count"]) == 0
 
 
-def test_a_p99_over_the_limit_fails_the_run(gateway_port: int, tmp_path: Path) -> None:
+def test_a_p99_over_the_limit_fails_the_run(gateway_port: tuple[int, Path], tmp_path: Path) -> None:
     result = locust(gateway_port, tmp_path / "strict", p99_max_ms=0.001)
     assert result.returncode == 1
     assert "over 0.001 ms" in result.stdout + result.stderr
