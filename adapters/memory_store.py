@@ -121,6 +121,10 @@ class MemoryStore:
             return entry.person
         return self.person_versions.get((person_id, digest))
 
+    async def opening_balance(self, person_id: str) -> int | None:
+        entry = self.persons.get(person_id)
+        return entry.opening_balance_fen if entry is not None else None
+
     async def balance(self, person_id: str) -> int:
         return self.persons[person_id].balance_fen
 

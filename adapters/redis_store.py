@@ -229,6 +229,34 @@ class RedisStore:
     async def balance(self, person_id: str) -> int:
         return int(await self.client.hget(keys.state_key(person_id), "bal") or 0)
 
+    async def opening_balance(self, person_id: str) -> int | None:
+        raw = await self.client.hget(keys.state_key(person_id), "bal0")
+        return int(raw) if raw is not None else None
+
+    # ---------------------------------------------------------------- the whole keyspace, for audits
+
+    async def people(self) -> dict[str, set[int]]:
+        """Every person with plan-years, and the years they have (one SCAN of the keyspace)."""
+        out: dict[str, set[int]] = {}
+        async for key in self.client.scan_iter(match="ms:{p*}:year:*", count=1000):
+            _, _, person_id, year = text(key).rsplit(":", 3)
+            out.setdefault(person_id, set()).add(int(year))
+        return out
+
+    async def every_settlement(self) -> list[StoredSettlement]:
+        sids = [
+            text(k).rsplit(":", 1)[1] async for k in self.client.scan_iter(match="ms:{p*}:stl:*", count=1000)
+        ]
+        found = await self.settlements(sids)
+        return [s for s in found if s is not None]
+
+    async def queued_events(self) -> list[dict[str, Any]]:
+        """Posting events still in the partition streams (committed, not yet booked)."""
+        pipe = self.client.pipeline(transaction=False)
+        for p in range(keys.PARTITIONS):
+            pipe.xrange(keys.stream_key(p))
+        return [json.loads(fields[b"event"]) for entries in await pipe.execute() for _, fields in entries]
+
     # ---------------------------------------------------------------- commits
 
     def operations(self, c: Commit, with_claims: bool) -> Ops:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from adapters.settlement_store import SettlementStore
 from gateway.engine import Rejected, Rejection, SplitOutcome, split
@@ -14,7 +15,12 @@ from gateway.engine.corrections import Resplit, SettlementInputs
 from gateway.engine.model import Catalog, Institution, Person, PersonState, StayTotals
 from gateway.engine.policy import Policy
 from rules_cache.reader import DataError
-from rules_cache.static_data import StaticCache
+
+
+class VersionSource(Protocol):
+    """Where published versions come from (rules_cache.static_data.StaticCache, or a fixed set)."""
+
+    async def load(self, kind: str, region: str, version: str) -> Any: ...
 
 
 @dataclass
@@ -44,7 +50,7 @@ class RecordedRules:
 
 
 async def load_rules(
-    static: StaticCache,
+    static: VersionSource,
     store: SettlementStore,
     person_id: str,
     insured_region: str,

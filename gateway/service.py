@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from adapters import redis_keys as keys
 from adapters.settlement_store import (
@@ -37,7 +37,7 @@ from gateway.engine.plan_year import PlanKey, PlanYear
 from gateway.engine.policy import CapOn
 from gateway.errors import Rejected, Unavailable
 from gateway.protos import pb
-from rules_cache.static_data import StaticCache, StaticSnapshot
+from rules_cache.static_data import StaticSnapshot
 from telemetry import metrics
 
 CARD_REJECTIONS = {
@@ -69,6 +69,16 @@ class Computed:
     stay_before: StayTotals
 
 
+class StaticData(Protocol):
+    """The static data a service reads: the snapshot in force, and any published version by name
+    (rules_cache.static_data.StaticCache; FixedStatic in unit tests)."""
+
+    @property
+    def snapshot(self) -> StaticSnapshot: ...
+
+    async def load(self, kind: str, region: str, version: str) -> Any: ...
+
+
 class Context:
     """What the settlement and correction services share: the store, the static data, the clock, and
     one lock per person per process (concurrent bills for one person queue here instead of spinning on
@@ -77,7 +87,7 @@ class Context:
     def __init__(
         self,
         store: SettlementStore,
-        static: StaticCache,
+        static: StaticData,
         now: Callable[[], datetime],
         limits: ServiceLimits = ServiceLimits(),
     ) -> None:
@@ -152,7 +162,7 @@ class SettlementService:
         self.ctx = ctx
 
     @property
-    def static(self) -> StaticCache:
+    def static(self) -> StaticData:
         return self.ctx.static
 
     def compute(

@@ -139,6 +139,37 @@ class StaticCache:
         await follow_channel(self.client, STATIC_CHANNEL, changed, stopping)
 
 
+class FixedStatic:
+    """Static data fixed in memory: one snapshot and every version given, with the same reads as
+    StaticCache (`snapshot`, `load`). For unit tests of the code above it, which need no Redis."""
+
+    def __init__(
+        self,
+        policies: list[Policy],
+        catalogs: list[Catalog],
+        institutions: Mapping[str, Institution],
+        institutions_version: str = "inst-fixed",
+    ) -> None:
+        self._versions: dict[tuple[str, str, str], Any] = {}
+        for p in policies:
+            self._versions[("policy", p.region, p.version)] = p
+        for c in catalogs:
+            self._versions[("catalog", c.region, c.version)] = c
+        self._versions[("institutions", "-", institutions_version)] = dict(institutions)
+        pointer = {f"policy:{p.region}": p.version for p in policies}
+        pointer.update({f"catalog:{c.region}": c.version for c in catalogs})
+        pointer["institutions"] = institutions_version
+        self.snapshot = StaticSnapshot(
+            pointer, {p.region: p for p in policies}, {c.region: c for c in catalogs}, dict(institutions)
+        )
+
+    async def load(self, kind: str, region: str, version: str) -> Any:
+        found = self._versions.get((kind, region, version))
+        if found is None:
+            raise DataError(static_key(kind, region, version), "", "no such version")
+        return found
+
+
 def content_version(prefix: str, blob: bytes) -> str:
     return f"{prefix}-{hashlib.sha256(blob).hexdigest()[:12]}"
 

@@ -267,6 +267,22 @@ class Ledger:
         )
         return journal, transfers
 
+    def net_by_settlement(self) -> dict[str, tuple[int, dict[str, int], int, int]]:
+        """Every settlement's entries summed: (total, funds by code, account, cash)."""
+        out: dict[str, tuple[int, dict[str, int], int, int]] = {}
+        for sid, total, account, cash in self.query(
+            "SELECT settlement_id, SUM(total_fen), SUM(account_fen), SUM(cash_fen) FROM journal"
+            " GROUP BY settlement_id"
+        ):
+            out[str(sid)] = (int(total), {}, int(account), int(cash))
+        for sid, code, amount in self.query(
+            "SELECT j.settlement_id, f.fund_code, SUM(f.amount_fen) FROM journal_funds f"
+            " JOIN journal j ON j.entry_id = f.entry_id GROUP BY j.settlement_id, f.fund_code"
+        ):
+            if int(amount):
+                out[str(sid)][1][str(code)] = int(amount)
+        return out
+
     def query(self, text: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         with self.transaction() as cur:
             cur.execute(self.sql(text), tuple(params))
