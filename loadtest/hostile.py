@@ -91,6 +91,11 @@ def valid_messages() -> dict[str, bytes]:
         "PreSettle": pb.SettleRequest(envelope=env, person=person, bill=bill),
         "Settle": pb.SettleRequest(envelope=env, person=person, bill=bill),
         "Reverse": pb.ReverseRequest(envelope=env, settlement_id="S001-260615-0000000000000000"),
+        "Refund": pb.RefundRequest(
+            envelope=env,
+            settlement_id="S001-260615-0000000000000000",
+            lines=[pb.RefundLine(line_no=1, quantity=1)],
+        ),
         "GetSettlement": pb.GetSettlementRequest(envelope=env, original_message_id="X1", person=person),
         "Reconcile": pb.ReconcileRequest(envelope=env, date_from="2026-06-01", date_to="2026-06-30"),
         "GetStatement": pb.StatementRequest(envelope=env, month="2026-06"),
