@@ -545,6 +545,30 @@ def certs_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def audit(args: argparse.Namespace) -> int:
+    """`medsettle audit`: exit 0 when the store and the ledger are what the policy allows, 1 otherwise
+    (gateway/audit.py). With --data-dir and no Redis URL, the embedded redis-server of that folder is
+    started for the audit and stopped after it."""
+    from adapters.embedded_redis import EmbeddedRedis
+    from gateway.audit import audit_redis
+
+    url = redis_url_of(args)
+    ledger = ledger_dsn_of(args)
+    embedded = None
+    if url is None:
+        data_dir = Path(args.data_dir)
+        embedded = EmbeddedRedis(data_dir).start()
+        url = embedded.url
+        ledger = ledger or f"sqlite:///{(data_dir / 'ledger.db').resolve()}"
+    try:
+        report = asyncio.run(audit_redis(url, ledger))
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    print("\n".join(report.lines()))
+    return 1 if report.differences else 0
+
+
 def statement(args: argparse.Namespace) -> int:
     import csv
     import dataclasses
@@ -682,6 +706,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-host", default="127.0.0.1", help="address the metrics listen on")
     p.add_argument("--budgets", help="monthly fund budgets (TOML) to export beside the spend")
     p.set_defaults(func=worker)
+
+    p = sub.add_parser(
+        "audit", help="re-run every live settlement and prove store, accounts and ledger agree; exit 1 if not"
+    )
+    secret_flags(p, "redis", f"redis://... (or --redis-file, ${REDIS_ENV}); none: --data-dir's own")
+    secret_flags(p, "ledger", "the ledger to compare with (default with --data-dir: its ledger.db)")
+    p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="an embedded default's folder")
+    p.set_defaults(func=audit)
 
     p = sub.add_parser("statement", help="institution statements, clearing matrix or fund spend for a month")
     p.add_argument("kind", choices=["institutions", "clearing", "funds"])

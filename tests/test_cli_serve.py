@@ -31,6 +31,10 @@ def test_serve_runs_the_demo_on_embedded_defaults(tmp_path: Path) -> None:
     events = [a["event"] for a in audit]
     assert events.count("settle") == 4 and events.count("reverse") == 2  # two demo runs
     assert (tmp_path / "redis" / "appendonlydir").exists() or any((tmp_path / "redis").glob("*.aof"))
+    # and what the two demos did is what the policy allows, in Redis, the accounts and the ledger
+    audited = subprocess.run([*CLI, "audit", "--data-dir", str(tmp_path)], capture_output=True, text=True)
+    assert audited.returncode == 0, audited.stdout + audited.stderr
+    assert "no differences" in audited.stdout and " 0 live settlements" not in audited.stdout
 
 
 def test_two_processes_serve_one_port_count_together_and_stop_together(tmp_path: Path) -> None:

@@ -267,6 +267,19 @@ class Ledger:
         )
         return journal, transfers
 
+    def booked_entries(self, entry_ids: Iterable[str]) -> set[str]:
+        """Which of these entries are in the ledger already."""
+        ids = sorted(set(entry_ids))
+        found: set[str] = set()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            found |= {
+                str(r[0])
+                for r in self.query(f"SELECT entry_id FROM journal WHERE entry_id IN ({marks})", chunk)
+            }
+        return found
+
     def net_by_settlement(self) -> dict[str, tuple[int, dict[str, int], int, int]]:
         """Every settlement's entries summed: (total, funds by code, account, cash)."""
         out: dict[str, tuple[int, dict[str, int], int, int]] = {}

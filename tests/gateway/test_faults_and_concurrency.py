@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from adapters import redis_keys as keys
 from adapters.citydata_files import citydata_dir, read_csv
 from adapters.embedded_redis import EmbeddedRedis
+from gateway.audit import audit_redis
 from gateway.config import Config
 from gateway.protos import pb, pb_grpc
 from gateway.server import Gateway
@@ -62,6 +63,8 @@ async def test_concurrent_settlements_never_exceed_the_cap_or_overdraw_the_accou
     for r in replies:
         s = r.split
         assert s.fund_total_fen + s.account_fen + s.cash_fen == s.total_fen
+    report = await audit_redis(redis_server.url, None)
+    assert report.differences == [] and report.settlements == 50, report.lines()
 
 
 async def test_redis_down_gives_unavailable_within_the_deadline_and_recovers(

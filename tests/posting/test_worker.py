@@ -19,6 +19,7 @@ import redis
 from adapters import redis_keys as keys
 from adapters.embedded_redis import EmbeddedRedis
 from adapters.ledger.store import Ledger
+from gateway.audit import audit_redis
 from gateway.codec import Envelope, PersonRef
 from gateway.correction_service import Target
 from gateway.engine.model import Bill, BillLine, VisitType
@@ -284,6 +285,8 @@ async def test_sigkill_mid_batch_many_times_under_load_loses_and_doubles_nothing
     finally:
         final.terminate()
         final.wait(timeout=30)
+    report = await audit_redis(redis_server.url, ledger_dsn)
+    assert report.differences == [] and report.settlements > 0, report.lines()
     ledger = Ledger(ledger_dsn)
     truth = redis_truth(sync_client)
     assert truth["settled"] == settled >= 100
