@@ -103,13 +103,21 @@ class Sent:
 
 
 class Year(RuleBasedStateMachine):
+    def make_store(self) -> Any:
+        store = MemoryStore()
+        store.yield_between_read_and_commit = True
+        for pid, p in PERSONS.items():
+            store.add_person(p, BALANCES[pid])
+        return store
+
+    async def everything(self) -> tuple[list[Any], list[Any]]:
+        """Every settlement record and every posting event, for the ledger comparison."""
+        return list(self.store.stored.values()), list(self.store.events)
+
     @initialize()
     def setup(self) -> None:
         self.loop = asyncio.new_event_loop()
-        self.store = MemoryStore()
-        self.store.yield_between_read_and_commit = True
-        for pid, p in PERSONS.items():
-            self.store.add_person(p, BALANCES[pid])
+        self.store = self.make_store()
         static = FixedStatic(
             [policy(CQ), JINAN], CATALOGS, {i.code: i for i in (CQ_HIGH, CQ_LOW, JN_MID, JN_HIGH)}
         )
@@ -303,7 +311,8 @@ class Year(RuleBasedStateMachine):
         report = Report()
         for pid in sorted(self.touched):
             self.run(audit_person(self.store, self.static, pid, [2026], report))
-        compare_ledger(self.store.stored.values(), {}, self.store.events, report)
+        settlements, events = self.run(self.everything())
+        compare_ledger(settlements, {}, events, report)
         assert report.differences == [], report.lines()
         self.touched.clear()
 
