@@ -310,3 +310,37 @@ async def test_every_malformed_operation_is_refused_before_anything_is_written(
     reply = await store._commit(keys=[state], args=["H", "1", "1", "touched", "yes", *args])
     assert reply[0] == b"REFUSED" and reason in reply[1].decode(), reply
     assert everything(sync_redis) == before
+
+
+async def test_a_settle_costs_two_redis_round_trips(
+    stub: Any, terminal: Terminal, redis_server: Any, sync_redis: redis.Redis
+) -> None:
+    # The read (person, plan-years, message record) and the commit: two scripts, nothing else. The
+    # card lookup is cached after the first call, as it is for a card swiped twice. MONITOR shows each
+    # command a client sent (and, marked "lua", what the scripts ran inside: not round trips).
+    import threading
+
+    await stub.Settle(terminal.settle(STAY))
+    seen: list[str] = []
+    ready = threading.Event()
+
+    def watch() -> None:
+        with redis.Redis.from_url(redis_server.url).monitor() as m:
+            ready.set()
+            for command in m.listen():
+                text = str(command["command"])
+                if "monitor-stop" in text:
+                    return
+                if command.get("client_type") != "lua" and "lua" not in str(command.get("client_address")):
+                    seen.append(text.split()[0].upper())
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    ready.wait(5)
+    await asyncio.sleep(0.2)
+    seen.clear()
+    await stub.Settle(terminal.settle(STAY))
+    sync_redis.echo("monitor-stop")
+    thread.join(5)
+    handshakes = ("PING", "HELLO", "AUTH", "CLIENT", "ECHO")  # connections, the monitor's own included
+    assert [c for c in seen if c not in handshakes] == ["EVALSHA", "EVALSHA"], seen
