@@ -150,6 +150,39 @@ class Demo:
             sale.split.fund_total_fen == 0 and sale.split.account_fen > 0, "no pooled fund at a pharmacy"
         )
 
+        self.out("== 退费: the patient brings back one of the two boxes of D000001 (line 1)")
+        refund = await self.stub.Refund(
+            pb.RefundRequest(
+                envelope=self.envelope(PHARMACY),
+                settlement_id=sale.settlement_id,
+                lines=[pb.RefundLine(line_no=1, quantity=1)],
+            )
+        )
+        self.out(f"  refund {refund.refund_id}: the rest of the sale split again in place")
+        self.out(render_split(refund.split))
+        self.expect(
+            refund.difference.total_fen == -1250 and refund.difference.account_fen == -1250,
+            f"12.50 back to the personal account ({yuan(-refund.difference.account_fen)})",
+        )
+
+        self.out("== 2601 for a Settle that has not arrived yet (the terminal timed out sending it)")
+        late = pb.SettleRequest(
+            envelope=self.envelope(PHARMACY),
+            person=person,
+            bill=self.bill(pb.VISIT_TYPE_PHARMACY, PHARMACY_LINES),
+        )
+        void = await self.stub.Reverse(
+            pb.ReverseRequest(
+                envelope=self.envelope(PHARMACY), original_message_id=late.envelope.message_id, person=person
+            )
+        )
+        self.expect(void.nothing_settled, "the reversal answers: nothing was settled under that message id")
+        code, reason = await self.failure(self.stub.Settle(late))
+        self.expect(
+            code == grpc.StatusCode.FAILED_PRECONDITION and reason == "MESSAGE_ID_VOID",
+            f"the Settle that arrives later is refused: {reason}",
+        )
+
         self.out(f"== a lost card ({lost_card})")
         code, reason = await self.failure(
             self.stub.QueryEligibility(

@@ -66,7 +66,7 @@ def test_two_processes_serve_one_port_count_together_and_stop_together(tmp_path:
         for line in text.splitlines()
         if line.startswith("grpc_server_handled_total{") and "medsettle.v1.SettlementService" in line
     )
-    assert handled == 12, "the demo's 12 calls, counted across the gateway processes"
+    assert handled == 15, "the demo's 15 calls, counted across the gateway processes"
     counting = {p.removeprefix("counter_").removesuffix(".db") for p in os.listdir(tmp_path / "metrics")
                 if p.startswith("counter_")}  # fmt: skip
     assert len(counting - {str(proc.pid)}) == 2, "two gateway processes besides the supervisor"
