@@ -214,9 +214,9 @@ class Edge:
         except asyncio.CancelledError:  # the client went away
             code = "CANCELLED"
             raise
-        except Exception:
-            code = raised_code(context, route)
-            raise
+        except Exception as exc:  # a bug or a broken invariant: never UNKNOWN, never INTERNAL
+            code = "UNAVAILABLE"
+            failure = fault(route, exc, fields)
         finally:
             # counted and logged before the status leaves (abort sends it at once): whoever sees the
             # answer can already see it in the metrics
@@ -309,6 +309,19 @@ class Edge:
             if isinstance(message, BadBody):
                 raise Undecodable(route.message_name)
             yield message
+
+
+def fault(route: Route, exc: Exception, fields: dict[str, Any]) -> status_pb2.Status:
+    """An exception no branch expects (a bug, a broken money invariant): logged with its traceback and
+    counted (medsettle_gateway_faults_total, alerted), answered UNAVAILABLE `GATEWAY_FAULT`: for a
+    terminal that is "outcome unknown: query or resend with the same message id", which is the truth
+    (a Settle's commit is atomic: it happened whole or not at all)."""
+    log.exception("unexpected failure in %s/%s", route.service, route.method)
+    metrics.GATEWAY_FAULTS.labels(route.method, type(exc).__name__).inc()
+    fields["reason"] = "GATEWAY_FAULT"
+    detail = error_details_pb2.ErrorInfo(reason="GATEWAY_FAULT", domain=DOMAIN)
+    message = "the gateway failed on this request; outcome unknown: query, or resend with the same message id"
+    return status_pb2.Status(code=code_pb2.UNAVAILABLE, message=message, details=[packed(detail)])
 
 
 def raised_code(context: grpc.aio.ServicerContext, route: Route) -> str:

@@ -108,6 +108,11 @@ CORRECTIONS = Counter(
     "Corrections committed: reversals, refunds, and adjustments of later settlements.",
     ["kind"],
 )
+GATEWAY_FAULTS = Counter(
+    "medsettle_gateway_faults_total",
+    "Requests that failed on an exception no branch expects (a bug), answered UNAVAILABLE GATEWAY_FAULT.",
+    ["method", "exception"],
+)
 DEPENDENCY_FAILURES = Counter(
     "medsettle_dependency_failures_total", "Requests answered UNAVAILABLE, by dependency.", ["dependency"]
 )
