@@ -215,6 +215,9 @@ class Edge:
             code = "CANCELLED"
             raise
         except Exception as exc:  # a bug or a broken invariant: never UNKNOWN, never INTERNAL
+            code = aborted_code(context)
+            if code not in ("UNKNOWN", "OK"):  # the handler set its answer first (UNIMPLEMENTED ...)
+                raise
             code = "UNAVAILABLE"
             failure = fault(route, exc, fields)
         finally:
