@@ -344,3 +344,25 @@ async def test_a_settle_costs_two_redis_round_trips(
     thread.join(5)
     handshakes = ("PING", "HELLO", "AUTH", "CLIENT", "ECHO")  # connections, the monitor's own included
     assert [c for c in seen if c not in handshakes] == ["EVALSHA", "EVALSHA"], seen
+
+
+async def test_a_broken_invariant_is_answered_unavailable_never_unknown(
+    stub: Any, terminal: Terminal, sync_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A bug that breaks a money invariant raises inside the engine: the terminal learns "outcome
+    # unknown" (UNAVAILABLE, GATEWAY_FAULT) and nothing is written; an operator is paged.
+    from gateway import service
+    from gateway.engine.money import InvariantViolation
+    from telemetry import metrics
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise InvariantViolation("fund + account + cash != total")
+
+    monkeypatch.setattr(service, "split", broken)
+    faults = metrics.GATEWAY_FAULTS.labels("Settle", "InvariantViolation")
+    counted = faults._value.get()
+    before = everything(sync_redis)
+    code, info = await expect_error(stub.Settle(terminal.settle(STAY)))
+    assert (code, info.reason) == (grpc.StatusCode.UNAVAILABLE, "GATEWAY_FAULT")
+    assert faults._value.get() == counted + 1
+    assert everything(sync_redis) == before
