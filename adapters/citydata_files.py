@@ -10,13 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.engine.model import Catalog, CatalogEntry, Institution, Person, PersonState
+from gateway.engine.model import Catalog, Institution, Person, PersonState
 from gateway.engine.policy import Policy
 from rules_cache import records
 from rules_cache.policy_files import load_policy_file
 from rules_cache.reader import DataError
-
-CATALOG_ENTRIES_MAX = 200_000
 
 DEFAULT_CITYDATA = Path(__file__).resolve().parent.parent / "citydata"
 
@@ -31,16 +29,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def load_catalog(path: Path, region: str, version: str) -> Catalog:
-    rows = read_csv(path)
-    if len(rows) > CATALOG_ENTRIES_MAX:
-        raise DataError(path.name, "", f"{len(rows)} entries: at most {CATALOG_ENTRIES_MAX} per catalog")
-    entries: dict[str, CatalogEntry] = {}
-    for i, row in enumerate(rows, start=2):  # line 1 is the header
-        entry = records.catalog_entry(row, path.name, f"line {i}")
-        if entry.code in entries:
-            raise DataError(path.name, f"line {i}.code", f"duplicate code {entry.code}")
-        entries[entry.code] = entry
-    return Catalog(region, version, entries)
+    return records.catalog(read_csv(path), region, version, path.name, lambda i: f"line {i + 2}")
 
 
 def load_institutions(path: Path) -> dict[str, Institution]:

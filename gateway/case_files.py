@@ -13,7 +13,6 @@ from typing import Any
 
 from adapters.citydata_files import citydata_dir, person_record
 from gateway.engine import Rejected, Split, SplitOutcome, split
-from gateway.engine.model import Catalog, CatalogEntry
 from gateway.engine.policy import Policy
 from rules_cache import records
 from rules_cache.policy_files import load_policy_file, parse_policy
@@ -44,14 +43,11 @@ def load_case(path: Path) -> tuple[Any, ...]:
     on = r.day("as_of")
     policy = resolve_policy(r.raw("policy"), path)
     inst = records.institution(r.raw("institution"), path.name, "institution")
-    entries: dict[str, CatalogEntry] = {}
     rows = r.raw("catalog")
     if not isinstance(rows, list):
         raise r.error("expected a list of catalog entries", "catalog")
-    for i, row in enumerate(rows):
-        entry = records.catalog_entry(row, path.name, f"catalog[{i}]")
-        entries[entry.code] = entry
-    catalog = Catalog(inst.region, r.text("catalog_version", f"{path.stem}-inline"), entries)
+    version = r.text("catalog_version", f"{path.stem}-inline")
+    catalog = records.catalog(rows, inst.region, version, path.name, lambda i: f"catalog[{i}]")
     rec = person_record(r.raw("person"), path.name, "person")
     bill = records.bill(r.raw("bill"), path.name, "bill")
     r.seen.update({"expect", "description"})  # for readers and for tests

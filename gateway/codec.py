@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
 from gateway import logs
+from gateway.bill_dates import Dates, with_dates
 from gateway.engine import Split
 from gateway.engine.corrections import RefundLine
 from gateway.engine.model import Bill, BillLine, ItemClass, Scheme, StayTotals, VisitType
@@ -104,10 +106,9 @@ def bill_violations(bill: Any) -> list[tuple[str, str]]:
     total = sum(line.unit_price_fen * line.quantity for line in bill.lines)
     if total > BILL_TOTAL_MAX_FEN:
         out.append(("bill.lines", f"the bill's total {yuan(total)} exceeds {yuan(BILL_TOTAL_MAX_FEN)} yuan"))
-    stay_visits = (pb.VISIT_TYPE_INPATIENT, pb.VISIT_TYPE_MATERNITY)
     if bill.stay_id:
         out += text_violation(bill.stay_id, "bill.stay_id", True, CODE_LEN_MAX)
-        if bill.visit_type not in stay_visits:
+        if bill.visit_type not in (pb.VISIT_TYPE_INPATIENT, pb.VISIT_TYPE_MATERNITY):
             out.append(("bill.stay_id", "only an inpatient or maternity bill belongs to a stay"))
     if bill.interim and not bill.stay_id:
         out.append(("bill.interim", "an interim settlement needs the stay_id its later parts will name"))
@@ -134,12 +135,22 @@ def decode_bill(bill: Any) -> Bill:
     )
 
 
-def decode_settle(request: Any) -> tuple[Envelope, PersonRef, Bill]:
+STAY_VISITS = (pb.VISIT_TYPE_INPATIENT, pb.VISIT_TYPE_MATERNITY)
+
+
+def decode_settle(request: Any, today: date) -> tuple[Envelope, PersonRef, Bill]:
+    """A PreSettle or Settle request, every field checked (dates against `today`, the gateway's date in
+    Asia/Shanghai), every date of the bill filled in (gateway/bill_dates.py)."""
     violations = envelope_violations(request.envelope) + person_violations(request.person)
     violations += bill_violations(request.bill)
+    stay = request.bill.visit_type in STAY_VISITS
+    dates = Dates(today)
+    checked = dates.check(request.bill, stay)
+    violations += dates.violations
     if violations:
         raise InvalidInput(violations)
-    return decode_envelope(request.envelope), decode_person(request.person), decode_bill(request.bill)
+    bill = with_dates(decode_bill(request.bill), today, checked, stay)
+    return decode_envelope(request.envelope), decode_person(request.person), bill
 
 
 def payload_hash(*messages: Any) -> str:

@@ -183,6 +183,8 @@ class CorrectionService:
         logs.note(settlement_id=stored.settlement_id)
         for change in decided.changes if decided is not None else ():
             metrics.CORRECTIONS.labels(change.kind).inc()
+            if change.kind == "reverse":
+                metrics.REVERSALS.labels(str(stored.route.get("inst_region", ""))).inc()
             audit(change.kind, env, change.settlement_id, change.difference)
         if decided is not None:
             logs.note(adjusted=len(decided.changes) - 1)

@@ -35,7 +35,7 @@ from gateway.engine.corrections import LiveSettlement, Money, SettlementInputs, 
 from gateway.engine.eligibility import enrolment_in_force, tier_in_force
 from gateway.engine.model import Bill, Enrolment, Institution, StayTotals
 from gateway.engine.plan_year import PlanKey, PlanYear
-from gateway.engine.policy import CapOn
+from gateway.engine.policy import CapOn, Policy, StayDate
 from gateway.errors import Rejected, Unavailable
 from gateway.protos import pb
 from rules_cache.static_data import StaticSnapshot
@@ -60,6 +60,15 @@ class Settled:
     duplicate: bool
     settlement_id: str
     split: Split | None  # None for a duplicate (the original split is in the response)
+
+
+@dataclass(frozen=True, slots=True)
+class Care:
+    """The date of care of a bill and what it chooses: the enrolment in force and the policy version."""
+
+    day: date
+    enrolment: Enrolment
+    policy: Policy
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +163,35 @@ def home_enrolment(snapshot: PersonSnapshot, on: date) -> Enrolment:
     raise Rejected(Rejection.NOT_ENROLLED, f"no enrolment in force on {on}")
 
 
+def care_of(snap: StaticSnapshot, person: PersonSnapshot, bill: Bill, day: date) -> Care:
+    """The date of care (the visit's; a stay's discharge, or admission where the policy says so), the
+    enrolment in force then, and the policy version in force then."""
+    enrolment = home_enrolment(person, day)
+    policy = policy_on(snap, enrolment.region, day)
+    if policy.stay_date is StayDate.ADMISSION and bill.admitted_on is not None and bill.admitted_on != day:
+        day = bill.admitted_on
+        enrolment = home_enrolment(person, day)
+        policy = policy_on(snap, enrolment.region, day)
+    return Care(day, enrolment, policy)
+
+
+def policy_on(snap: StaticSnapshot, region: str, day: date) -> Policy:
+    staged = snap.policies.get(region)
+    if not staged:
+        raise Rejected(Rejection.REGION_NOT_SERVED, f"no policy of region {region} is loaded")
+    policy = snap.policy(region, day)
+    if policy is None:
+        versions = ", ".join(
+            f"{p.version} from {p.effective_from}" + (f" to {p.effective_to}" if p.effective_to else "")
+            for p in staged
+        )
+        raise Rejected(
+            Rejection.POLICY_NOT_IN_FORCE,
+            f"no version of region {region}'s policy is in force on {day} ({versions})",
+        )
+    return policy
+
+
 def plan_key(enrolment: Enrolment, on: date) -> PlanKey:
     return PlanKey(enrolment.region, enrolment.scheme.value, on.year)
 
@@ -167,22 +205,32 @@ class SettlementService:
         return self.ctx.static
 
     def compute(
-        self, snap: StaticSnapshot, inst: Institution, person: PersonSnapshot, bill: Bill, on: date
+        self, snap: StaticSnapshot, inst: Institution, person: PersonSnapshot, bill: Bill, care: Care
     ) -> Computed:
-        enrolment = home_enrolment(person, on)
-        policy = snap.policies.get(enrolment.region)
         catalog = snap.catalogs.get(inst.region)
-        if policy is None or catalog is None:
-            missing = (
-                "policy of region " + enrolment.region if policy is None else "catalog of " + inst.region
-            )
-            raise Rejected(Rejection.REGION_NOT_SERVED, f"no {missing} is loaded")
-        year = person.plan_year(plan_key(enrolment, on))
+        if catalog is None:
+            raise Rejected(Rejection.REGION_NOT_SERVED, f"no catalog of {inst.region} is loaded")
+        on = care.day
+        year = person.plan_year(plan_key(care.enrolment, on))
         stay = year.stay(bill.stay_id)
-        outcome = split(bill, policy, catalog, inst, person.person, year.state(person.balance_fen), on, stay)
+        state = year.state(person.balance_fen)
+        outcome = split(bill, care.policy, catalog, inst, person.person, state, on, stay)
         if isinstance(outcome, EngineRejected):
             raise Rejected(outcome.code, outcome.reason, outcome.line_no)
-        return Computed(outcome, enrolment, year, stay)
+        return Computed(outcome, care.enrolment, year, stay)
+
+    async def read_for(
+        self, snap: StaticSnapshot, pid: str, ref: PersonRef, bill: Bill, message: tuple[str, str] | None
+    ) -> tuple[PersonSnapshot, Care]:
+        """The person with the plan-years of the bill's date of care, and that date. A stay across
+        1 January under a policy that settles stays by their admission date needs a second read (the
+        plan-years of the admission's year); every other bill, one."""
+        first = bill.care_date(by_admission=False) or self.ctx.now().date()
+        person = await self.ctx.read_person(pid, ref, first.year, message)
+        care = care_of(snap, person, bill, first)
+        if care.day.year != first.year:
+            person = await self.ctx.read_person(pid, ref, care.day.year, message)
+        return person, care
 
     def encode(self, c: Computed, bill: Bill) -> Any:
         after = c.stay_before.plus(c.split.stay) if c.split.stay is not None else None
@@ -200,9 +248,8 @@ class SettlementService:
         snap = self.static.snapshot
         inst = self.ctx.institution(snap, env.institution_code)
         pid = await self.ctx.person_id(ref)
-        on = self.ctx.now().date()
-        person = await self.ctx.read_person(pid, ref, on.year)
-        return pb.PreSettleResponse(split=self.encode(self.compute(snap, inst, person, bill, on), bill))
+        person, care = await self.read_for(snap, pid, ref, bill, None)
+        return pb.PreSettleResponse(split=self.encode(self.compute(snap, inst, person, bill, care), bill))
 
     async def settle(self, env: Envelope, ref: PersonRef, bill: Bill, payload_hash: str) -> Settled:
         snap = (
@@ -214,14 +261,14 @@ class SettlementService:
         async with self.ctx.person_lock(pid):
             for attempt in range(self.ctx.limits.commit_retries_max):
                 now = self.ctx.now()
-                on = now.date()
-                person = await self.ctx.read_person(pid, ref, on.year, (inst.code, env.message_id))
+                person, care = await self.read_for(snap, pid, ref, bill, (inst.code, env.message_id))
+                on = care.day
                 earlier = person.earlier.earlier if person.earlier is not None else None
                 seen = classify(earlier, "settle", payload_hash, pid)
                 if seen == "resend":  # answer as the first time, whatever changed since
                     return resent(env, person.earlier_response)
                 refuse_seen(seen, env)
-                c = self.compute(snap, inst, person, bill, on)
+                c = self.compute(snap, inst, person, bill, care)
                 sid = f"S{partition:03d}-{now:%y%m%d}-{secrets.token_hex(8)}"
                 admitted = admit(c.year, person.balance_fen, sid, c.split, bill.stay_id)
                 if isinstance(admitted, EngineRejected):
@@ -282,7 +329,7 @@ class SettlementService:
         for enrolment in p.enrolments:
             if not enrolment.in_force(on):
                 continue
-            policy = snap.policies.get(enrolment.region)
+            policy = snap.policy(enrolment.region, on)
             tier = tier_in_force(enrolment, policy.tier_switch, on) if policy else None
             response.enrolments.add(
                 region=enrolment.region,

@@ -406,13 +406,16 @@ class SettlementServicer:
         env, ref = codec.decode_envelope(request.envelope), codec.decode_person(request.person)
         return await self.service.eligibility(env, ref)  # the ID number masked by edge/privacy.py
 
+    def today(self) -> Any:
+        return self.service.ctx.now().date()  # the gateway's date in its zone: dates are checked by it
+
     async def PreSettle(self, request: Any, context: Any = None) -> Any:
-        env, ref, bill = codec.decode_settle(request)
+        env, ref, bill = codec.decode_settle(request, self.today())
         self.ready()
         return await self.service.presettle(env, ref, bill)
 
     async def Settle(self, request: Any, context: Any = None) -> bytes:
-        env, ref, bill = codec.decode_settle(request)
+        env, ref, bill = codec.decode_settle(request, self.today())
         self.ready()
         settled = await self.service.settle(env, ref, bill, codec.payload_hash(request.person, request.bill))
         return settled.response  # stored bytes, sent as they are (see passthrough)

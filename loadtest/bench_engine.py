@@ -50,7 +50,10 @@ def main() -> None:
     inst = data.institutions["H50010300001"]  # level 3, Yuzhong
     rec = data.persons["PSN500000000001"]  # employee with a personal account
     codes = [
-        e.code for e in catalog.entries.values() if e.item_class.value in "AB" and not e.special_diseases
+        e.code
+        for found in catalog.periods.values()
+        for e in found[:1]
+        if e.item_class.value in "AB" and not e.special_diseases
     ]
     print(f"python {platform.python_version()} on {platform.machine()}, {platform.processor() or 'cpu'}")
     print(f"{'bill':<22}{'median µs':>11}{'p99 µs':>9}{'µs/line':>9}{'baseline µs':>13}{'ratio':>7}")

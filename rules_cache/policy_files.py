@@ -25,6 +25,7 @@ from gateway.engine.policy import (
     Plan,
     Policy,
     Ratio,
+    StayDate,
     StayRule,
     SupplementaryLayer,
     TierSwitch,
@@ -76,6 +77,7 @@ def parse_policy(data: dict[str, Any], source: str) -> Policy:
         level3=parse_level3(top.opt_table("level3_out_of_district")),
         out_of_region=parse_out_of_region(top.opt_table("out_of_region")),
         corrections=mode,
+        stay_date=top.enum("stay_date", StayDate, StayDate.DISCHARGE),
         source=source,
     )
     top.done()

@@ -4,6 +4,8 @@ source, the field path and the reason (rules_cache.reader.DataError)."""
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from gateway.engine.model import (
@@ -11,6 +13,7 @@ from gateway.engine.model import (
     ApprovalKind,
     Bill,
     BillLine,
+    Catalog,
     CatalogEntry,
     DiseaseRegistration,
     Enrolment,
@@ -27,9 +30,10 @@ from gateway.engine.model import (
     TierChange,
     VisitType,
 )
-from rules_cache.reader import Reader
+from rules_cache.reader import DataError, Reader
 
 LINES_MAX = 500  # a bill longer than this is an input error, not a big bill
+CATALOG_ENTRIES_MAX = 200_000  # a real provincial drug list has about 60,000
 QUANTITY_MAX = 100_000
 UNIT_PRICE_MAX_FEN = 100_000_000  # one million yuan per unit
 BALANCE_IMPORT_MAX_FEN = 10_000_000_000  # 100 million yuan: a personal account balance beyond is an error
@@ -84,6 +88,37 @@ def catalog_entry(row: dict[str, Any], source: str, path: str) -> CatalogEntry:
     )
     r.done()
     return entry
+
+
+def catalog(
+    rows: Iterable[dict[str, Any]],
+    region: str,
+    version: str,
+    source: str,
+    where: Callable[[int], str] = lambda i: f"[{i}]",
+    entries_max: int = CATALOG_ENTRIES_MAX,
+) -> Catalog:
+    """The one parser of a catalog, whatever it came from (a CSV export, a published blob, a case file):
+    every row validated; a code may appear several times, with validity periods that do not overlap;
+    overlapping periods are refused naming the code and the dates. `where(i)` names row i in errors."""
+    by_code: dict[str, list[tuple[CatalogEntry, str]]] = {}
+    for i, row in enumerate(rows):
+        if i >= entries_max:
+            raise DataError(source, "", f"more than {entries_max} entries in one catalog")
+        entry = catalog_entry(row, source, where(i))
+        by_code.setdefault(entry.code, []).append((entry, where(i)))
+    for code, found in by_code.items():
+        found.sort(key=lambda pair: pair[0].effective_from)
+        for (earlier, _), (later, at) in itertools.pairwise(found):
+            if earlier.effective_to is None or earlier.effective_to >= later.effective_from:
+                until = earlier.effective_to.isoformat() if earlier.effective_to else "open-ended"
+                raise DataError(
+                    source,
+                    f"{at}.effective_from",
+                    f"{code}: the period from {later.effective_from} overlaps the one from"
+                    f" {earlier.effective_from} to {until}; a code's periods must not overlap",
+                )
+    return Catalog.of(region, version, (e for found in by_code.values() for e, _ in found))
 
 
 def institution(row: dict[str, Any], source: str, path: str) -> Institution:

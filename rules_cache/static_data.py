@@ -16,18 +16,20 @@ import json
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 import cachetools
 import redis.asyncio as aioredis
 
-from gateway.engine.model import Catalog, CatalogEntry, Institution
-from gateway.engine.policy import Policy
+from gateway.engine.model import Catalog, Institution
+from gateway.engine.policy import Policy, in_force_on
 from rules_cache import records
 from rules_cache.keys import STATIC_CHANNEL, STATIC_POINTER, static_key, text
 from rules_cache.notices import follow_channel
 from rules_cache.policy_files import parse_policy
 from rules_cache.reader import DataError
+from rules_cache.staging import describe, stage
 from telemetry import metrics
 
 PARSED_MAX = 256  # parsed static blobs kept per process (current versions and a few old ones)
@@ -35,14 +37,18 @@ PARSED_MAX = 256  # parsed static blobs kept per process (current versions and a
 
 @dataclass(frozen=True, slots=True)
 class StaticSnapshot:
-    versions: Mapping[str, str] = field(default_factory=dict)  # pointer field -> version
-    policies: Mapping[str, Policy] = field(default_factory=dict)  # by insured region
+    versions: Mapping[str, str] = field(default_factory=dict)  # pointer field -> version(s)
+    policies: Mapping[str, tuple[Policy, ...]] = field(default_factory=dict)  # staged, by insured region
     catalogs: Mapping[str, Catalog] = field(default_factory=dict)  # by region of treatment
     institutions: Mapping[str, Institution] = field(default_factory=dict)
 
     @property
     def ready(self) -> bool:
         return bool(self.policies and self.catalogs and self.institutions)
+
+    def policy(self, region: str, on: date) -> Policy | None:
+        """The version of the region's policy in force on the date of care."""
+        return in_force_on(self.policies.get(region, ()), on)
 
 
 def parse_blob(kind: str, region: str, version: str, blob: bytes) -> Any:
@@ -51,11 +57,7 @@ def parse_blob(kind: str, region: str, version: str, blob: bytes) -> Any:
         return parse_policy(tomllib.loads(blob.decode("utf-8")), source)
     rows = json.loads(blob)
     if kind == "catalog":
-        entries: dict[str, CatalogEntry] = {}
-        for i, row in enumerate(rows):
-            entry = records.catalog_entry(row, source, f"[{i}]")
-            entries[entry.code] = entry
-        return Catalog(region, version, entries)
+        return records.catalog(rows, region, version, source)
     if kind == "institutions":
         return {
             inst.code: inst for inst in (records.institution(r, source, f"[{i}]") for i, r in enumerate(rows))
@@ -72,6 +74,17 @@ def split_field(name: str) -> tuple[str, str]:
     return kind, region or "-"
 
 
+def pointer_keys(pointer: Mapping[str, str]) -> list[tuple[str, str, str, str]]:
+    """(field, kind, region, key) of every published version the pointer names: a policy field names
+    every staged version of its region, space separated."""
+    out = []
+    for name, versions in pointer.items():
+        kind, region = split_field(name)
+        for version in versions.split():
+            out.append((name, kind, region, static_key(kind, region, version)))
+    return out
+
+
 class StaticCache:
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
@@ -81,12 +94,14 @@ class StaticCache:
         self._versions_shown: set[tuple[str, str, str]] = set()
 
     async def refresh(self) -> StaticSnapshot:
-        """Load what the pointer names (reading only the blobs not yet parsed), then swap."""
+        """Load what the pointer names (reading only the blobs not yet parsed), then swap. Blobs are
+        parsed in a worker thread: a 60,000-entry catalog takes seconds to validate, and the event loop
+        goes on answering meanwhile (the snapshot in use stays the old one until the swap)."""
         async with self._lock:
             raw = await self.client.hgetall(STATIC_POINTER)
             pointer = {text(k): text(v) for k, v in raw.items()}
-            wanted = {name: static_key(*split_field(name), version) for name, version in pointer.items()}
-            missing = [key for key in wanted.values() if key not in self._parsed]
+            wanted = pointer_keys(pointer)
+            missing = [key for *_, key in wanted if key not in self._parsed]
             metrics.CACHE.labels("l1", "static", "hit").inc(len(wanted) - len(missing))
             metrics.CACHE.labels("l1", "static", "miss").inc(len(missing))
             if missing:
@@ -97,19 +112,20 @@ class StaticCache:
                     if blob is None:
                         raise DataError(key, "", "published version is missing from Redis")
                     _, _, kind, region, version = key.split(":", 4)
-                    self._parsed[key] = parse_blob(kind, region, version, blob)
-            policies, catalogs, institutions = {}, {}, {}
-            for name, key in wanted.items():
-                kind, region = split_field(name)
+                    self._parsed[key] = await asyncio.to_thread(parse_blob, kind, region, version, blob)
+            policies: dict[str, list[Policy]] = {}
+            catalogs, institutions = {}, {}
+            for _, kind, region, key in wanted:
                 value = self._parsed[key]
                 if kind == "policy":
-                    policies[region] = value
+                    policies.setdefault(region, []).append(value)
                 elif kind == "catalog":
                     catalogs[region] = value
                 else:
                     institutions = value
-            self.snapshot = StaticSnapshot(pointer, policies, catalogs, institutions)
-            current = {(*split_field(name), version) for name, version in pointer.items()}
+            staged = {r: tuple(sorted(ps, key=lambda p: p.effective_from)) for r, ps in policies.items()}
+            self.snapshot = StaticSnapshot(pointer, staged, catalogs, institutions)
+            current = {(kind, region, key.rsplit(":", 1)[1]) for _, kind, region, key in wanted}
             for old in self._versions_shown - current:  # clear() is not possible across processes
                 metrics.STATIC_VERSION.labels(*old).set(0)
             for labels in current:
@@ -156,12 +172,14 @@ class FixedStatic:
         for c in catalogs:
             self._versions[("catalog", c.region, c.version)] = c
         self._versions[("institutions", "-", institutions_version)] = dict(institutions)
-        pointer = {f"policy:{p.region}": p.version for p in policies}
+        staged: dict[str, list[Policy]] = {}
+        for p in policies:
+            staged.setdefault(p.region, []).append(p)
+        ordered = {r: tuple(stage([], ps)) for r, ps in staged.items()}
+        pointer = {f"policy:{r}": " ".join(p.version for p in ps) for r, ps in ordered.items()}
         pointer.update({f"catalog:{c.region}": c.version for c in catalogs})
         pointer["institutions"] = institutions_version
-        self.snapshot = StaticSnapshot(
-            pointer, {p.region: p for p in policies}, {c.region: c for c in catalogs}, dict(institutions)
-        )
+        self.snapshot = StaticSnapshot(pointer, ordered, {c.region: c for c in catalogs}, dict(institutions))
 
     async def load(self, kind: str, region: str, version: str) -> Any:
         found = self._versions.get((kind, region, version))
@@ -179,6 +197,7 @@ class Publication:
     """What to publish: blobs by (kind, region, version). Validated before anything is written."""
 
     blobs: dict[tuple[str, str, str], bytes] = field(default_factory=dict)
+    timelines: list[str] = field(default_factory=list)  # what is in force on which dates, once published
 
     def add_policy(self, toml_text: str, source: str) -> Policy:
         policy = parse_policy(tomllib.loads(toml_text), source)
@@ -199,14 +218,47 @@ class Publication:
         self.blobs[("institutions", "-", version)] = blob
         return version
 
-    async def publish(self, client: aioredis.Redis) -> dict[str, str]:
+    async def staged(self, client: aioredis.Redis, force: bool) -> dict[str, list[Policy]]:
+        """Each region's policy versions once this publication is added to what is published: checked
+        to follow one another (rules_cache.staging)."""
+        new: dict[str, list[Policy]] = {}
+        for (kind, region, version), blob in self.blobs.items():
+            if kind == "policy":
+                new.setdefault(region, []).append(parse_blob(kind, region, version, blob))
+        out = {}
+        for region, policies in new.items():
+            published = text(await client.hget(STATIC_POINTER, pointer_field("policy", region)) or b"")
+            existing = []
+            for version in published.split():
+                held = await client.get(static_key("policy", region, version))
+                if held is not None:
+                    raw = held if isinstance(held, bytes) else held.encode()
+                    existing.append(parse_blob("policy", region, version, raw))
+            out[region] = stage(existing, policies, force)
+        return out
+
+    async def publish(
+        self, client: aioredis.Redis, force: bool = False, dry_run: bool = False
+    ) -> dict[str, str]:
+        """Writes the blobs (refusing to change a published version), then switches the pointer in one
+        HSET and announces it. Policies are staged beside the versions already published; with
+        `dry_run`, everything is checked and nothing is written (see `timelines`)."""
+        staged = await self.staged(client, force)
+        self.timelines = [line for region, ps in sorted(staged.items()) for line in describe(region, ps)]
         for (kind, region, version), blob in self.blobs.items():
             key = static_key(kind, region, version)
-            if not await client.set(key, blob, nx=True) and await client.get(key) != blob:
+            held = await client.get(key)
+            if held is not None and held != blob:
                 raise DataError(
                     key, "version", f"version {version} is already published with other content: bump it"
                 )
-        pointer = {pointer_field(k, r): v for (k, r, v) in self.blobs}
+        pointer = {pointer_field(k, r): v for (k, r, v) in self.blobs if k != "policy"}
+        for region, ps in staged.items():
+            pointer[pointer_field("policy", region)] = " ".join(p.version for p in ps)
+        if dry_run:
+            return pointer
+        for (kind, region, version), blob in self.blobs.items():
+            await client.set(static_key(kind, region, version), blob, nx=True)
         if pointer:
             await client.hset(STATIC_POINTER, mapping=dict(pointer))  # type: ignore[arg-type]
             await client.publish(STATIC_CHANNEL, json.dumps(pointer))

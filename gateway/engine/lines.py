@@ -33,9 +33,9 @@ class LineContext(NamedTuple):
     first_selfpay_bp: Mapping[ItemKind, int]
 
 
-def coverage_flag(entry: CatalogEntry, ctx: LineContext) -> str | None:
-    """Why the entry is not covered for this visit, or None when it is."""
-    if entry.effective_from > ctx.on or (entry.effective_to is not None and ctx.on > entry.effective_to):
+def coverage_flag(entry: CatalogEntry, ctx: LineContext, day: date) -> str | None:
+    """Why the entry is not covered for this line (served on `day`), or None when it is."""
+    if entry.effective_from > day or (entry.effective_to is not None and day > entry.effective_to):
         return "NOT_EFFECTIVE"
     if entry.item_class is ItemClass.C:
         return "CLASS_C"
@@ -70,7 +70,7 @@ def split_line(line: BillLine, entry: CatalogEntry, ctx: LineContext, quantity_u
     quantity limit holds across lines."""
     price = line.unit_price_fen
     amount = price * line.quantity
-    not_covered = coverage_flag(entry, ctx)
+    not_covered = coverage_flag(entry, ctx, line.service_on or ctx.on)
     if not_covered is not None:
         return LineSplit(
             line.line_no,

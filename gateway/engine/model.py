@@ -4,10 +4,14 @@ never parses anything."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import bisect
+import itertools
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from enum import StrEnum
+
+from gateway.engine.money import InvariantViolation
 
 
 class Scheme(StrEnum):
@@ -235,6 +239,7 @@ class BillLine:
     unit_price_fen: int
     quantity: int  # in the catalog entry's dispensing unit (a tablet, a box, a day)
     line_no: int = 0
+    service_on: date | None = None  # fee_ocur_time: the catalog entry valid on this day prices the line
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,12 +252,58 @@ class Bill:
     use_account: bool = True  # the patient may decline paying from the personal account
     stay_id: str | None = None  # groups the interim parts of one inpatient stay (中途结算)
     interim: bool = False  # an interim part: the stay stays open for further parts
+    visit_on: date | None = None  # outpatient, special, pharmacy: the day of the visit
+    admitted_on: date | None = None  # inpatient, maternity: begndate
+    discharged_on: date | None = None  # inpatient, maternity: enddate (an interim part: the day it runs to)
+
+    def care_date(self, by_admission: bool) -> date | None:
+        """The date of care that chooses the policy version and the plan-year: the visit date, or for a
+        stay its discharge date (or its admission date, when the policy says so)."""
+        if self.admitted_on is not None or self.discharged_on is not None:
+            return self.admitted_on if by_admission else self.discharged_on
+        return self.visit_on
+
+
+def effective_from(entry: CatalogEntry) -> date:
+    return entry.effective_from
 
 
 @dataclass(frozen=True, slots=True)
 class Catalog:
-    """One published version of a region's catalog (the place of treatment's, for cross-region care)."""
+    """One published version of a region's catalog (the place of treatment's, for cross-region care).
+    A code may have several entries with validity periods that do not overlap (the usual "old price
+    limit until 06-30, new one from 07-01"): a line is priced with the one valid on its service date."""
 
     region: str
     version: str
-    entries: Mapping[str, CatalogEntry]
+    periods: Mapping[str, tuple[CatalogEntry, ...]]  # by code, ordered by effective_from
+
+    @staticmethod
+    def of(region: str, version: str, entries: Iterable[CatalogEntry]) -> Catalog:
+        """The catalog of these entries. Overlapping periods of one code are a programmer error here:
+        the parsers (rules_cache.records.catalog) refuse them first, naming the code and the dates."""
+        by_code: dict[str, list[CatalogEntry]] = {}
+        for e in entries:
+            by_code.setdefault(e.code, []).append(e)
+        periods = {}
+        for code, found in by_code.items():
+            found.sort(key=effective_from)
+            for earlier, later in itertools.pairwise(found):
+                if earlier.effective_to is None or earlier.effective_to >= later.effective_from:
+                    raise InvariantViolation(f"catalog {version}: {code} has overlapping validity periods")
+            periods[code] = tuple(found)
+        return Catalog(region, version, periods)
+
+    def entry(self, code: str, on: date) -> CatalogEntry | None:
+        """The entry of `code` valid on `on`; when none is, the nearest one (which then prices the line
+        as not effective); None when the code is not in the catalog at all. O(log periods)."""
+        found = self.periods.get(code)
+        if found is None:
+            return None
+        if len(found) == 1:
+            return found[0]
+        i = bisect.bisect_right(found, on, key=effective_from) - 1
+        return found[max(i, 0)]
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.periods.values())

@@ -174,6 +174,13 @@ class TierSwitch:
     upgrade_wait_months: int = 0
 
 
+class StayDate(StrEnum):
+    """Which date of a stay chooses the policy version and the plan-year (a stay across 1 January)."""
+
+    DISCHARGE = "discharge"  # the usual rule: the year the patient is discharged (出院日期)
+    ADMISSION = "admission"
+
+
 class Corrections(StrEnum):
     """What a correction (reversal, partial refund) of a settlement that is not the latest of its
     plan-year does about the settlements computed after it."""
@@ -194,7 +201,22 @@ class Policy:
     level3: Level3Rule | None = None
     out_of_region: OutOfRegionRule | None = None
     corrections: Corrections = Corrections.REFUSE
+    stay_date: StayDate = StayDate.DISCHARGE
     source: str = ""  # the file it was loaded from, for error messages and audit
 
     def in_force(self, on: date) -> bool:
         return self.effective_from <= on and (self.effective_to is None or on <= self.effective_to)
+
+
+def in_force_on(versions: tuple[Policy, ...], on: date) -> Policy | None:
+    """Of a region's staged versions (ordered by effective_from), the one in force on `on`: the latest
+    that has begun, unless its own effective_to has passed. An open-ended version runs until the next
+    one takes over, so next year's policy can be published months ahead."""
+    found = None
+    for p in versions:
+        if p.effective_from > on:
+            break
+        found = p
+    if found is None or (found.effective_to is not None and on > found.effective_to):
+        return None
+    return found

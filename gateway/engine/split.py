@@ -103,9 +103,8 @@ def split(
     )
     lines: list[LineSplit] = []
     used: dict[str, int] = dict(stay.quantities)  # per-visit limits hold across a stay's parts
-    entries = catalog.entries
     for line in bill.lines:
-        entry = entries.get(line.code)
+        entry = catalog.entry(line.code, line.service_on or on)
         if entry is None:
             return Rejected(
                 Rejection.UNKNOWN_ITEM,

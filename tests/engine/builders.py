@@ -51,7 +51,7 @@ def entry(code: str, cls: str = "A", kind: str = "drug", **kw: object) -> Catalo
 
 
 def catalog(region: str, *entries: CatalogEntry) -> Catalog:
-    return Catalog(region, f"{region}-test", {e.code: e for e in entries})
+    return Catalog.of(region, f"{region}-test", entries)
 
 
 def institution(

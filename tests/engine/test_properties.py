@@ -93,7 +93,7 @@ def cases(draw: st.DrawFn) -> tuple[Bill, Policy, Catalog, object, object, Perso
         kind,
     )
     cat = draw(catalogs(where))
-    codes = sorted(cat.entries)
+    codes = sorted(cat.periods)
     lines = tuple(
         BillLine(
             draw(st.sampled_from(codes)), draw(st.integers(0, 3_000_000)), draw(st.integers(1, 5)), i + 1
@@ -212,7 +212,11 @@ def test_two_settlements_in_sequence_never_pay_more_than_the_combined_bill(case,
     if len(b.lines) < 2 or b.visit_type is VisitType.INPATIENT:
         return
     cat = dataclasses.replace(
-        cat, entries={k: dataclasses.replace(e, quantity_per_visit_max=None) for k, e in cat.entries.items()}
+        cat,
+        periods={
+            k: tuple(dataclasses.replace(e, quantity_per_visit_max=None) for e in found)
+            for k, found in cat.periods.items()
+        },
     )
     case = (b, pol, cat, inst, who, s)
     cut = 1 + cut % (len(b.lines) - 1)

@@ -9,7 +9,17 @@ import sys
 from pathlib import Path
 
 ENGINE = Path(__file__).resolve().parents[2] / "gateway" / "engine"
-ALLOWED = {"__future__", "collections", "dataclasses", "datetime", "enum", "typing", "functools"}
+ALLOWED = {
+    "__future__",
+    "collections",
+    "dataclasses",
+    "datetime",
+    "enum",
+    "typing",
+    "functools",
+    "bisect",
+    "itertools",
+}
 FORBIDDEN_CALLS = {"today", "now", "utcnow", "time", "monotonic", "perf_counter", "random", "open", "print"}
 
 

@@ -212,7 +212,7 @@ async def test_a_policy_that_readjudicates_books_the_later_stays_difference(
     text = text.replace('version = "jn-2026.1"', 'version = "jn-2026.1-readjudicate"')
     publication = Publication()
     publication.add_policy(text + '\n[corrections]\nlater_settlements = "readjudicate"\n', "jinan.toml")
-    await publication.publish(gateway.store.client)  # type: ignore[union-attr]
+    await publication.publish(gateway.store.client, force=True)  # type: ignore[union-attr]  # replaces it
     await gateway.service.static.refresh()  # type: ignore[union-attr]
     stays = []
     for _ in range(2):

@@ -18,7 +18,7 @@ def test_demo_data_covers_four_cities() -> None:
     data = load_citydata(ROOT)
     assert sorted(data.policies) == sorted(data.catalogs) == ["320900", "370100", "500000", "512000"]
     for catalog in data.catalogs.values():
-        entries = list(catalog.entries.values())
+        entries = [e for found in catalog.periods.values() for e in found]
         assert len(entries) >= 300
         assert {e.kind for e in entries} == set(ItemKind)
         assert {e.item_class for e in entries} == set(ItemClass)

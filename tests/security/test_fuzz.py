@@ -4,6 +4,7 @@ nothing raises anything else (which grpcio would turn into UNKNOWN)."""
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -30,14 +31,16 @@ def validate(kind: Any, message: Any) -> None:
     """The validation each servicer method runs on a decoded request before any business code."""
     name = kind.DESCRIPTOR.name
     if name == "SettleRequest":
-        codec.decode_settle(message)
+        codec.decode_settle(message, date(2026, 6, 15))
     elif name == "QueryEligibilityRequest":
         violations = codec.envelope_violations(message.envelope) + codec.person_violations(message.person)
         if violations:
             raise InvalidInput(violations)
-    elif name in ("ReverseRequest", "GetSettlementRequest"):
+    elif name in ("ReverseRequest", "GetSettlementRequest", "RefundRequest"):
         target_violations(message)
         decode_lookup(message)
+        if name == "RefundRequest":
+            codec.refund_lines(message)
     elif name == "ReconcileRequest":
         codec.envelope_violations(message.envelope)
         start, end = period(message.date_from, message.date_to)
@@ -47,8 +50,8 @@ def validate(kind: Any, message: Any) -> None:
 
 
 KINDS = [
-    pb.SettleRequest, pb.QueryEligibilityRequest, pb.ReverseRequest, pb.GetSettlementRequest,
-    pb.ReconcileRequest, pb.StatementRequest, pb.PingRequest,
+    pb.SettleRequest, pb.QueryEligibilityRequest, pb.ReverseRequest, pb.RefundRequest,
+    pb.GetSettlementRequest, pb.ReconcileRequest, pb.StatementRequest, pb.PingRequest,
 ]  # fmt: skip
 
 
