@@ -32,7 +32,7 @@ from gateway.edge import privacy
 from gateway.engine import Rejected as EngineRejected
 from gateway.engine import Rejection, Split, split
 from gateway.engine.corrections import LiveSettlement, Money, SettlementInputs, admit, classify
-from gateway.engine.eligibility import enrolment_in_force, tier_in_force
+from gateway.engine.eligibility import covered, tier_in_force
 from gateway.engine.model import Bill, Enrolment, Institution, StayTotals
 from gateway.engine.plan_year import PlanKey, PlanYear
 from gateway.engine.policy import CapOn, Policy, StayDate
@@ -383,17 +383,31 @@ class SettlementService:
                     valid_from=approval.valid_from.isoformat(),
                     valid_to=approval.valid_to.isoformat() if approval.valid_to else "",
                 )
-        home = next((e for e in p.enrolments if e.in_force(on)), None)
-        response.covered_here = bool(
-            inst.designated
-            and home is not None
-            and inst.region in snap.catalogs
-            and enrolment_in_force(p, home.region, on) is not None
-        )
+        refusal = coverage_today(snap, inst, person, on)
+        response.covered_here = refusal is None
+        if refusal is not None:
+            response.not_covered_reason = f"{refusal.code.name}: {refusal.reason}"
         return response
 
 
 # ---------------------------------------------------------------- shared helpers
+
+
+def coverage_today(
+    snap: StaticSnapshot, inst: Institution, person: PersonSnapshot, on: date
+) -> Rejected | None:
+    """What a PreSettle here today would be refused for before looking at a bill, or None: the same
+    checks, in the same order (gateway.engine.eligibility.covered), so QueryEligibility and PreSettle
+    agree."""
+    try:
+        enrolment = home_enrolment(person, on)
+        policy = policy_on(snap, enrolment.region, on)
+    except Rejected as exc:
+        return exc
+    if inst.region not in snap.catalogs:
+        return Rejected(Rejection.REGION_NOT_SERVED, f"no catalog of {inst.region} is loaded")
+    found = covered(person.person, policy, inst, on, None)
+    return Rejected(found.code, found.reason) if isinstance(found, EngineRejected) else None
 
 
 def refuse_seen(seen: str, env: Envelope) -> None:

@@ -3,9 +3,59 @@
 from __future__ import annotations
 
 from datetime import date
+from typing import NamedTuple
 
-from gateway.engine.model import ApprovalKind, Enrolment, Institution, Person, VisitType
-from gateway.engine.policy import Penalty, Policy, TierSwitch
+from gateway.engine.codes import Rejection
+from gateway.engine.model import ApprovalKind, Enrolment, EnrolmentStatus, Institution, Person, VisitType
+from gateway.engine.policy import Penalty, Plan, Policy, TierSwitch
+from gateway.engine.result import Rejected
+
+
+class Coverage(NamedTuple):
+    enrolment: Enrolment
+    tier: int
+    plan: Plan
+
+
+def covered(
+    person: Person, policy: Policy, institution: Institution, on: date, visit_type: VisitType | None
+) -> Coverage | Rejected:
+    """Whether this institution may settle for this person on `on` (for `visit_type`, when given), and
+    under which enrolment, tier and plan: the first checks of a split, and what QueryEligibility says,
+    so a card swipe and a pre-settlement never disagree."""
+    enrolment = enrolment_in_force(person, policy.region, on)
+    if enrolment is None:
+        return Rejected(Rejection.NOT_ENROLLED, f"no enrolment in region {policy.region} on {on}")
+    if enrolment.status is EnrolmentStatus.SUSPENDED:
+        return Rejected(Rejection.ENROLMENT_SUSPENDED, "enrolment suspended (contributions in arrears)")
+    if not policy.in_force(on):
+        return Rejected(Rejection.POLICY_NOT_IN_FORCE, f"policy {policy.version} not in force on {on}")
+    if not institution.designated:
+        return Rejected(
+            Rejection.INSTITUTION_NOT_DESIGNATED,
+            f"{institution.code} is not designated: pay in full and claim later",
+        )
+    if visit_type is not None and visit_type not in institution.visit_types:
+        return Rejected(
+            Rejection.VISIT_TYPE_NOT_AGREED, f"{institution.code} may not settle {visit_type} care"
+        )
+    tier = tier_in_force(enrolment, policy.tier_switch, on)
+    plan = policy.plans.get((enrolment.scheme, tier)) if tier is not None else None
+    if tier is None or plan is None:
+        return Rejected(Rejection.NO_PLAN, f"no plan for {enrolment.scheme} tier {tier}")
+    if visit_type is not None and visit_type not in plan.benefits:
+        return Rejected(
+            Rejection.VISIT_TYPE_NOT_COVERED, f"{enrolment.scheme} tier {tier} has no {visit_type} benefit"
+        )
+    out_rule = policy.out_of_region
+    if (
+        institution.region != enrolment.region
+        and out_rule is not None
+        and out_rule.reject_unfiled
+        and not has_approval(person, out_rule.approval_kinds, on, institution.code)
+    ):
+        return Rejected(Rejection.OUT_OF_REGION_NOT_FILED, "out-of-region care needs a filing or referral")
+    return Coverage(enrolment, tier, plan)
 
 
 def enrolment_in_force(person: Person, region: str, on: date) -> Enrolment | None:

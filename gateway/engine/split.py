@@ -8,13 +8,12 @@ from datetime import date
 
 from gateway.engine.cascade import Visit, run_cascade
 from gateway.engine.codes import Rejection
-from gateway.engine.eligibility import enrolment_in_force, has_approval, penalty_for, tier_in_force
+from gateway.engine.eligibility import covered, penalty_for
 from gateway.engine.lines import STAY_VISITS, LineContext, split_line
 from gateway.engine.model import (
     NO_STAY,
     Bill,
     Catalog,
-    EnrolmentStatus,
     Institution,
     Person,
     PersonState,
@@ -43,41 +42,12 @@ def split(
     personal account balance the bill may use; `stay` what the earlier live parts of the bill's stay
     add up to (an interim settlement's later parts continue its deductible, bands and quantities)."""
     require(catalog.region == institution.region, "the catalog must be the place of treatment's")
-    enrolment = enrolment_in_force(person, policy.region, on)
-    if enrolment is None:
-        return Rejected(Rejection.NOT_ENROLLED, f"no enrolment in region {policy.region} on {on}")
-    if enrolment.status is EnrolmentStatus.SUSPENDED:
-        return Rejected(Rejection.ENROLMENT_SUSPENDED, "enrolment suspended (contributions in arrears)")
-    if not policy.in_force(on):
-        return Rejected(Rejection.POLICY_NOT_IN_FORCE, f"policy {policy.version} not in force on {on}")
-    if not institution.designated:
-        return Rejected(
-            Rejection.INSTITUTION_NOT_DESIGNATED,
-            f"{institution.code} is not designated: pay in full and claim later",
-        )
-    if bill.visit_type not in institution.visit_types:
-        return Rejected(
-            Rejection.VISIT_TYPE_NOT_AGREED, f"{institution.code} may not settle {bill.visit_type} care"
-        )
-    tier = tier_in_force(enrolment, policy.tier_switch, on)
-    plan = policy.plans.get((enrolment.scheme, tier)) if tier is not None else None
-    if tier is None or plan is None:
-        return Rejected(Rejection.NO_PLAN, f"no plan for {enrolment.scheme} tier {tier}")
-    benefit = plan.benefits.get(bill.visit_type)
-    if benefit is None:
-        return Rejected(
-            Rejection.VISIT_TYPE_NOT_COVERED,
-            f"{enrolment.scheme} tier {tier} has no {bill.visit_type} benefit",
-        )
+    found = covered(person, policy, institution, on, bill.visit_type)
+    if isinstance(found, Rejected):
+        return found
+    enrolment, _, plan = found
+    benefit = plan.benefits[bill.visit_type]
     cross_region = institution.region != enrolment.region
-    out_rule = policy.out_of_region
-    if (
-        cross_region
-        and out_rule is not None
-        and out_rule.reject_unfiled
-        and not has_approval(person, out_rule.approval_kinds, on, institution.code)
-    ):
-        return Rejected(Rejection.OUT_OF_REGION_NOT_FILED, "out-of-region care needs a filing or referral")
 
     if stay.closed:
         return Rejected(Rejection.STAY_CLOSED, f"stay {bill.stay_id} has a final settlement already")
