@@ -15,6 +15,7 @@ from gateway.engine.policy import Policy
 from rules_cache import records
 from rules_cache.policy_files import load_policy_file
 from rules_cache.reader import DataError
+from rules_cache.staging import stage
 
 DEFAULT_CITYDATA = Path(__file__).resolve().parent.parent / "citydata"
 
@@ -81,7 +82,7 @@ def load_persons(path: Path) -> dict[str, PersonRecord]:
 class CityData:
     """Everything the demo ships, loaded and validated."""
 
-    policies: dict[str, Policy]  # by region
+    policies: dict[str, tuple[Policy, ...]]  # staged versions, by region
     catalogs: dict[str, Catalog]  # by region
     institutions: dict[str, Institution]
     persons: dict[str, PersonRecord]
@@ -89,12 +90,12 @@ class CityData:
 
 def load_citydata(root: Path | None = None) -> CityData:
     root = root or citydata_dir()
-    policies = {}
+    by_region: dict[str, list[Policy]] = {}
     for path in sorted((root / "policies").glob("*.toml")):
         policy = load_policy_file(path)
-        if policy.region in policies:
-            raise DataError(path.name, "region", f"a second policy for region {policy.region}")
-        policies[policy.region] = policy
+        by_region.setdefault(policy.region, []).append(policy)
+    # a region's versions follow one another, as a publication requires (rules_cache/staging.py)
+    policies = {region: tuple(stage([], found)) for region, found in by_region.items()}
     catalogs = {}
     for path in sorted((root / "catalogs").glob("*.csv")):
         region = path.stem

@@ -13,21 +13,29 @@ from typing import Any
 
 from adapters.citydata_files import citydata_dir, person_record
 from gateway.engine import Rejected, Split, SplitOutcome, split
-from gateway.engine.policy import Policy
+from gateway.engine.policy import Policy, in_force_on
 from rules_cache import records
 from rules_cache.policy_files import load_policy_file, parse_policy
 from rules_cache.reader import DataError, Reader
+from rules_cache.staging import stage
 
 
-def resolve_policy(value: Any, case_path: Path) -> Policy:
-    """A region code (a shipped policy), a path to a TOML file (relative to the case), or a table."""
+def resolve_policy(value: Any, case_path: Path, on: date) -> Policy:
+    """A region code (the shipped version in force on the case's date), a path to a TOML file (relative
+    to the case), or a table."""
     if isinstance(value, dict):
         return parse_policy(value, f"{case_path.name}#policy")
     if not isinstance(value, str) or not value:
         raise DataError(case_path.name, "policy", "expected a region code, a file path or a table")
     shipped = sorted((citydata_dir() / "policies").glob(f"{value}-*.toml"))
-    if len(shipped) == 1:
-        return load_policy_file(shipped[0])
+    if shipped:
+        versions = tuple(stage([], [load_policy_file(p) for p in shipped]))
+        policy = in_force_on(versions, on)
+        if policy is None:
+            raise DataError(
+                case_path.name, "as_of", f"no shipped policy of region {value} is in force on {on}"
+            )
+        return policy
     path = (case_path.parent / value).resolve()
     if not path.is_file():
         raise DataError(case_path.name, "policy", f"{value!r} is neither a shipped region nor a file")
@@ -41,7 +49,7 @@ def load_case(path: Path) -> tuple[Any, ...]:
         raise DataError(path.name, "", f"not valid JSON: {exc}") from None
     r = Reader(data, path.name)
     on = r.day("as_of")
-    policy = resolve_policy(r.raw("policy"), path)
+    policy = resolve_policy(r.raw("policy"), path, on)
     inst = records.institution(r.raw("institution"), path.name, "institution")
     rows = r.raw("catalog")
     if not isinstance(rows, list):

@@ -404,7 +404,7 @@ async def load(args: argparse.Namespace) -> int:
     client = redis_client(url, Config())
     try:
         if args.dir:
-            report = await load_citydata_dir(client, Path(args.dir))
+            report = await load_citydata_dir(client, Path(args.dir), args.force, args.dry_run)
         else:
             catalogs = {}
             for item in args.catalog or []:
@@ -416,12 +416,17 @@ async def load(args: argparse.Namespace) -> int:
                 catalogs=catalogs,
                 institutions=Path(args.institutions) if args.institutions else None,
                 persons=Path(args.persons) if args.persons else None,
+                force=args.force,
+                dry_run=args.dry_run,
             )
     finally:
         await client.aclose()
+    verb = "would publish" if args.dry_run else "published"
     for name, version in sorted(report.versions.items()):
-        print(f"published {name} = {version}")
-    print(f"persons written: {report.persons}")
+        print(f"{verb} {name} = {version}")
+    for line in report.timelines:
+        print(line)
+    print("dry run: nothing written" if args.dry_run else f"persons written: {report.persons}")
     return 0
 
 
@@ -683,6 +688,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--catalog", action="append", metavar="REGION=FILE.csv", help="a catalog (repeatable)")
     p.add_argument("--institutions", help="institutions CSV")
     p.add_argument("--persons", help="persons JSON (new persons, or updates of existing ones)")
+    p.add_argument(
+        "--dry-run", action="store_true", help="validate and show what would be in force on which dates"
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="publish a policy version that leaves days with no policy, or replaces one of the same start",
+    )
     p.set_defaults(func=lambda a: asyncio.run(load(a)))
 
     p = sub.add_parser("demo", help="swipe demo cards against a running gateway and check every step")

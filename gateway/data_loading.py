@@ -5,7 +5,7 @@ static file validates."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -22,6 +22,7 @@ PERSONS_PER_FILE_MAX = 5_000_000
 class LoadReport:
     versions: dict[str, str]
     persons: int
+    timelines: list[str] = field(default_factory=list)
 
 
 async def load_files(
@@ -30,12 +31,17 @@ async def load_files(
     catalogs: dict[str, Path] | None = None,
     institutions: Path | None = None,
     persons: Path | None = None,
+    force: bool = False,
+    dry_run: bool = False,
 ) -> LoadReport:
+    """With `dry_run`, everything is validated and `timelines` says what would be in force on which
+    dates; nothing is written. `force` publishes a policy version that leaves a gap or replaces one
+    beginning on the same day (rules_cache/staging.py)."""
     publication = Publication()
     for path in policies:
         publication.add_policy(path.read_text(encoding="utf-8"), path.name)
     for region, path in (catalogs or {}).items():
-        publication.add_catalog(region, read_csv(path))
+        publication.add_catalog(region, read_csv(path), source=path.name, where=lambda i: f"line {i + 2}")
     if institutions is not None:
         publication.add_institutions(read_csv(institutions))
     records = []
@@ -51,18 +57,24 @@ async def load_files(
     source = persons.name if persons else ""
     for i, record in enumerate(records):  # validate every person before writing any
         person_record(record, source, f"[{i}]")
-    versions = await publication.publish(client)
+    versions = await publication.publish(client, force=force, dry_run=dry_run)
+    if dry_run:
+        return LoadReport(versions, 0, publication.timelines)
     store = RedisStore(client)
     for i, record in enumerate(records):
         await store.put_person(record, f"{source}[{i}]")
-    return LoadReport(versions, len(records))
+    return LoadReport(versions, len(records), publication.timelines)
 
 
-async def load_citydata_dir(client: aioredis.Redis, root: Path) -> LoadReport:
+async def load_citydata_dir(
+    client: aioredis.Redis, root: Path, force: bool = False, dry_run: bool = False
+) -> LoadReport:
     return await load_files(
         client,
         policies=sorted((root / "policies").glob("*.toml")),
         catalogs={p.stem: p for p in sorted((root / "catalogs").glob("*.csv"))},
         institutions=root / "institutions.csv",
         persons=root / "persons.json",
+        force=force,
+        dry_run=dry_run,
     )

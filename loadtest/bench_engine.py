@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0)
     args = parser.parse_args()
     data = load_citydata()
-    policy = data.policies["500000"]
+    policy = data.policies["500000"][0]
     catalog = data.catalogs["500000"]
     inst = data.institutions["H50010300001"]  # level 3, Yuzhong
     rec = data.persons["PSN500000000001"]  # employee with a personal account

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, timedelta
 
+from gateway.engine.model import Catalog
 from gateway.engine.policy import Policy
 from rules_cache.reader import DataError
 
@@ -95,4 +96,29 @@ def describe(region: str, ordered: list[Policy]) -> list[str]:
             lines.append(f"  {span.last + ONE_DAY} to {following.first - ONE_DAY}: NOTHING IN FORCE")
     if spans and spans[-1].last is not None:
         lines.append(f"  from {spans[-1].last + ONE_DAY}: NOTHING IN FORCE (every bill refused)")
+    return lines
+
+
+def describe_catalog(catalog: Catalog) -> list[str]:
+    """A catalog version's validity periods as lines a person reads: on which days entries begin or end,
+    so a price limit that changes on 07-01 shows before it is published."""
+    starts: dict[date, int] = {}
+    ends: dict[date, int] = {}
+    for found in catalog.periods.values():
+        for e in found:
+            starts[e.effective_from] = starts.get(e.effective_from, 0) + 1
+            if e.effective_to is not None:
+                ends[e.effective_to] = ends.get(e.effective_to, 0) + 1
+    several = sum(1 for found in catalog.periods.values() if len(found) > 1)
+    lines = [
+        f"catalog of region {catalog.region}, version {catalog.version}: {len(catalog.periods)} codes,"
+        f" {len(catalog)} entries, {several} codes with several validity periods"
+    ]
+    for day in sorted(set(starts) | set(ends))[-12:]:  # the latest changes, the ones still to come
+        parts = []
+        if day in starts:
+            parts.append(f"{starts[day]} entries begin")
+        if day in ends:
+            parts.append(f"{ends[day]} entries end (last day)")
+        lines.append(f"  {day}: " + ", ".join(parts))
     return lines

@@ -14,7 +14,7 @@ import asyncio
 import hashlib
 import json
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -29,7 +29,7 @@ from rules_cache.keys import STATIC_CHANNEL, STATIC_POINTER, static_key, text
 from rules_cache.notices import follow_channel
 from rules_cache.policy_files import parse_policy
 from rules_cache.reader import DataError
-from rules_cache.staging import describe, stage
+from rules_cache.staging import describe, describe_catalog, stage
 from telemetry import metrics
 
 PARSED_MAX = 256  # parsed static blobs kept per process (current versions and a few old ones)
@@ -198,17 +198,30 @@ class Publication:
 
     blobs: dict[tuple[str, str, str], bytes] = field(default_factory=dict)
     timelines: list[str] = field(default_factory=list)  # what is in force on which dates, once published
+    catalogs: list[Catalog] = field(default_factory=list)
 
     def add_policy(self, toml_text: str, source: str) -> Policy:
         policy = parse_policy(tomllib.loads(toml_text), source)
         self.blobs[("policy", policy.region, policy.version)] = toml_text.encode("utf-8")
         return policy
 
-    def add_catalog(self, region: str, rows: list[dict[str, Any]], version: str | None = None) -> str:
+    def add_catalog(
+        self,
+        region: str,
+        rows: list[dict[str, Any]],
+        version: str | None = None,
+        source: str = "",
+        where: Callable[[int], str] = lambda i: f"[{i}]",
+    ) -> str:
+        """Validates the rows with the one catalog parser (errors name `source` and the row), then
+        stages the blob. The catalog's validity periods are listed in `timelines`."""
         blob = json.dumps(rows, ensure_ascii=False, sort_keys=True).encode("utf-8")
         version = version or content_version(region, blob)
-        parse_blob("catalog", region, version, blob)
+        catalog = records.catalog(
+            rows, region, version, source or static_key("catalog", region, version), where
+        )
         self.blobs[("catalog", region, version)] = blob
+        self.catalogs.append(catalog)
         return version
 
     def add_institutions(self, rows: list[dict[str, Any]], version: str | None = None) -> str:
@@ -245,6 +258,8 @@ class Publication:
         `dry_run`, everything is checked and nothing is written (see `timelines`)."""
         staged = await self.staged(client, force)
         self.timelines = [line for region, ps in sorted(staged.items()) for line in describe(region, ps)]
+        for catalog in self.catalogs:
+            self.timelines += describe_catalog(catalog)
         for (kind, region, version), blob in self.blobs.items():
             key = static_key(kind, region, version)
             held = await client.get(key)

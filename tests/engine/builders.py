@@ -31,8 +31,9 @@ from gateway.engine.model import (
     TierChange,
     VisitType,
 )
-from gateway.engine.policy import Policy
+from gateway.engine.policy import Policy, in_force_on
 from rules_cache.policy_files import load_policy_file
+from rules_cache.staging import stage
 
 POLICY_DIR = Path(__file__).resolve().parents[2] / "citydata" / "policies"
 ON = date(2026, 6, 15)  # the date of care in every case unless a case says otherwise
@@ -41,9 +42,12 @@ ALL_VISITS = frozenset(VisitType)
 
 
 @cache
-def policy(region: str) -> Policy:
-    (path,) = POLICY_DIR.glob(f"{region}-*.toml")
-    return load_policy_file(path)
+def policy(region: str, on: date = ON) -> Policy:
+    """The shipped version of the region's policy in force on `on` (a region may have several staged)."""
+    versions = tuple(stage([], [load_policy_file(p) for p in POLICY_DIR.glob(f"{region}-*.toml")]))
+    found = in_force_on(versions, on)
+    assert found is not None, (region, on)
+    return found
 
 
 def entry(code: str, cls: str = "A", kind: str = "drug", **kw: object) -> CatalogEntry:

@@ -181,7 +181,7 @@ def shipped(region: str) -> dict[str, object]:
     import tomllib
     from pathlib import Path
 
-    (path,) = (Path(__file__).resolve().parents[2] / "citydata" / "policies").glob(f"{region}-*.toml")
+    path = min((Path(__file__).resolve().parents[2] / "citydata" / "policies").glob(f"{region}-*.toml"))
     return tomllib.loads(path.read_text(encoding="utf-8"))
 
 

@@ -30,7 +30,8 @@ def error_of(data: dict[str, Any]) -> str:
 
 def test_every_shipped_policy_loads() -> None:
     versions = {load_policy_file(p).version for p in sorted(POLICIES.glob("*.toml"))}
-    assert versions == {"cq-2026.1", "yc-2026.1", "zy-2026.1", "jn-2026.1"}
+    # Chongqing's 2027 version is published ahead: it takes over on 2027-01-01
+    assert versions == {"cq-2026.1", "cq-2027.1", "yc-2026.1", "zy-2026.1", "jn-2026.1"}
 
 
 def test_seed_figures_for_chongqing_residents() -> None:
