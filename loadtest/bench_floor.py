@@ -25,7 +25,7 @@ out by `medsettle certs` (--certs DIR). The bare server and `serve` get the same
 CA; the load generator presents the institution's certificate, so the gateway's identity check passes
 and the ratio compares mTLS with mTLS. A plaintext bare server is measured too (unless
 --no-plaintext-floor), so the cost of TLS itself shows. --insecure measures plaintext end to end (bare
-server and `serve --insecure`). The gateway's per-institution edge limits are lifted (BENCH_LIMITS): one
+server and `serve --insecure`). The gateway's per-institution edge limits are lifted (bench_limits): one
 load generator acts for one institution at rates no real one reaches.
 
 Prints figures; asserts nothing. Every non-OK grpc-status is printed per code and call; the exit status
