@@ -6,7 +6,7 @@ everysec), then the bare server again. Every figure is printed beside the bare s
 
     .venv/bin/python -m loadtest.bench_floor [--seconds 5] [--rates 300,1000] [--workers 2,1]
         [--calls bare,ping,query,presettle10,settle10,settle60,reverse]
-        [--tls-cert F --tls-key F [--tls-ca F] [--tls-client-cert F --tls-client-key F]] [--tls-throwaway]
+        [--certs DIR] [--no-plaintext-floor] [--insecure]
 
 For each call: a warm-up, a closed loop (connections x streams in flight, as fast as answered) for the
 maximum throughput, and a paced open loop at the first rate (every rate for Settle, 10 lines, and for the
@@ -18,13 +18,18 @@ message id each, over --persons persons; Reverse takes back settlements of perso
 (--reverse-persons, each settled once, so each is its person's latest). The first --workers figure is
 the main table's; each further one gets a throughput row (bare, Ping, Settle) with its own bare server.
 
-TLS: --tls-cert/--tls-key/--tls-ca are the server's files, given to the bare server and to `serve`
-(--tls-ca makes it mutual TLS); the load generator verifies the server with --tls-ca and presents
---tls-client-cert/--tls-client-key. --tls-throwaway makes all of them in the temporary folder. With TLS,
-a plaintext bare server is measured too, so the cost of TLS itself shows. `serve` must know the --tls-*
-options (the edge work adds them): until then, TLS runs are limited to `--calls bare`.
+TLS: mutual TLS by default, as the gateway serves it and as its targets are stated. The run makes one PKI
+in its temporary folder (loadtest.certs: a CA, a server certificate for localhost/127.0.0.1, the probe's
+and a client certificate for the institution every frame names, frames.HOSPITAL), or uses a folder laid
+out by `medsettle certs` (--certs DIR). The bare server and `serve` get the same server files and client
+CA; the load generator presents the institution's certificate, so the gateway's identity check passes
+and the ratio compares mTLS with mTLS. A plaintext bare server is measured too (unless
+--no-plaintext-floor), so the cost of TLS itself shows. --insecure measures plaintext end to end (bare
+server and `serve --insecure`). The gateway's per-institution edge limits are lifted (bench_limits): one
+load generator acts for one institution at rates no real one reaches.
 
-Prints figures; asserts nothing. Every non-OK grpc-status is printed per code and call."""
+Prints figures; asserts nothing. Every non-OK grpc-status is printed per code and call; the exit status
+is 1 when any call was not answered OK."""
 
 from __future__ import annotations
 
@@ -47,8 +52,8 @@ from adapters.embedded_redis import EmbeddedRedis
 from gateway.protos import pb
 from loadtest import frames as fr
 from loadtest import loadgen, proc_cpu
-from loadtest.certs import throwaway_mtls
-from loadtest.stack import CITYDATA, CLI
+from loadtest.certs import BenchPki, make_pki
+from loadtest.stack import CITYDATA, CLI, LOAD_LIMITS, limit_flags
 from loadtest.synthetic import write_persons
 
 CALLS = {
@@ -63,6 +68,16 @@ CALLS = {
 WARMUP_RATE_PER_S_MAX = 3000
 # a measured window gets 2.5x the frames the warm-up's rate would use: a 1 s warm-up underestimates
 CLOSED_FRAMES_MARGIN = 2.5
+# every frame's envelope names this institution (frames.envelope): the load generator presents its
+# certificate, else the gateway answers PERMISSION_DENIED (INSTITUTION_MISMATCH)
+INSTITUTION = fr.HOSPITAL
+
+
+def bench_limits(paced_streams: int) -> list[str]:
+    """The stack's lifted per-institution limits (LOAD_LIMITS), and the HTTP/2 stream cap raised to the
+    paced runs' in-flight cap: the load generator folds thousands of terminals onto 16 connections, and
+    the bare server announces no cap, so both queue a slow run's calls alike (in the server)."""
+    return [*LOAD_LIMITS, f"streams_per_connection_max={paced_streams}"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +201,11 @@ class Bench:
         paced_need = sum(int(rate * args.seconds) for rate in rates)
         if call is fr.REVERSE:
             self.top_up(int(args.warmup_seconds * WARMUP_RATE_PER_S_MAX) + paced_need, server)
+            if not self.settled:  # the batch settled for it failed: nothing to send, and the run fails
+                row.notes.append("no settlement of its own to take back: the batch settled for it failed")
+                row.failed_calls += 1
+                self.failed_calls += 1
+                return row
         shared = None if distinct else self.frames(call, 0)[0]
         warm_frames = (
             shared or self.frames(call, int(args.warmup_seconds * WARMUP_RATE_PER_S_MAX), paced_need)[0]
@@ -267,8 +287,16 @@ def drain(process: subprocess.Popen[str]) -> None:
 
 
 @contextmanager
-def started(kind: str, command: list[str], tls: bool, ready: str | None = None) -> Iterator[Server]:
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+def started(
+    kind: str, command: list[str], tls: bool, ready: str | None = None, env: dict[str, str] | None = None
+) -> Iterator[Server]:
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
     try:
         port = int(wait_for(process, r"listening on [\d.]+:(\d+)", kind).group(1))
         if ready:
@@ -283,37 +311,25 @@ def started(kind: str, command: list[str], tls: bool, ready: str | None = None) 
             process.kill()
 
 
-def tls_flags(args: argparse.Namespace) -> list[str]:
-    flags: list[str] = []
-    for flag, value in (
-        ("--tls-cert", args.tls_cert),
-        ("--tls-key", args.tls_key),
-        ("--tls-ca", args.tls_ca),
-    ):
-        if value:
-            flags += [flag, str(value)]
-    return flags
-
-
-def bare(processes: int, flags: list[str]) -> AbstractContextManager[Server]:
+def bare(processes: int, pki: BenchPki | None) -> AbstractContextManager[Server]:
+    """The bare server: mutual TLS with the run's server files and client CA, or plaintext (None)."""
     command = [sys.executable, "-m", "loadtest.bare_server", "--listen", "127.0.0.1:0",
-               "--processes", str(processes), *flags]  # fmt: skip
-    return started("bare", command, bool(flags))
+               "--processes", str(processes), *(pki.bare_server_flags() if pki else [])]  # fmt: skip
+    return started("bare", command, pki is not None)
 
 
 def gateway(
-    args: argparse.Namespace, redis_url: str, processes: int, data_dir: Path
+    args: argparse.Namespace, redis_url: str, processes: int, data_dir: Path, pki: BenchPki | None
 ) -> AbstractContextManager[Server]:
-    flags = tls_flags(args)
-    command = [*CLI, "serve", "--redis", redis_url, "--listen", "127.0.0.1:0", "--workers", str(processes),
+    """`medsettle serve` on the run's Redis, over mutual TLS with the bare server's files (or --insecure
+    when pki is None), its per-institution limits lifted. The Redis URL holds the admin password: it
+    goes in the environment, never in argv (which `ps` shows every user)."""
+    tls = pki.serve_flags() if pki else ["--insecure"]
+    limits = limit_flags(bench_limits(args.paced_streams))
+    command = [*CLI, "serve", "--listen", "127.0.0.1:0", "--workers", str(processes),
                "--metrics-port", "-1", "--log-level", args.log_level, "--data-dir", str(data_dir),
-               *flags, *shlex.split(args.serve_args)]  # fmt: skip
-    return started("gateway", command, bool(flags), r"serving")
-
-
-def serve_knows_tls() -> bool:
-    usage = subprocess.run([*CLI, "serve", "--help"], capture_output=True, text=True).stdout
-    return "--tls-cert" in usage
+               *tls, *limits, *shlex.split(args.serve_args)]  # fmt: skip
+    return started("gateway", command, pki is not None, r"serving", {"MEDSETTLE_REDIS_URL": redis_url})
 
 
 # -------------------------------------------------------------------- report
@@ -330,6 +346,13 @@ def ms(result: loadgen.Result | None) -> str:
     return f"{result.latency_ms['p99']:.2f}" + (f" ({', '.join(flags)})" if flags else "")
 
 
+def transport(args: argparse.Namespace) -> str:
+    if args.insecure:
+        return "PLAINTEXT end to end (--insecure): not the configuration the targets are stated in"
+    source = f"certificates from {args.certs}" if args.certs else "a PKI made for this run"
+    return f"mutual TLS ({source}; client certificate of {INSTITUTION})"
+
+
 def print_report(args: argparse.Namespace, rows: list[Row], first_bare: Row, last_bare: Row) -> None:
     assert first_bare.closed and last_bare.closed
     bare_rates = [first_bare.closed.result.ok_per_s, last_bare.closed.result.ok_per_s]
@@ -340,7 +363,7 @@ def print_report(args: argparse.Namespace, rows: list[Row], first_bare: Row, las
     print(f"machine: {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}")
     print(f"gateway processes and bare-server processes: {args.workers[0]}; redis-server AOF everysec; "
           f"{args.persons} persons; loadgen {args.connections} connections x {args.streams} streams "
-          f"(closed loop); {args.seconds:g} s windows{'; TLS' if args.tls_cert else ''}")  # fmt: skip
+          f"(closed loop); {args.seconds:g} s windows; {transport(args)}")  # fmt: skip
     print()
     print(f"| call | max calls/s | vs bare no-op | server CPU µs/call | vs bare | Redis CPU µs/call "
           f"| loadgen CPU µs/call | p99 ms at {rate0:g}/s |")  # fmt: skip
@@ -414,19 +437,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--streams", type=int, default=8, help="calls in flight per connection, closed loop")
     parser.add_argument("--paced-streams", type=int, default=4096, help="in-flight cap per connection, paced")
     parser.add_argument("--log-level", default="WARNING", help="the gateway's")
-    parser.add_argument("--tls-cert", type=Path, help="server certificate (bare server and gateway)")
-    parser.add_argument("--tls-key", type=Path, help="server key")
-    parser.add_argument("--tls-ca", type=Path, help="CA of the server and of client certificates (mTLS)")
-    parser.add_argument("--tls-client-cert", type=Path, help="the load generator's client certificate")
-    parser.add_argument("--tls-client-key", type=Path)
+    parser.add_argument(
+        "--certs",
+        type=Path,
+        help="a folder laid out by `medsettle certs` (server files, probe, clients/<institution>); "
+        "default: a PKI made for the run in its temporary folder",
+    )
     parser.add_argument("--tls-server-name", default="localhost", help="name the server certificate carries")
-    parser.add_argument("--tls-throwaway", action="store_true", help="make a CA, server and client certs")
+    parser.add_argument(
+        "--no-plaintext-floor",
+        dest="plaintext_floor",
+        action="store_false",
+        help="with TLS, skip the plaintext bare server row (the cost of TLS itself)",
+    )
+    parser.add_argument(
+        "--insecure", action="store_true", help="plaintext end to end: bare server and `serve --insecure`"
+    )
     parser.add_argument("--serve-args", default="", help="more options for `medsettle serve`, one string")
     args = parser.parse_args(argv)
     args.rates = [float(r) for r in args.rates.split(",") if r]
     args.workers = [int(w) for w in args.workers.split(",") if w]
     args.calls = [c.strip() for c in args.calls.split(",") if c.strip()]
     unknown = sorted(set(args.calls) - {"bare", *CALLS})
+    if args.insecure and args.certs:
+        parser.error("--insecure and --certs exclude each other")
     if unknown or not args.rates or not args.workers:
         parser.error(
             f"unknown calls {unknown}; choose from bare,{','.join(CALLS)}" if unknown else "empty list"
@@ -439,33 +473,35 @@ def main(argv: list[str] | None = None) -> int:
     binary = loadgen.build()
     with tempfile.TemporaryDirectory(prefix="bench-floor-") as d:
         tmp = Path(d)
-        if args.tls_throwaway:
-            certs = throwaway_mtls(tmp / "certs")
-            args.tls_cert, args.tls_key, args.tls_ca = certs.server_cert, certs.server_key, certs.ca
-            args.tls_client_cert, args.tls_client_key = certs.client_cert, certs.client_key
-        client_tls = None
-        if args.tls_cert:
-            client_tls = loadgen.ClientTls(
-                args.tls_ca, args.tls_client_cert, args.tls_client_key, args.tls_server_name
+        pki = None
+        if not args.insecure:
+            pki = (
+                BenchPki(args.certs, args.tls_server_name)
+                if args.certs
+                else make_pki(tmp / "certs", [INSTITUTION])
             )
+            missing = pki.missing([INSTITUTION])
+            if missing:
+                print(f"--certs {args.certs} lacks {', '.join(map(str, missing))} (`medsettle certs init` "
+                      "makes them)", file=sys.stderr)  # fmt: skip
+                return 2
+        client_tls = pki.loadgen_tls(INSTITUTION) if pki else None
         gateway_calls = [CALLS[c] for c in args.calls if c != "bare"]
-        if gateway_calls and args.tls_cert and not serve_knows_tls():
-            print("`medsettle serve` has no --tls-cert option yet: with TLS only the bare server can be "
-                  "measured (--calls bare)", file=sys.stderr)  # fmt: skip
-            return 2
         with EmbeddedRedis(tmp) as redis_server:
             assert redis_server.process is not None
             bench = Bench(args, binary, tmp / "run", redis_server.process.pid, client_tls)
             (tmp / "run").mkdir()
             if gateway_calls:
-                load = [*CLI, "load", "--redis", redis_server.url]
-                subprocess.run([*load, "--dir", str(CITYDATA)], check=True, capture_output=True)
+                env = {**os.environ, "MEDSETTLE_REDIS_URL": redis_server.url}  # the password never in argv
+                load = [*CLI, "load"]
+                subprocess.run([*load, "--dir", str(CITYDATA)], check=True, capture_output=True, env=env)
                 people = write_persons(tmp / "persons.json", args.persons + args.reverse_persons)
-                subprocess.run([*load, "--persons", str(people)], check=True, capture_output=True)
-            rows = main_table(bench, args, redis_server.url, gateway_calls, tmp)
+                subprocess.run([*load, "--persons", str(people)], check=True, capture_output=True, env=env)
+            rows = main_table(bench, args, redis_server.url, gateway_calls, tmp, pki)
             print_report(args, rows, rows[0], rows[-1])
             scaling = [
-                scaling_row(bench, args, redis_server.url, n, gateway_calls, tmp) for n in args.workers[1:]
+                scaling_row(bench, args, redis_server.url, n, gateway_calls, tmp, pki)
+                for n in args.workers[1:]
             ]
             if scaling:
                 print_scaling([throughput(args.workers[0], rows), *scaling])
@@ -486,22 +522,27 @@ def throughput(processes: int, rows: list[Row]) -> tuple[int, float, float | Non
 
 def bare_name(processes: int, tls: bool) -> str:
     plural = "es" if processes != 1 else ""
-    return f"bare grpc.aio no-op server, {processes} process{plural}" + (", TLS" if tls else "")
+    return f"bare grpc.aio no-op server, {processes} process{plural}" + (", mTLS" if tls else "")
 
 
 def main_table(
-    bench: Bench, args: argparse.Namespace, redis_url: str, calls: list[fr.Call], tmp: Path
+    bench: Bench,
+    args: argparse.Namespace,
+    redis_url: str,
+    calls: list[fr.Call],
+    tmp: Path,
+    pki: BenchPki | None,
 ) -> list[Row]:
     """Bare, [plaintext bare,] Ping, then each RPC, then bare again: the first and last rows are the
-    bare server's two measurements."""
+    bare server's two measurements, in the gateway's transport (mTLS unless --insecure)."""
     processes = args.workers[0]
-    tls = bool(args.tls_cert)
+    tls = pki is not None
     with ExitStack() as servers:
-        floor = servers.enter_context(bare(processes, tls_flags(args)))
-        gw = servers.enter_context(gateway(args, redis_url, processes, tmp / "serve")) if calls else None
+        floor = servers.enter_context(bare(processes, pki))
+        gw = servers.enter_context(gateway(args, redis_url, processes, tmp / "serve", pki)) if calls else None
         rows = [bench.measure(bare_name(processes, tls), floor, None, args.rates)]
-        if tls:
-            with bare(processes, []) as plain:
+        if tls and args.plaintext_floor:
+            with bare(processes, None) as plain:
                 rows.append(
                     bench.measure(bare_name(processes, False) + " (no TLS)", plain, None, args.rates[:1])
                 )
@@ -514,15 +555,21 @@ def main_table(
 
 
 def scaling_row(
-    bench: Bench, args: argparse.Namespace, redis_url: str, processes: int, calls: list[fr.Call], tmp: Path
+    bench: Bench,
+    args: argparse.Namespace,
+    redis_url: str,
+    processes: int,
+    calls: list[fr.Call],
+    tmp: Path,
+    pki: BenchPki | None,
 ) -> tuple[int, float, float | None, float | None]:
     """Throughput only, for another process count: bare, Ping, Settle (10 lines), bare again."""
     chosen = [c for c in (fr.PING, fr.SETTLE_10) if c in calls]
-    name = bare_name(processes, bool(args.tls_cert))
+    name = bare_name(processes, pki is not None)
     with ExitStack() as servers:
-        floor = servers.enter_context(bare(processes, tls_flags(args)))
+        floor = servers.enter_context(bare(processes, pki))
         gw = (
-            servers.enter_context(gateway(args, redis_url, processes, tmp / f"serve-{processes}"))
+            servers.enter_context(gateway(args, redis_url, processes, tmp / f"serve-{processes}", pki))
             if chosen
             else None
         )

@@ -2,11 +2,15 @@
 run, closed-loop maximum throughput and open-loop latency at a fixed offered load, and Redis commands per
 Settle from INFO commandstats deltas.
 
-    .venv/bin/python -m loadtest.bench_gateway [--seconds 8] [--rate 500] [--concurrency 32]
+    .venv/bin/python -m loadtest.bench_gateway [--seconds 8] [--rate 500] [--concurrency 32] [--workers 2]
+        [--insecure] [--wrap "py-spy record -o profile.svg --subprocesses --"]
 
-The gateway runs in its own process (`medsettle serve`) against a redis-server with AOF on (appendfsync
-everysec) started here; the load comes from this process's grpc.aio client, on the same 2-core machine,
-so the client's own CPU is part of every figure. Prints figures; asserts nothing."""
+The gateway runs in its own processes (`medsettle serve --workers N`, loadtest/stack.py: mutual TLS with
+the development PKI serve creates in its data folder, the per-institution edge limits lifted) against a
+redis-server with AOF on (appendfsync everysec) started here; the load comes from this process's
+grpc.aio client presenting the hospital's client certificate, on the same 2-core machine, so the
+client's own CPU is part of every figure. --insecure: plaintext (`serve --insecure`). Prints figures;
+asserts nothing."""
 
 from __future__ import annotations
 
@@ -15,26 +19,21 @@ import asyncio
 import itertools
 import os
 import platform
-import re
-import subprocess
-import sys
-import tempfile
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
 import redis
 
-from adapters.embedded_redis import EmbeddedRedis
 from gateway.protos import pb, pb_grpc
-from loadtest.synthetic import OUTPATIENT_10_LINES, write_persons
+from loadtest import proc_cpu
+from loadtest.stack import running_stack
+from loadtest.synthetic import OUTPATIENT_10_LINES
 
-HOSPITAL = "H50010300001"
-LISTEN = "127.0.0.1:0"
-CLI = [sys.executable, "-m", "gateway.cli"]
+HOSPITAL = "H50010300001"  # the synthetic persons are Chongqing employees; its certificate is presented
 
 
 def settle_requests(persons: int, count: int, run: str) -> Iterator[Any]:
@@ -48,13 +47,6 @@ def settle_requests(persons: int, count: int, run: str) -> Iterator[Any]:
             person=pb.PersonRef(card_no=f"L{i % persons:08d}"),
             bill=bill,
         )
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU so far of the gateway processes (the children of `serve`), from /proc."""
-    from loadtest.bench_h2load import children_cpu
-
-    return children_cpu(pid)
 
 
 def percentile(sorted_ms: list[float], q: float) -> float:
@@ -108,20 +100,6 @@ async def open_loop(
     return sorted(latencies)
 
 
-def start_gateway(redis_url: str, wrapper: list[str], data_dir: Path) -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen(
-        [*wrapper, sys.executable, "-m", "gateway.cli", "serve", "--redis", redis_url, "--listen", LISTEN,
-         "--log-level", "WARNING", "--metrics-port", "-1", "--data-dir", str(data_dir)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        match = re.search(r"listening on [\d.]+:(\d+)", line)
-        if match:
-            return proc, int(match.group(1))
-    raise RuntimeError("gateway did not start")
-
-
 class CommandCounter:
     """Counts, with MONITOR, the commands clients send (round trips) apart from the commands Lua
     scripts run inside Redis (those cost no round trip)."""
@@ -135,7 +113,8 @@ class CommandCounter:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        with redis.Redis.from_url(self.url).monitor() as monitor:
+        # redis-py's Monitor carries no annotations (its replies are plain dicts of str)
+        with redis.Redis.from_url(self.url).monitor() as monitor:  # type: ignore[no-untyped-call]
             self._ready.set()
             for event in monitor.listen():
                 if self._stop.is_set():
@@ -157,46 +136,42 @@ class CommandCounter:
 
 
 async def bench(args: argparse.Namespace) -> None:
-    with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(Path(tmp)) as server:
-        persons_file = write_persons(Path(tmp) / "persons.json", args.persons)
-        root = Path(__file__).resolve().parent.parent / "citydata"
-        subprocess.run(
-            [*CLI, "load", "--redis", server.url, "--dir", str(root)],
-            check=True, stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        subprocess.run(
-            [*CLI, "load", "--redis", server.url, "--persons", str(persons_file)],
-            check=True, stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        proc, port = start_gateway(server.url, args.wrap.split() if args.wrap else [], Path(tmp) / "serve")
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                await channel.channel_ready()
-                settle = pb_grpc.SettlementServiceStub(channel).Settle
-                ping = pb_grpc.DiagnosticsServiceStub(channel).Ping
-                pings = itertools.repeat(pb.PingRequest())
-                requests = settle_requests(args.persons, 10_000_000, "W")
-                await closed_loop(settle, requests, 2.0, args.concurrency)  # warm: card cache, parsed persons
-                counted = 500
-                with CommandCounter(server.url) as counter:
-                    for request in settle_requests(args.persons, counted, "C"):
-                        await settle(request)
-                cpu0 = cpu_seconds(proc.pid)
-                ping_max = await closed_loop(ping, pings, args.seconds, args.concurrency)
-                cpu1 = cpu_seconds(proc.pid)
-                settle_max = await closed_loop(settle, requests, args.seconds, args.concurrency)
-                cpu2 = cpu_seconds(proc.pid)
-                ping_cpu_us = (cpu1 - cpu0) / (ping_max * args.seconds) * 1e6
-                settle_cpu_us = (cpu2 - cpu1) / (settle_max * args.seconds) * 1e6
-                ping_lat = await open_loop(ping, pings, args.seconds, args.rate)
-                settle_lat = await open_loop(settle, requests, args.seconds, args.rate)
-        finally:
-            proc.send_signal(2 if args.wrap else 15)  # SIGINT lets a wrapping profiler write its output
-            proc.wait(timeout=60)
+    wrapper = args.wrap.split() if args.wrap else None
+    # SIGINT lets a wrapping profiler write its output
+    stop = signal.SIGINT if wrapper else signal.SIGTERM
+    with running_stack(args.persons, args.workers, args.insecure, wrapper=wrapper, stop_signal=stop) as stack:
+        # under a wrapper, serve is the wrapper's child and the gateway processes its grandchildren
+        serve_pids = proc_cpu.children(stack.server.pid) if wrapper else [stack.server.pid]
+
+        def cpu_seconds() -> float:
+            return sum(proc_cpu.children_cpu_seconds(pid) for pid in serve_pids)
+
+        async with stack.channel(HOSPITAL) as channel:
+            await channel.channel_ready()
+            settle = pb_grpc.SettlementServiceStub(channel).Settle
+            ping = pb_grpc.DiagnosticsServiceStub(channel).Ping
+            pings = itertools.repeat(pb.PingRequest())
+            requests = settle_requests(args.persons, 10_000_000, "W")
+            await closed_loop(settle, requests, 2.0, args.concurrency)  # warm: card cache, parsed persons
+            counted = 500
+            with CommandCounter(stack.redis_url) as counter:
+                for request in settle_requests(args.persons, counted, "C"):
+                    await settle(request)
+            cpu0 = cpu_seconds()
+            ping_max = await closed_loop(ping, pings, args.seconds, args.concurrency)
+            cpu1 = cpu_seconds()
+            settle_max = await closed_loop(settle, requests, args.seconds, args.concurrency)
+            cpu2 = cpu_seconds()
+            ping_cpu_us = (cpu1 - cpu0) / (ping_max * args.seconds) * 1e6
+            settle_cpu_us = (cpu2 - cpu1) / (settle_max * args.seconds) * 1e6
+            ping_lat = await open_loop(ping, pings, args.seconds, args.rate)
+            settle_lat = await open_loop(settle, requests, args.seconds, args.rate)
 
     cpu = platform.processor() or platform.machine()
     print(f"machine: {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}")
-    print(f"redis-server, AOF appendfsync everysec; {args.persons} persons; concurrency {args.concurrency}")
+    transport = "PLAINTEXT (--insecure)" if args.insecure else "mutual TLS"
+    print(f"redis-server, AOF appendfsync everysec; {args.persons} persons; concurrency {args.concurrency}; "
+          f"{args.workers} gateway processes; {transport}")  # fmt: skip
     print(
         f"{'rpc':<28}{'max calls/s':>12}{'vs no-op':>10}{'server CPU µs':>15}{'p50 ms':>9}{'p99 ms':>9}"
         f"{'@ offered/s':>13}"
@@ -220,6 +195,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=500.0, help="offered load for the latency run, calls/s")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--persons", type=int, default=2000)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="gateway processes")
+    parser.add_argument("--insecure", action="store_true", help="plaintext: `serve --insecure`")
     parser.add_argument("--wrap", default="", help="command to run the gateway under, e.g. a profiler")
     asyncio.run(bench(parser.parse_args()))
 

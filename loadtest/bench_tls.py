@@ -19,7 +19,6 @@ import os
 import platform
 import re
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,8 +29,8 @@ import grpc
 from adapters.embedded_redis import EmbeddedRedis
 from gateway.edge.tls import ClientTls, channel
 from gateway.protos import pb, pb_grpc
+from loadtest import proc_cpu
 from loadtest.bench_gateway import closed_loop, open_loop, percentile, settle_requests
-from loadtest.bench_h2load import children_cpu
 from loadtest.stack import CITYDATA, CLI, limit_flags
 from loadtest.synthetic import write_persons
 
@@ -83,11 +82,11 @@ async def measure(
         pings = itertools.repeat(pb.PingRequest())
         requests = settle_requests(args.persons, 10_000_000, run)
         await closed_loop(settle, requests, 1.5, args.concurrency)  # warm: card cache, parsed persons
-        cpu0 = children_cpu(proc.pid)
+        cpu0 = proc_cpu.children_cpu_seconds(proc.pid)
         ping_max = await closed_loop(ping, pings, args.seconds, args.concurrency)
-        cpu1 = children_cpu(proc.pid)
+        cpu1 = proc_cpu.children_cpu_seconds(proc.pid)
         settle_max = await closed_loop(settle, requests, args.seconds, args.concurrency)
-        cpu2 = children_cpu(proc.pid)
+        cpu2 = proc_cpu.children_cpu_seconds(proc.pid)
         ping_lat = await open_loop(ping, pings, args.seconds / 2, args.rate)
         settle_lat = await open_loop(settle, requests, args.seconds / 2, args.rate)
     conns = await connections_per_s(target, tls, min(3.0, args.seconds))
@@ -155,4 +154,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

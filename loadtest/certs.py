@@ -1,66 +1,77 @@
-"""Throwaway certificates for TLS and mutual-TLS benchmark runs and tests: a CA, a server certificate
-for localhost / 127.0.0.1 and a client certificate, made with the `openssl` command in a folder the
-caller owns (a temporary one), valid for a day. Never for production, never committed."""
+"""One PKI per benchmark run, made with the gateway's own development PKI code (gateway.edge.certs, what
+`medsettle certs` runs) in a folder the caller owns (a temporary one): a CA, a server certificate for
+localhost / 127.0.0.1 / ::1, the readiness probe's certificate and one client certificate per
+institution the load acts for, each naming it in a SAN URI `urn:medsettle:institution:<code>` as the
+gateway's identity check requires (docs/SECURITY.md). Never for production, never committed.
+
+The same server files go to the bare server and to `medsettle serve`, so a TLS floor and the gateway
+are compared with the same certificates, key type (EC P-256) and handshake."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-CLIENT_NAME = "H50010300001"  # a client certificate names its institution, as a terminal's would
+from gateway.edge import certs
+from gateway.edge.tls import ClientTls
+from loadtest import loadgen
 
-
-class OpensslUnavailable(RuntimeError):
-    pass
+SERVER_NAME = "localhost"  # a name the server certificate always carries (certs.DEFAULT_HOSTS)
 
 
 @dataclass(frozen=True, slots=True)
-class Certs:
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path
-    client_key: Path
-    server_name: str = "localhost"
+class BenchPki:
+    """A folder laid out by `medsettle certs` (certs.Layout), with the files the load tools use."""
+
+    root: Path
+    server_name: str = SERVER_NAME
+
+    @property
+    def layout(self) -> certs.Layout:
+        return certs.Layout(self.root)
+
+    def bare_server_flags(self) -> list[str]:
+        """loadtest.bare_server's options: mutual TLS with the gateway's server files and client CA."""
+        layout = self.layout
+        return ["--tls-cert", str(layout.server_cert), "--tls-key", str(layout.server_key),
+                "--tls-ca", str(layout.ca_cert)]  # fmt: skip
+
+    def serve_flags(self) -> list[str]:
+        """`medsettle serve` options: the same files as the bare server's, and the probe certificate its
+        readiness check presents (explicit --tls-* files need it named)."""
+        layout = self.layout
+        return ["--tls-cert", str(layout.server_cert), "--tls-key", str(layout.server_key),
+                "--tls-client-ca", str(layout.ca_cert), "--probe-cert", str(layout.probe_cert),
+                "--probe-key", str(layout.probe_key)]  # fmt: skip
+
+    def loadgen_tls(self, institution: str) -> loadgen.ClientTls:
+        """The C load generator acting for `institution`."""
+        layout = self.layout
+        return loadgen.ClientTls(
+            layout.ca_cert, layout.client_cert(institution), layout.client_key(institution), self.server_name
+        )
+
+    def grpc_tls(self, institution: str) -> ClientTls:
+        """A grpc.aio client (gateway.edge.tls.channel) acting for `institution`."""
+        return ClientTls.for_institution(self.root, institution)
+
+    def missing(self, institutions: Iterable[str]) -> list[Path]:
+        """Files the load tools need that are not in the folder (a --certs folder given by the user)."""
+        layout = self.layout
+        needed = [layout.ca_cert, layout.server_cert, layout.server_key, layout.probe_cert, layout.probe_key]
+        for code in institutions:
+            needed += [layout.client_cert(code), layout.client_key(code)]
+        return [path for path in needed if not path.exists()]
 
 
-def _openssl(*args: str) -> None:
-    result = subprocess.run(["openssl", *args], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"openssl {args[0]} failed: {result.stderr.strip()}")
-
-
-def _signed(
-    folder: Path, name: str, subject: str, extensions: str, ca: Path, ca_key: Path
-) -> tuple[Path, Path]:
-    key, csr, cert, ext = (folder / f"{name}.{suffix}" for suffix in ("key", "csr", "pem", "ext"))
-    _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", str(key), "-out", str(csr), "-subj", subject)  # fmt: skip
-    ext.write_text(extensions)
-    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
-             "-days", "1", "-out", str(cert), "-extfile", str(ext))  # fmt: skip
-    key.chmod(0o600)
-    return cert, key
-
-
-def throwaway_mtls(folder: Path) -> Certs:
-    """Makes the CA, server and client certificates in `folder`."""
-    if shutil.which("openssl") is None:
-        raise OpensslUnavailable("the openssl command is missing (Debian: apt-get install openssl)")
-    folder.mkdir(parents=True, exist_ok=True)
-    ca, ca_key = folder / "ca.pem", folder / "ca.key"
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", str(ca_key), "-out", str(ca), "-days", "1", "-subj", "/CN=medsettle-bench-ca",
-             "-addext", "basicConstraints=critical,CA:TRUE",
-             "-addext", "keyUsage=critical,keyCertSign")  # fmt: skip
-    ca_key.chmod(0o600)
-    server_cert, server_key = _signed(
-        folder, "server", "/CN=localhost",
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n", ca, ca_key,
-    )  # fmt: skip
-    client_cert, client_key = _signed(
-        folder, "client", f"/CN={CLIENT_NAME}", "extendedKeyUsage=clientAuth\n", ca, ca_key
-    )
-    return Certs(ca, server_cert, server_key, client_cert, client_key)
+def make_pki(folder: Path, institutions: Iterable[str]) -> BenchPki:
+    """Creates the CA, the server and probe certificates and one client certificate per institution in
+    `folder` (created, mode 0700; keys 0600). Takes well under a second: EC keys."""
+    layout = certs.Layout(folder)
+    if layout.ca_cert.exists():  # ensure_pki would keep it: a run's PKI is made fresh, never reused
+        raise FileExistsError(f"{layout.ca_cert}: a benchmark PKI is made in a new folder")
+    certs.ensure_pki(folder, None)  # the CA, the server (localhost, 127.0.0.1, ::1) and the probe
+    for code in institutions:
+        certs.issue_client(layout, code, f"medsettle load generator for {code}")
+    return BenchPki(folder)

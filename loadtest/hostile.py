@@ -39,28 +39,37 @@ HOSPITAL, OTHER, PROBE = "H50010300001", "H50010300002", certs.ROLE_PROBE
 CARD = "Y53736293"
 
 
+def raw(value: object) -> bytes:
+    """A reply of a client without decode_responses, which is bytes (redis-py types replies as bytes or
+    str, for clients that decode)."""
+    if not isinstance(value, bytes):
+        raise TypeError(f"expected bytes from Redis, got {type(value).__name__}")
+    return value
+
+
 def keyspace_digest(url: str) -> tuple[int, str]:
     """DBSIZE and a digest of every key with its type and content: equal before and after = nothing
     written (reads change nothing in Redis)."""
     r = redis.Redis.from_url(url)
     digest = hashlib.sha256()
-    for key in sorted(r.scan_iter(count=1000)):
-        kind = r.type(key)
+    for key in sorted(raw(k) for k in r.scan_iter(count=1000)):
+        kind = raw(r.type(key))
         digest.update(key + b"\x00" + kind + b"\x00")
         if kind == b"string":
-            digest.update(r.get(key) or b"")
+            digest.update(raw(r.get(key) or b""))
         elif kind == b"hash":
-            for field, value in sorted(r.hgetall(key).items()):
+            for field, value in sorted((raw(f), raw(v)) for f, v in r.hgetall(key).items()):
                 digest.update(field + b"=" + value + b";")
         elif kind == b"stream":
-            for entry_id, fields in r.xrange(key):
-                digest.update(entry_id + repr(sorted(fields.items())).encode())
+            for entry_id, fields in r.xrange(key) or []:
+                entry = sorted((raw(f), raw(v)) for f, v in (fields or {}).items())
+                digest.update(raw(entry_id) + repr(entry).encode())
         elif kind == b"set":
-            digest.update(b",".join(sorted(r.smembers(key))))
+            digest.update(b",".join(sorted(raw(m) for m in r.smembers(key))))
         elif kind == b"zset":
             digest.update(repr(r.zrange(key, 0, -1, withscores=True)).encode())
         elif kind == b"list":
-            digest.update(b",".join(r.lrange(key, 0, -1)))
+            digest.update(b",".join(raw(item) for item in r.lrange(key, 0, -1)))
     size = int(r.dbsize())
     r.close()
     return size, digest.hexdigest()

@@ -27,7 +27,7 @@ import random
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import grpc.experimental.gevent as grpc_gevent
 
@@ -46,7 +46,8 @@ SEQUENCE = itertools.count()
 RUN = uuid.uuid4().hex[:6]  # message ids unique to this run
 
 
-@events.init_command_line_parser.add_listener
+# locust's EventHook.add_listener carries no annotations: it returns the handler unchanged
+@events.init_command_line_parser.add_listener  # type: ignore[untyped-decorator]
 def add_arguments(parser: Any) -> None:
     parser.add_argument("--p99-max-ms", type=float, default=0, help="fail the run when a p99 exceeds this")
     parser.add_argument("--persons", type=int, default=PERSONS, help="persons loaded (cards C00000000...)")
@@ -56,7 +57,7 @@ def add_arguments(parser: Any) -> None:
     )
 
 
-@events.quitting.add_listener
+@events.quitting.add_listener  # type: ignore[untyped-decorator]  # as above
 def enforce_p99(environment: Any, **_: Any) -> None:
     limit = environment.parsed_options.p99_max_ms if environment.parsed_options else 0
     if not limit:
@@ -77,7 +78,7 @@ def bill(visit: int, lines: list[tuple[str, int, int]]) -> Any:
 class Terminal(User):
     abstract = True
     wait_time = between(0.05, 0.3)
-    institution_index = 3  # CITIES tuple position: 3 hospital, 4 pharmacy
+    institution_index: Literal[3, 4] = 3  # CITIES tuple position: 3 hospital, 4 pharmacy
 
     def on_start(self) -> None:
         self.region = random.choice(REGIONS)

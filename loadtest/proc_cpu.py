@@ -59,3 +59,9 @@ def used(before: Snapshot, after: Snapshot) -> Snapshot:
     from zero; one that ended in between is missing from `after`, so its last part is lost (a gateway
     process restarted by the supervisor mid-window: rare, and the benchmark would show its errors)."""
     return {pid: seconds - before.get(pid, 0.0) for pid, seconds in after.items()}
+
+
+def children_cpu_seconds(parent: int) -> float:
+    """User + system seconds so far of the parent's children together (the gateway processes of
+    `serve`, not the supervisor, which only waits)."""
+    return sum(cpu_seconds(pid) for pid in children(parent))

@@ -8,6 +8,8 @@ per-institution edge limits (LOAD_LIMITS); the limits have their own tests (test
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import grpc
 
-from adapters.embedded_redis import EmbeddedRedis, free_port
+from adapters.embedded_redis import EmbeddedRedis
 from gateway.edge.tls import ClientTls, channel
 from loadtest.synthetic import write_persons
 
@@ -53,8 +55,15 @@ class Stack:
 
 @contextmanager
 def running_stack(
-    persons: int, workers: int, insecure: bool = False, limits: list[str] = LOAD_LIMITS
+    persons: int,
+    workers: int,
+    insecure: bool = False,
+    limits: list[str] = LOAD_LIMITS,
+    wrapper: list[str] | None = None,
+    stop_signal: int = signal.SIGTERM,
 ) -> Iterator[Stack]:
+    """`wrapper` runs serve under another command (a profiler: stop it with SIGINT so it writes its
+    output). The Redis URL reaches serve in its environment: it holds the admin password."""
     with tempfile.TemporaryDirectory() as d, EmbeddedRedis(Path(d)) as redis_server:
         tmp = Path(d)
         env = {**os.environ, "MEDSETTLE_REDIS_URL": redis_server.url}  # the password never in argv
@@ -62,19 +71,32 @@ def running_stack(
         subprocess.run([*load, "--dir", str(CITYDATA)], check=True, capture_output=True, env=env)
         people = write_persons(tmp / "persons.json", persons)
         subprocess.run([*load, "--persons", str(people)], check=True, capture_output=True, env=env)
-        port = free_port()
         server = subprocess.Popen(
-            [*CLI, "serve", "--listen", f"127.0.0.1:{port}",
+            [*(wrapper or []), *CLI, "serve", "--listen", "127.0.0.1:0",
              "--workers", str(workers), "--metrics-port", "-1", "--log-level", "WARNING",
              "--data-dir", str(tmp / "serve"), *limit_flags(limits), *(["--insecure"] if insecure else [])],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
         )  # fmt: skip
-        assert server.stdout is not None
-        for line in server.stdout:
-            if "serving" in line:
-                break
         try:
+            port = ready_port(server)
             yield Stack(redis_server.url, port, server, tmp, None if insecure else tmp / "serve" / "certs")
         finally:
-            server.terminate()
-            server.wait(timeout=60)
+            server.send_signal(stop_signal)
+            try:
+                server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+
+
+def ready_port(server: subprocess.Popen[str]) -> int:
+    """The port serve reports once its processes answer (port 0 was asked: serve picks a free one)."""
+    assert server.stdout is not None
+    port = None
+    for line in server.stdout:
+        match = re.search(r"listening on [\d.]+:(\d+)", line)
+        if match:
+            port = int(match.group(1))
+        if "serving" in line and port is not None:
+            return port
+    raise RuntimeError(f"medsettle serve did not start (exit status {server.wait()})")

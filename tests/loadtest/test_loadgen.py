@@ -1,10 +1,11 @@
 """The benchmark kit's load generator against the bare grpc.aio server, as a user of the kit would run it:
 built from source with the system compiler, a short closed loop and a short paced run in plaintext and
-in mutual TLS (throwaway certificates), a wrong method path, a client without its certificate, frames
-that must not be sent twice. Speed is never asserted: only that calls happen, are counted under their
-grpc-status, and that the paced mode reports its latency percentiles and late sends.
+in mutual TLS (loadtest.certs: a PKI made in a temporary folder), a wrong method path, a client without
+its certificate, frames that must not be sent twice. Speed is never asserted: only that calls happen,
+are counted under their grpc-status, and that the paced mode reports its latency percentiles and late
+sends.
 
-Needs cc, libnghttp2-dev and openssl: skipped, saying what is missing, outside CI; failed in CI."""
+Needs cc, libnghttp2-dev and libssl-dev: skipped, saying what is missing, outside CI; failed in CI."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import pytest
 
 from gateway.protos import pb
 from loadtest import frames, loadgen, proc_cpu
-from loadtest.certs import Certs, OpensslUnavailable, throwaway_mtls
+from loadtest.certs import BenchPki, make_pki
 
 ROOT = Path(__file__).resolve().parents[2]
 PROCESSES = 2
@@ -44,12 +45,8 @@ def binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    try:
-        return throwaway_mtls(tmp_path_factory.mktemp("certs"))
-    except OpensslUnavailable as e:
-        unavailable(str(e))
-        raise
+def certs(tmp_path_factory: pytest.TempPathFactory) -> BenchPki:
+    return make_pki(tmp_path_factory.mktemp("certs") / "pki", [frames.HOSPITAL])
 
 
 def start_bare(tls: list[str]) -> tuple[subprocess.Popen[str], int]:
@@ -74,10 +71,8 @@ def plain_server() -> Iterator[tuple[subprocess.Popen[str], int]]:
 
 
 @pytest.fixture(scope="module")
-def mtls_server(certs: Certs) -> Iterator[int]:
-    proc, port = start_bare(
-        ["--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key), "--tls-ca", str(certs.ca)]
-    )
+def mtls_server(certs: BenchPki) -> Iterator[int]:
+    proc, port = start_bare(certs.bare_server_flags())
     yield port
     proc.terminate()
     proc.wait(timeout=30)
@@ -90,10 +85,10 @@ def ping_frames(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def client_tls(certs: Certs, with_certificate: bool = True) -> loadgen.ClientTls:
+def client_tls(certs: BenchPki, with_certificate: bool = True) -> loadgen.ClientTls:
     if not with_certificate:
-        return loadgen.ClientTls(ca=certs.ca, server_name=certs.server_name)
-    return loadgen.ClientTls(certs.ca, certs.client_cert, certs.client_key, certs.server_name)
+        return loadgen.ClientTls(ca=certs.layout.ca_cert, server_name=certs.server_name)
+    return certs.loadgen_tls(frames.HOSPITAL)
 
 
 def assert_all_ok(result: loadgen.Result) -> None:
@@ -137,7 +132,9 @@ def test_paced_run_reports_percentiles_and_late_sends(
     assert_paced_report(result, 200, 2)
 
 
-def test_mutual_tls_closed_and_paced(binary: Path, mtls_server: int, certs: Certs, ping_frames: Path) -> None:
+def test_mutual_tls_closed_and_paced(
+    binary: Path, mtls_server: int, certs: BenchPki, ping_frames: Path
+) -> None:
     tls = client_tls(certs)
     closed = loadgen.run(binary, port=mtls_server, path=ANSWERED_PATH, frames=ping_frames, seconds=1.5,
                          wrap=True, tls=tls)  # fmt: skip
@@ -150,7 +147,7 @@ def test_mutual_tls_closed_and_paced(binary: Path, mtls_server: int, certs: Cert
 
 
 def test_a_client_without_its_certificate_fails_visibly(
-    binary: Path, mtls_server: int, certs: Certs, ping_frames: Path
+    binary: Path, mtls_server: int, certs: BenchPki, ping_frames: Path
 ) -> None:
     try:
         result = loadgen.run(binary, port=mtls_server, path=ANSWERED_PATH, frames=ping_frames, seconds=0.5,
@@ -216,6 +213,21 @@ def test_reverse_frames_name_the_given_settlements_each_under_its_own_message_id
     requests = [pb.ReverseRequest.FromString(body) for body in frames.read_messages(path)]
     assert [r.settlement_id for r in requests] == ids
     assert len({r.envelope.message_id for r in requests}) == 20
+
+
+def test_every_frame_names_the_institution_whose_certificate_the_benchmark_presents(tmp_path: Path) -> None:
+    # bench_floor's load generator acts for frames.HOSPITAL: any other institution in an envelope would
+    # be answered PERMISSION_DENIED by the gateway's identity check
+    path = tmp_path / "frames"
+    parse = {"QueryEligibility": pb.QueryEligibilityRequest, "Reverse": pb.ReverseRequest}
+    for call in (frames.QUERY, frames.PRESETTLE_10, frames.SETTLE_10, frames.SETTLE_60, frames.REVERSE):
+        if call is frames.REVERSE:
+            frames.reverse_frames(path, ["S001-261201-0000000000000001"])
+        else:
+            frames.call_frames(path, call, 3, persons=3)
+        message = parse.get(call.path.rsplit("/", 1)[1], pb.SettleRequest)
+        codes = {message.FromString(body).envelope.institution_code for body in frames.read_messages(path)}
+        assert codes == {frames.HOSPITAL}, call.name
 
 
 def test_the_bare_server_imports_nothing_of_this_project() -> None:

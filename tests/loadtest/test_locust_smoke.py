@@ -1,5 +1,7 @@
 """A short Locust run in CI: HIS terminals and pharmacy POS devices against a real gateway (two
-processes, embedded redis-server): no failure, CSV written; and a p99 limit the run cannot meet fails it."""
+processes, embedded redis-server, mTLS with the development PKI serve creates, each simulated terminal
+presenting its institution's certificate; the per-institution limits lifted as for every load tool): no
+failure, CSV written; and a p99 limit the run cannot meet fails it."""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from loadtest.stack import limit_flags
+
 ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "gateway.cli"]
 PERSONS = 400
@@ -23,8 +27,7 @@ def gateway_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int
     data = tmp_path_factory.mktemp("locust")
     proc = subprocess.Popen(
         [*CLI, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data), "--metrics-port", "-1",
-         "--workers", "2", "--no-worker", "--log-level", "WARNING", "--limit=requests_per_s_max=1000",
-         "--limit=requests_burst_max=1000"],
+         "--workers", "2", "--no-worker", "--log-level", "WARNING", *limit_flags()],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     assert proc.stdout is not None
