@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import cachetools
 import redis.asyncio as aioredis
@@ -63,6 +65,15 @@ def parse_blob(kind: str, region: str, version: str, blob: bytes) -> Any:
             inst.code: inst for inst in (records.institution(r, source, f"[{i}]") for i, r in enumerate(rows))
         }
     raise ValueError(f"unknown static kind {kind}")
+
+
+def covered_until(versions: tuple[Policy, ...]) -> float:
+    """When the last staged version ends (midnight after its last day, Asia/Shanghai), as a unix time;
+    +Inf when it runs until a later version: an alert fires well before bills would be refused."""
+    last = versions[-1].effective_to if versions else None
+    if last is None:
+        return math.inf
+    return datetime.combine(last + timedelta(days=1), time(), ZoneInfo("Asia/Shanghai")).timestamp()
 
 
 def pointer_field(kind: str, region: str) -> str:
@@ -125,6 +136,8 @@ class StaticCache:
                     institutions = value
             staged = {r: tuple(sorted(ps, key=lambda p: p.effective_from)) for r, ps in policies.items()}
             self.snapshot = StaticSnapshot(pointer, staged, catalogs, institutions)
+            for region, versions in staged.items():
+                metrics.POLICY_COVERED_UNTIL.labels(region).set(covered_until(versions))
             current = {(kind, region, key.rsplit(":", 1)[1]) for _, kind, region, key in wanted}
             for old in self._versions_shown - current:  # clear() is not possible across processes
                 metrics.STATIC_VERSION.labels(*old).set(0)

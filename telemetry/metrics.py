@@ -90,6 +90,12 @@ STATIC_VERSION = Gauge(
     ["kind", "region", "version"],
     multiprocess_mode="max",
 )
+POLICY_COVERED_UNTIL = Gauge(
+    "medsettle_policy_covered_until_timestamp_seconds",
+    "End of the last day a published policy version covers, by insured region (+Inf: open-ended).",
+    ["region"],
+    multiprocess_mode="max",
+)
 REDIS_SECONDS = Histogram(
     "medsettle_redis_command_seconds",
     "Redis round trips, by operation.",
