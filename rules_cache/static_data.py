@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 
 from gateway.engine.model import Catalog, Institution
 from gateway.engine.policy import Policy, in_force_on
-from rules_cache import records
+from rules_cache import catalog_blobs, records
 from rules_cache.keys import STATIC_CHANNEL, STATIC_POINTER, static_key, text
 from rules_cache.notices import follow_channel
 from rules_cache.policy_files import parse_policy
@@ -57,14 +57,43 @@ def parse_blob(kind: str, region: str, version: str, blob: bytes) -> Any:
     source = static_key(kind, region, version)
     if kind == "policy":
         return parse_policy(tomllib.loads(blob.decode("utf-8")), source)
-    rows = json.loads(blob)
     if kind == "catalog":
-        return records.catalog(rows, region, version, source)
+        return catalog_blobs.decode(blob, region, version, source)
+    rows = json.loads(blob)
     if kind == "institutions":
         return {
             inst.code: inst for inst in (records.institution(r, source, f"[{i}]") for i, r in enumerate(rows))
         }
     raise ValueError(f"unknown static kind {kind}")
+
+
+BLOB_PIECE_BYTES = 1 << 20  # Redis serves one command at a time: a 20 MB value in one GET holds it up
+
+
+async def read_blob(client: aioredis.Redis, key: str) -> bytes | None:
+    """A published blob, read in pieces of BLOB_PIECE_BYTES (GETRANGE), so the Settles' commands are
+    served between them. Published blobs never change, so the pieces are of one value."""
+    size = int(await client.strlen(key))
+    if size == 0:
+        return None if not await client.exists(key) else b""
+    pieces = []
+    for start in range(0, size, BLOB_PIECE_BYTES):
+        piece = await client.getrange(key, start, min(size, start + BLOB_PIECE_BYTES) - 1)
+        pieces.append(piece if isinstance(piece, bytes) else piece.encode())
+    return b"".join(pieces)
+
+
+async def write_blob(client: aioredis.Redis, key: str, blob: bytes) -> None:
+    """Writes a blob in pieces (APPEND) under a key of its own, then renames it into place: a reader
+    never sees half a version, and Redis serves other commands between the pieces. A version already
+    published is left as it is (the caller has checked it holds the same bytes)."""
+    if await client.exists(key):
+        return
+    partial = f"{key}:partial"
+    await client.delete(partial)
+    for start in range(0, max(len(blob), 1), BLOB_PIECE_BYTES):
+        await client.append(partial, blob[start : start + BLOB_PIECE_BYTES])
+    await client.renamenx(partial, key)
 
 
 def covered_until(versions: tuple[Policy, ...]) -> float:
@@ -105,9 +134,10 @@ class StaticCache:
         self._versions_shown: set[tuple[str, str, str]] = set()
 
     async def refresh(self) -> StaticSnapshot:
-        """Load what the pointer names (reading only the blobs not yet parsed), then swap. Blobs are
-        parsed in a worker thread: a 60,000-entry catalog takes seconds to validate, and the event loop
-        goes on answering meanwhile (the snapshot in use stays the old one until the swap)."""
+        """Load what the pointer names (reading only the blobs not yet parsed), then swap. A blob is read
+        in pieces and taken up in a worker thread (a catalog is indexed, not parsed: catalog_blobs.py),
+        so neither this event loop nor Redis stalls on a large one; the snapshot in use stays the old
+        one until the swap."""
         async with self._lock:
             raw = await self.client.hgetall(STATIC_POINTER)
             pointer = {text(k): text(v) for k, v in raw.items()}
@@ -115,15 +145,15 @@ class StaticCache:
             missing = [key for *_, key in wanted if key not in self._parsed]
             metrics.CACHE.labels("l1", "static", "hit").inc(len(wanted) - len(missing))
             metrics.CACHE.labels("l1", "static", "miss").inc(len(missing))
-            if missing:
-                pipe = self.client.pipeline(transaction=False)
-                for key in missing:
-                    pipe.get(key)
-                for key, blob in zip(missing, await pipe.execute(), strict=True):
-                    if blob is None:
-                        raise DataError(key, "", "published version is missing from Redis")
-                    _, _, kind, region, version = key.split(":", 4)
-                    self._parsed[key] = await asyncio.to_thread(parse_blob, kind, region, version, blob)
+            for key in missing:
+                blob = await read_blob(self.client, key)
+                if blob is None:
+                    raise DataError(key, "", "published version is missing from Redis")
+                _, _, kind, region, version = key.split(":", 4)
+                if kind == "catalog":
+                    self._parsed[key] = await catalog_blobs.take_up(blob, region, version, key)
+                else:  # small: a policy file, the institution registry
+                    self._parsed[key] = parse_blob(kind, region, version, blob)
             policies: dict[str, list[Policy]] = {}
             catalogs, institutions = {}, {}
             for _, kind, region, key in wanted:
@@ -152,10 +182,13 @@ class StaticCache:
         key = static_key(kind, region, version)
         parsed = self._parsed.get(key)
         if parsed is None:
-            blob = await self.client.get(key)
+            blob = await read_blob(self.client, key)
             if blob is None:
                 raise DataError(key, "", "published version is missing from Redis")
-            parsed = parse_blob(kind, region, version, blob if isinstance(blob, bytes) else blob.encode())
+            if kind == "catalog":
+                parsed = await catalog_blobs.take_up(blob, region, version, key)
+            else:
+                parsed = parse_blob(kind, region, version, blob)
             self._parsed[key] = parsed
         return parsed
 
@@ -227,8 +260,9 @@ class Publication:
         where: Callable[[int], str] = lambda i: f"[{i}]",
     ) -> str:
         """Validates the rows with the one catalog parser (errors name `source` and the row), then
-        stages the blob. The catalog's validity periods are listed in `timelines`."""
-        blob = json.dumps(rows, ensure_ascii=False, sort_keys=True).encode("utf-8")
+        stages the blob in the form a gateway takes up without a stall (rules_cache/catalog_blobs.py).
+        The catalog's validity periods are listed in `timelines`."""
+        blob = catalog_blobs.encode(rows)
         version = version or content_version(region, blob)
         catalog = records.catalog(
             rows, region, version, source or static_key("catalog", region, version), where
@@ -256,10 +290,9 @@ class Publication:
             published = text(await client.hget(STATIC_POINTER, pointer_field("policy", region)) or b"")
             existing = []
             for version in published.split():
-                held = await client.get(static_key("policy", region, version))
+                held = await read_blob(client, static_key("policy", region, version))
                 if held is not None:
-                    raw = held if isinstance(held, bytes) else held.encode()
-                    existing.append(parse_blob("policy", region, version, raw))
+                    existing.append(parse_blob("policy", region, version, held))
             out[region] = stage(existing, policies, force)
         return out
 
@@ -275,7 +308,7 @@ class Publication:
             self.timelines += describe_catalog(catalog)
         for (kind, region, version), blob in self.blobs.items():
             key = static_key(kind, region, version)
-            held = await client.get(key)
+            held = await read_blob(client, key)
             if held is not None and held != blob:
                 raise DataError(
                     key, "version", f"version {version} is already published with other content: bump it"
@@ -286,7 +319,7 @@ class Publication:
         if dry_run:
             return pointer
         for (kind, region, version), blob in self.blobs.items():
-            await client.set(static_key(kind, region, version), blob, nx=True)
+            await write_blob(client, static_key(kind, region, version), blob)
         if pointer:
             await client.hset(STATIC_POINTER, mapping=dict(pointer))  # type: ignore[arg-type]
             await client.publish(STATIC_CHANNEL, json.dumps(pointer))
