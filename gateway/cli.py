@@ -279,6 +279,12 @@ async def serve(args: argparse.Namespace) -> int:
                 f"medsettle: loaded demo data: {len(report.versions)} versions, {report.persons} persons",
                 flush=True,
             )
+            policies = False
+            for line in report.timelines:  # the staged policy versions: which one takes over when
+                if not line.startswith(" "):
+                    policies = line.startswith("policy")
+                if policies:
+                    print(f"medsettle:   {line}", flush=True)
         children = [spawn() for _ in range(workers)]
         if not await wait_serving(target, children, probe):
             print("medsettle: the gateway processes did not become ready", flush=True)

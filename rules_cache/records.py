@@ -239,6 +239,7 @@ def bill(data: dict[str, Any], source: str, path: str) -> Bill:
                 unit_price_fen=line.integer("unit_price_fen", maximum=UNIT_PRICE_MAX_FEN),
                 quantity=line.integer("quantity", minimum=1, maximum=QUANTITY_MAX),
                 line_no=line.integer("line_no", i + 1, minimum=1) if line.has("line_no") else i + 1,
+                service_on=line.opt_day("service_date"),
             )
         )
         line.seen.add("line_no")
@@ -254,6 +255,11 @@ def bill(data: dict[str, Any], source: str, path: str) -> Bill:
         maternity_event=r.text("maternity_event") if r.has("maternity_event") else None,
         emergency=r.flag("emergency", False),
         use_account=r.flag("use_account", True),
+        stay_id=r.text("stay_id") if r.has("stay_id") else None,
+        interim=r.flag("interim", False),
+        visit_on=r.opt_day("visit_date"),
+        admitted_on=r.opt_day("admission_date"),
+        discharged_on=r.opt_day("discharge_date"),
     )
     r.done()
     return result
