@@ -11,12 +11,16 @@ person's partition as its hash tag, so one Lua script can update them all in one
     ms:{p017}:stl:<settlement_id>         hash: the answer, inputs, contribution, money, corrections
     ms:{p017}:stream                      stream: posting events (settle, reverse, refund, adjust)
     ms:{c042}:claim:<institution>:<msgid> string: who used the message id (any person): person|kind|hash
-    ms:card:<card_no>, ms:idno:<id>       person id (global index)
+    ms:card:<digest>, ms:idno:<digest>    person id (global index); the digest is a keyed hash of the card
+                                          or ID number (IndexKeys): no card or ID number in a key name
+    ms:index:check                        a keyed hash of a fixed text: proves every process uses one key
     static data (policies, catalogs, institutions): rules_cache/keys.py
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import zlib
 
 PARTITIONS = 256
@@ -77,9 +81,39 @@ def partition_of_settlement(settlement_id: str) -> int:
     return int(settlement_id[1:4])
 
 
-def card_key(card_no: str) -> str:
-    return f"ms:card:{card_no}"
+INDEX_CHECK = "ms:index:check"
+DIGEST_HEX_LEN = 32  # 128 bits of HMAC-SHA256: no collision among a nation's cards
 
 
-def id_number_key(id_number: str) -> str:
-    return f"ms:idno:{id_number}"
+class IndexKeys:
+    """Card and ID numbers never appear in key names (nor in the pub/sub notices or the in-process
+    caches): each is an HMAC-SHA256 under the deployment's index key, a secret kept apart from Redis, so
+    a copy of the keyspace or of a backup names no card. Every process of a deployment must use the same
+    key; `check_value` is written to Redis by the first and compared by every other."""
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) < 16:
+            raise ValueError("an index key has at least 16 bytes")
+        self._secret = secret
+
+    def digest(self, kind: str, value: str) -> str:
+        mac = hmac.new(self._secret, f"{kind}:{value}".encode(), hashlib.sha256)
+        return mac.hexdigest()[:DIGEST_HEX_LEN]
+
+    def card(self, card_no: str) -> str:
+        return f"ms:card:{self.digest('card', card_no)}"
+
+    def id_number(self, id_number: str) -> str:
+        return f"ms:idno:{self.digest('idno', id_number)}"
+
+    def lookup(self, card_no: str | None, id_number: str | None) -> str:
+        """The key under which a person id is found: the in-process cache's key too."""
+        return self.card(card_no) if card_no else self.id_number(id_number or "")
+
+    @property
+    def check_value(self) -> str:
+        return self.digest("check", "medsettle index key")
+
+
+def is_digest(suffix: str) -> bool:
+    return len(suffix) == DIGEST_HEX_LEN and all(c in "0123456789abcdef" for c in suffix)

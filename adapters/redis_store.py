@@ -106,8 +106,11 @@ class Ops:
 
 
 class RedisStore:
-    def __init__(self, client: aioredis.Redis, claims_inline: bool = True) -> None:
+    def __init__(
+        self, client: aioredis.Redis, index: keys.IndexKeys | None = None, claims_inline: bool = True
+    ) -> None:
         self.client = client
+        self._index = index  # None: a store that never looks a card up (the auditor)
         self.claims_inline = claims_inline
         self._batch = ScriptBatcher(client)
         self._read = client.register_script(lua("read_person.lua"))
@@ -133,19 +136,35 @@ class RedisStore:
 
     # ---------------------------------------------------------------- reads
 
+    @property
+    def index(self) -> keys.IndexKeys:
+        if self._index is None:
+            raise RuntimeError("this store was made without the index key: it cannot look cards up")
+        return self._index
+
+    async def verify_index(self) -> None:
+        """Refuses to serve with an index key other than the one the data was written with (each
+        process would find no card, silently); the first process writes the check."""
+        value = self.index.check_value
+        held = await self.client.set(keys.INDEX_CHECK, value, nx=True, get=False)
+        if not held and text(await self.client.get(keys.INDEX_CHECK)) != value:
+            raise StoreRefused(
+                "this process's index key is not the one the persons in Redis were written with:"
+                " give every process the deployment's key ($MEDSETTLE_INDEX_KEY or --index-key-file)"
+            )
+
     async def person_id_for(self, card_no: str | None, id_number: str | None) -> str | None:
-        lookup = f"c:{card_no}" if card_no else f"i:{id_number}"
-        cached = self._cards.get(lookup)
+        key = self.index.lookup(card_no, id_number)  # a keyed hash: the number itself goes nowhere
+        cached = self._cards.get(key)
         if cached is not None:
             CARD_HIT.inc()
             return cached
         CARD_MISS.inc()
-        key = keys.card_key(card_no) if card_no else keys.id_number_key(id_number or "")
         raw = await self.client.get(key)
         if raw is None:
             return None
         person_id = text(raw)
-        self._cards[lookup] = person_id
+        self._cards[key] = person_id
         return person_id
 
     def forget_cards(self, lookups: list[str]) -> None:
@@ -365,14 +384,16 @@ class RedisStore:
             REFUSED.inc()
             raise StoreRefused(text(reply[1]))
         old_raw = reply[0]
-        stale_cards = []
+        index = self.index
+        new_card, new_id = index.card(person.card_no), index.id_number(person.id_number)
+        stale = []
         if old_raw:
             old = json.loads(old_raw)
-            stale_cards = [f"c:{old.get('card_no')}", f"i:{old.get('id_number')}"]
-            if old.get("card_no") != person.card_no:
-                await self.client.delete(keys.card_key(old["card_no"]))
+            stale = [index.card(str(old.get("card_no"))), index.id_number(str(old.get("id_number")))]
+            for gone in {k for k in stale if k not in (new_card, new_id)}:  # a card or ID number replaced
+                await self.client.delete(gone)
         pipe = self.client.pipeline(transaction=False)
-        pipe.set(keys.card_key(person.card_no), pid)
-        pipe.set(keys.id_number_key(person.id_number), pid)
+        pipe.set(new_card, pid)
+        pipe.set(new_id, pid)
         await pipe.execute()
-        await self.client.publish(keys.PERSON_CHANNEL, json.dumps([*stale_cards, f"c:{person.card_no}"]))
+        await self.client.publish(keys.PERSON_CHANNEL, json.dumps(sorted({*stale, new_card})))

@@ -188,9 +188,11 @@ async def gateway_process(args: argparse.Namespace) -> int:
             Path(args.tls_cert), Path(args.tls_key), Path(args.tls_client_ca),
             Path(args.tls_crl) if args.tls_crl else None,
         )  # fmt: skip
+    from gateway.index_key import resolve
+
     config = Config(
         listen=args.listen, redis_url=redis_url, ledger_dsn=ledger_dsn_of(args), tls=tls,
-        limits=limits_of(args.limit),
+        limits=limits_of(args.limit), index_key=resolve(None, Path(DEFAULT_DATA_DIR), create=False),
     )  # fmt: skip
     stop = stop_event()
     gateway = await Gateway(config, redis_url).start()
@@ -260,8 +262,12 @@ async def serve(args: argparse.Namespace) -> int:
     children: list[subprocess.Popen[bytes]] = []
     posting: subprocess.Popen[bytes] | None = None
     level = args.log_level or ("WARNING" if args.demo else "INFO")
+    from adapters.redis_keys import IndexKeys
+    from gateway.index_key import INDEX_KEY_ENV, resolve
+
+    index_key = resolve(args.index_key_file, data_dir, create=embedded is not None)
     # secrets travel in the children's environment (readable by this user only), never in argv
-    child_env = {**os.environ, REDIS_ENV: redis_url, LEDGER_ENV: ledger_dsn}
+    child_env = {**os.environ, REDIS_ENV: redis_url, LEDGER_ENV: ledger_dsn, INDEX_KEY_ENV: index_key.hex()}
     limit_args = [f"--limit={item}" for item in args.limit or []]
 
     def spawn() -> subprocess.Popen[bytes]:
@@ -273,7 +279,7 @@ async def serve(args: argparse.Namespace) -> int:
     try:
         if embedded is not None and not args.no_demo_data:
             client = redis_client(admin_url, config)
-            report = await load_citydata_dir(client, config.citydata)
+            report = await load_citydata_dir(client, config.citydata, index=IndexKeys(index_key))
             await client.aclose()
             print(
                 f"medsettle: loaded demo data: {len(report.versions)} versions, {report.persons} persons",
@@ -412,10 +418,16 @@ async def load(args: argparse.Namespace) -> int:
     url = redis_url_of(args)
     if url is None:
         raise SystemExit(f"medsettle load: --redis URL, --redis-file FILE or ${REDIS_ENV}")
+    from adapters.redis_keys import IndexKeys
+    from gateway.index_key import resolve
+
+    def index() -> IndexKeys:  # persons are found by keyed card hashes; asked once every file is valid
+        return IndexKeys(resolve(args.index_key_file, Path(args.data_dir), create=False))
+
     client = redis_client(url, Config())
     try:
         if args.dir:
-            report = await load_citydata_dir(client, Path(args.dir), args.force, args.dry_run)
+            report = await load_citydata_dir(client, Path(args.dir), args.force, args.dry_run, index)
         else:
             catalogs = {}
             for item in args.catalog or []:
@@ -429,6 +441,7 @@ async def load(args: argparse.Namespace) -> int:
                 persons=Path(args.persons) if args.persons else None,
                 force=args.force,
                 dry_run=args.dry_run,
+                index=index,
             )
     finally:
         await client.aclose()
@@ -634,6 +647,16 @@ def render_statement(kind: str, month: str, rows: list[Any]) -> str:
     return "\n".join(lines)
 
 
+def index_key_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--index-key-file",
+        help="the deployment's index key (hex, mode 0600); else $MEDSETTLE_INDEX_KEY, else"
+        " <data-dir>/secrets/index.key (card and ID numbers are keyed hashes in Redis)",
+    )
+    if not any(a.dest == "data_dir" for a in p._actions):
+        p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="where secrets/index.key is")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medsettle", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -677,6 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--audit-rotate-bytes", type=int, default=64 << 20,
         help="rotate <data-dir>/audit.log at this size (and at midnight); 0: by day only",
     )  # fmt: skip
+    index_key_flags(p)
     p.set_defaults(func=lambda a: asyncio.run(serve(a)))
 
     p = sub.add_parser("gateway-process", help=argparse.SUPPRESS)  # one of serve's processes
@@ -702,6 +726,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dry-run", action="store_true", help="validate and show what would be in force on which dates"
     )
+    index_key_flags(p)
     p.add_argument(
         "--force",
         action="store_true",

@@ -29,3 +29,6 @@ class Config:
     # the CLI otherwise always sets it (the data folder's certificates by default)
     tls: ServerTls | None = None
     limits: EdgeLimits = field(default_factory=EdgeLimits)
+    # The deployment's index key: card and ID numbers are keyed hashes in Redis (gateway/index_key.py
+    # says where the CLI finds it). Required to serve: a gateway without it can look no card up.
+    index_key: bytes = b""

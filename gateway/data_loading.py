@@ -5,12 +5,14 @@ static file validates."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis.asyncio as aioredis
 
 from adapters.citydata_files import person_record, read_csv
+from adapters.redis_keys import IndexKeys
 from adapters.redis_store import RedisStore
 from rules_cache.reader import DataError
 from rules_cache.static_data import Publication
@@ -33,10 +35,12 @@ async def load_files(
     persons: Path | None = None,
     force: bool = False,
     dry_run: bool = False,
+    index: IndexKeys | Callable[[], IndexKeys] | None = None,
 ) -> LoadReport:
-    """With `dry_run`, everything is validated and `timelines` says what would be in force on which
-    dates; nothing is written. `force` publishes a policy version that leaves a gap or replaces one
-    beginning on the same day (rules_cache/staging.py)."""
+    """`index` (or what makes it, asked only once every file is valid) hashes the card and ID numbers of
+    the persons written. With `dry_run`, everything is validated and `timelines` says what would be in
+    force on which dates; nothing is written. `force` publishes a policy version that leaves a gap or
+    replaces one beginning on the same day (rules_cache/staging.py)."""
     publication = Publication()
     for path in policies:
         publication.add_policy(path.read_text(encoding="utf-8"), path.name)
@@ -60,14 +64,24 @@ async def load_files(
     versions = await publication.publish(client, force=force, dry_run=dry_run)
     if dry_run:
         return LoadReport(versions, 0, publication.timelines)
-    store = RedisStore(client)
+    if records and index is None:
+        raise DataError(source, "", "persons need the deployment's index key (card numbers are keyed hashes)")
+    if callable(index):
+        index = index()
+    store = RedisStore(client, index)
+    if records:
+        await store.verify_index()
     for i, record in enumerate(records):
         await store.put_person(record, f"{source}[{i}]")
     return LoadReport(versions, len(records), publication.timelines)
 
 
 async def load_citydata_dir(
-    client: aioredis.Redis, root: Path, force: bool = False, dry_run: bool = False
+    client: aioredis.Redis,
+    root: Path,
+    force: bool = False,
+    dry_run: bool = False,
+    index: IndexKeys | Callable[[], IndexKeys] | None = None,
 ) -> LoadReport:
     return await load_files(
         client,
@@ -77,4 +91,5 @@ async def load_citydata_dir(
         persons=root / "persons.json",
         force=force,
         dry_run=dry_run,
+        index=index,
     )

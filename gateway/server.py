@@ -14,12 +14,14 @@ from zoneinfo import ZoneInfo
 
 import grpc
 import redis.asyncio as aioredis
+import redis.exceptions
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from adapters.ledger.store import Ledger
-from adapters.redis_keys import PERSON_CHANNEL
+from adapters.redis_keys import PERSON_CHANNEL, IndexKeys
 from adapters.redis_store import RedisStore
+from adapters.settlement_store import StoreRefused
 from gateway.config import Config
 from gateway.correction_service import CorrectionService
 from gateway.edge.identity import IdentityReader, Revocations
@@ -73,16 +75,23 @@ class Gateway:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     ledger_service: LedgerService | None = None
     healthy: bool = False
+    index_verified: bool = False
     edge: Edge | None = None
     credentials: ReloadingServerCredentials | None = None
 
     async def start(self) -> Gateway:
         client = redis_client(self.redis_url, self.config)
-        store = RedisStore(client)
+        if not self.config.index_key:
+            raise ValueError("Config.index_key is required: card and ID numbers are keyed hashes in Redis")
+        store = RedisStore(client, IndexKeys(self.config.index_key))
         static = StaticCache(client)
-        with contextlib.suppress(Exception):  # Redis may be down at start: health says NOT_SERVING
+        try:  # Redis may be down at start: health says NOT_SERVING until it answers
+            await store.verify_index()  # a wrong key is fatal: this process would find no card
             await static.refresh()
             await store.preload_scripts()
+            self.index_verified = True
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+            pass
         zone = ZoneInfo(self.config.timezone)
         now = self.now or (lambda: datetime.now(zone))
         self.store = store
@@ -147,10 +156,16 @@ class Gateway:
         return self
 
     async def check(self, client: aioredis.Redis, static: StaticCache) -> None:
-        """SERVING only when Redis answers and policy, catalog and institution data are loaded."""
+        """SERVING only when Redis answers, this process's index key is the deployment's, and policy,
+        catalog and institution data are loaded."""
         try:
+            if not self.index_verified and self.store is not None:
+                await self.store.verify_index()  # a StoreRefused here stays NOT_SERVING, and says why
+                self.index_verified = True
             ok = bool(await client.ping()) and static.snapshot.ready
-        except Exception:
+        except Exception as exc:
+            if isinstance(exc, StoreRefused):
+                log.error("%s", exc)
             ok = False
         self.healthy = ok
         status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING

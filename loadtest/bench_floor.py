@@ -53,7 +53,7 @@ from gateway.protos import pb
 from loadtest import frames as fr
 from loadtest import loadgen, proc_cpu
 from loadtest.certs import BenchPki, make_pki
-from loadtest.stack import CITYDATA, CLI, LOAD_LIMITS, limit_flags
+from loadtest.stack import CITYDATA, CLI, LOAD_LIMITS, limit_flags, secret_env
 from loadtest.synthetic import write_persons
 
 CALLS = {
@@ -329,7 +329,7 @@ def gateway(
     command = [*CLI, "serve", "--listen", "127.0.0.1:0", "--workers", str(processes),
                "--metrics-port", "-1", "--log-level", args.log_level, "--data-dir", str(data_dir),
                *tls, *limits, *shlex.split(args.serve_args)]  # fmt: skip
-    return started("gateway", command, pki is not None, r"serving", {"MEDSETTLE_REDIS_URL": redis_url})
+    return started("gateway", command, pki is not None, r"serving", secret_env(redis_url))
 
 
 # -------------------------------------------------------------------- report
@@ -492,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
             bench = Bench(args, binary, tmp / "run", redis_server.process.pid, client_tls)
             (tmp / "run").mkdir()
             if gateway_calls:
-                env = {**os.environ, "MEDSETTLE_REDIS_URL": redis_server.url}  # the password never in argv
+                env = {**os.environ, **secret_env(redis_server.url)}  # the password never in argv
                 load = [*CLI, "load"]
                 subprocess.run([*load, "--dir", str(CITYDATA)], check=True, capture_output=True, env=env)
                 people = write_persons(tmp / "persons.json", args.persons + args.reverse_persons)

@@ -27,7 +27,7 @@ from typing import Any
 from loadtest import frames as fr
 from loadtest import loadgen
 from loadtest.certs import BenchPki
-from loadtest.stack import CITYDATA, CLI, running_stack
+from loadtest.stack import CITYDATA, CLI, running_stack, secret_env
 from rules_cache import catalog_blobs
 from rules_cache.static_data import parse_blob
 
@@ -52,7 +52,7 @@ def publish(redis_url: str, catalog: Path) -> float:
     """`medsettle load --catalog`, as an operator would run it (at the lowest CPU priority: here it
     shares the two cores with the gateway; in production it runs on another machine). Seconds."""
     started = time.perf_counter()
-    env = {**os.environ, "MEDSETTLE_REDIS_URL": redis_url}
+    env = {**os.environ, **secret_env(redis_url)}
     subprocess.run(
         ["nice", "-n", "19", *CLI, "load", "--catalog", f"{REGION}={catalog}"], check=True, env=env,
         capture_output=True,

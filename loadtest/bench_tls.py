@@ -31,7 +31,7 @@ from gateway.edge.tls import ClientTls, channel
 from gateway.protos import pb, pb_grpc
 from loadtest import proc_cpu
 from loadtest.bench_gateway import closed_loop, open_loop, percentile, settle_requests
-from loadtest.stack import CITYDATA, CLI, limit_flags
+from loadtest.stack import CITYDATA, CLI, limit_flags, secret_env
 from loadtest.synthetic import write_persons
 
 HOSPITAL = "H50010300001"
@@ -102,7 +102,7 @@ async def measure(
 
 async def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(Path(tmp)) as server:
-        env = {**os.environ, "MEDSETTLE_REDIS_URL": server.url}
+        env = {**os.environ, **secret_env(server.url)}
         subprocess.run([*CLI, "load", "--dir", str(CITYDATA)], check=True, stdout=subprocess.DEVNULL, env=env)
         people = write_persons(Path(tmp) / "persons.json", args.persons)
         subprocess.run(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -31,6 +32,15 @@ LOAD_LIMITS = [
     "process_calls_in_flight_max=100000", "eligibility_per_card_per_min_max=1000000",
     "person_misses_per_min_max=1000000",
 ]  # fmt: skip
+
+
+# one index key per run of a load tool: `load` and `serve` must hash card numbers alike
+INDEX_KEY_HEX = secrets.token_hex(32)
+
+
+def secret_env(redis_url: str) -> dict[str, str]:
+    """What a load tool's `medsettle load` and `serve` get in their environment."""
+    return {"MEDSETTLE_REDIS_URL": redis_url, "MEDSETTLE_INDEX_KEY": INDEX_KEY_HEX}
 
 
 def limit_flags(limits: list[str] = LOAD_LIMITS) -> list[str]:
@@ -66,7 +76,7 @@ def running_stack(
     output). The Redis URL reaches serve in its environment: it holds the admin password."""
     with tempfile.TemporaryDirectory() as d, EmbeddedRedis(Path(d)) as redis_server:
         tmp = Path(d)
-        env = {**os.environ, "MEDSETTLE_REDIS_URL": redis_server.url}  # the password never in argv
+        env = {**os.environ, **secret_env(redis_server.url)}  # the password and the index key never in argv
         load = [*CLI, "load"]
         subprocess.run([*load, "--dir", str(CITYDATA)], check=True, capture_output=True, env=env)
         people = write_persons(tmp / "persons.json", persons)

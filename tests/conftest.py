@@ -19,11 +19,14 @@ import pytest_asyncio
 import redis
 
 from adapters.embedded_redis import EmbeddedRedis
+from adapters.redis_keys import IndexKeys
 from gateway.config import Config
 from gateway.data_loading import load_citydata_dir
 from gateway.server import Gateway, redis_client
 
 NOW = datetime(2026, 6, 15, 10, 30, tzinfo=ZoneInfo("Asia/Shanghai"))
+INDEX_KEY = bytes.fromhex("6d6564736574746c652d74657374732d696e6465782d6b6579")  # the tests' index key
+INDEX = IndexKeys(INDEX_KEY)
 
 
 @pytest.fixture
@@ -40,9 +43,15 @@ def sync_redis(redis_server: EmbeddedRedis) -> redis.Redis:
 
 @pytest_asyncio.fixture
 async def gateway(redis_server: EmbeddedRedis) -> AsyncIterator[Gateway]:
-    config = Config(listen="127.0.0.1:0", redis_url=redis_server.url, health_interval_ms=100, tls=None)
+    config = Config(
+        listen="127.0.0.1:0",
+        redis_url=redis_server.url,
+        health_interval_ms=100,
+        tls=None,
+        index_key=INDEX_KEY,
+    )
     client = redis_client(redis_server.url, config)
-    await load_citydata_dir(client, config.citydata)
+    await load_citydata_dir(client, config.citydata, index=INDEX)
     await client.aclose()
     gw = await Gateway(config, redis_server.url, now=lambda: NOW).start()
     yield gw

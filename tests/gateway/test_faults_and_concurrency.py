@@ -22,6 +22,7 @@ from gateway.protos import pb, pb_grpc
 from gateway.server import Gateway
 from rules_cache.static_data import Publication
 
+from ..conftest import INDEX_KEY
 from ..redis_state import accumulators, set_balance, set_opening
 from .conftest import HOSPITAL, HOSPITAL_2, NOW, PERSON, Terminal, error_of
 from .test_settlement_rpcs import STAY
@@ -38,7 +39,7 @@ async def test_concurrent_settlements_never_exceed_the_cap_or_overdraw_the_accou
     # fund pays exactly the 200.00 left and the account exactly its 500.00, never more.
     set_opening(sync_redis, PERSON, {"fund.basic": BASIC_CAP - 20_000})
     set_balance(sync_redis, PERSON, 50_000)
-    config = Config(listen="127.0.0.1:0", redis_url=redis_server.url)
+    config = Config(listen="127.0.0.1:0", redis_url=redis_server.url, index_key=INDEX_KEY)
     second = await Gateway(config, redis_server.url, now=lambda: NOW).start()
     try:
         async with (

@@ -19,6 +19,7 @@ from gateway.config import Config
 from gateway.engine.model import Person
 from gateway.server import redis_client
 
+from ..conftest import INDEX
 from . import test_year_stateful as machine
 
 SERVER: EmbeddedRedis | None = None
@@ -47,7 +48,7 @@ class YearOnRedis(machine.Year):
     def make_store(self) -> Any:
         assert SERVER is not None
         redis.Redis.from_url(SERVER.url).flushdb()
-        store = RedisStore(redis_client(SERVER.url, Config()))
+        store = RedisStore(redis_client(SERVER.url, Config()), INDEX)
 
         async def load() -> None:
             for pid, p in machine.PERSONS.items():

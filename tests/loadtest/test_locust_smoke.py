@@ -45,8 +45,9 @@ def gateway_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int
     persons = data / "persons.json"
     persons.write_text(subprocess.run([sys.executable, "-m", "loadtest.locust_data", str(PERSONS)],
                                       capture_output=True, text=True, check=True).stdout)  # fmt: skip
+    # the embedded folder's Redis URL and index key (card numbers are keyed hashes)
     subprocess.run([*CLI, "load", "--redis-file", str(data / "secrets" / "redis-admin.url"), "--persons",
-                    str(persons)], check=True, capture_output=True)  # fmt: skip
+                    str(persons), "--data-dir", str(data)], check=True, capture_output=True)  # fmt: skip
     yield int(found["port"]), data / "certs"
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)

@@ -23,7 +23,7 @@ from gateway.posting.worker import PostingWorker, WorkerConfig
 from gateway.protos import pb, pb_grpc
 from gateway.server import Gateway, redis_client
 
-from ..conftest import NOW
+from ..conftest import INDEX, INDEX_KEY, NOW
 from ..gateway.conftest import HOSPITAL
 from .test_worker import add_persons, run_until_caught_up, settle_many
 
@@ -32,9 +32,11 @@ pytestmark = pytest.mark.asyncio
 
 @pytest_asyncio.fixture
 async def ledger_gateway(redis_server: EmbeddedRedis, ledger_dsn: str) -> AsyncIterator[Gateway]:
-    config = Config(listen="127.0.0.1:0", redis_url=redis_server.url, ledger_dsn=ledger_dsn)
+    config = Config(
+        listen="127.0.0.1:0", redis_url=redis_server.url, ledger_dsn=ledger_dsn, index_key=INDEX_KEY
+    )
     client = redis_client(redis_server.url, config)
-    await load_citydata_dir(client, config.citydata)
+    await load_citydata_dir(client, config.citydata, index=INDEX)
     await client.aclose()
     gw = await Gateway(config, redis_server.url, now=lambda: NOW).start()
     yield gw

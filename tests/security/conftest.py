@@ -22,7 +22,7 @@ from gateway.edge.limits import EdgeLimits
 from gateway.edge.tls import ClientTls, ServerTls, channel
 from gateway.server import Gateway, redis_client
 
-from ..conftest import NOW
+from ..conftest import INDEX, INDEX_KEY, NOW
 
 HOSPITAL = "H50010300001"
 HOSPITAL_2 = "H50010300002"
@@ -69,7 +69,7 @@ async def start_gateway(redis_server: EmbeddedRedis, pki: Path) -> AsyncIterator
         nonlocal loaded
         if not loaded:
             client = redis_client(redis_server.url, Config())
-            await load_citydata_dir(client, Config().citydata)
+            await load_citydata_dir(client, Config().citydata, index=INDEX)
             await client.aclose()
             loaded = True
         if tls == "pki":
@@ -79,7 +79,7 @@ async def start_gateway(redis_server: EmbeddedRedis, pki: Path) -> AsyncIterator
             )
         config = Config(
             listen="127.0.0.1:0", redis_url=redis_server.url_for("gateway"), health_interval_ms=100, tls=tls,
-            limits=limits or EdgeLimits(), ledger_dsn=ledger_dsn,
+            limits=limits or EdgeLimits(), ledger_dsn=ledger_dsn, index_key=INDEX_KEY,
         )  # fmt: skip
         gw = await Gateway(config, config.redis_url or "", now=lambda: NOW).start()
         started.append(gw)
