@@ -598,6 +598,26 @@ def audit(args: argparse.Namespace) -> int:
     return 1 if report.differences else 0
 
 
+async def migrate(args: argparse.Namespace) -> int:
+    from adapters.redis_keys import IndexKeys
+    from gateway.config import Config
+    from gateway.index_key import resolve
+    from gateway.migrate import migrate as run
+    from gateway.server import redis_client
+
+    url = redis_url_of(args)
+    if url is None:
+        raise SystemExit(f"medsettle migrate: --redis URL, --redis-file FILE or ${REDIS_ENV}")
+    index = IndexKeys(resolve(args.index_key_file, Path(args.data_dir), create=False))
+    client = redis_client(url, Config())
+    try:
+        report = await run(client, index)
+    finally:
+        await client.aclose()
+    print("\n".join(report.lines()))
+    return 0
+
+
 def statement(args: argparse.Namespace) -> int:
     import csv
     import dataclasses
@@ -755,6 +775,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-host", default="127.0.0.1", help="address the metrics listen on")
     p.add_argument("--budgets", help="monthly fund budgets (TOML) to export beside the spend")
     p.set_defaults(func=worker)
+
+    p = sub.add_parser(
+        "migrate", help="bring a Redis of the first release to this keyspace (gateways stopped)"
+    )
+    secret_flags(p, "redis", f"redis://... (or --redis-file, ${REDIS_ENV})")
+    index_key_flags(p)
+    p.set_defaults(func=lambda a: asyncio.run(migrate(a)))
 
     p = sub.add_parser(
         "audit", help="re-run every live settlement and prove store, accounts and ledger agree; exit 1 if not"
