@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from gateway.cli import build_parser
-from telemetry import metrics  # noqa: F401  (registers every metric)
+from telemetry import metrics  # registers every metric
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMQL_WORDS = {
@@ -20,9 +20,13 @@ PROMQL_WORDS = {
 
 
 def exported_names() -> set[str]:
+    """What the processes export: every metric object (the worker's health gauge is created only in the
+    worker, so it is created here too) and the backlog the supervisor reads from Redis at each scrape
+    (tests/ops/test_backlog.py checks a real scrape yields every one of them)."""
     from prometheus_client.core import REGISTRY
 
-    return set(REGISTRY._names_to_collectors)
+    metrics.worker_healthy()
+    return set(REGISTRY._names_to_collectors) | set(metrics.BACKLOG)
 
 
 def metric_names(expr: str) -> set[str]:
