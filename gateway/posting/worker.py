@@ -323,6 +323,7 @@ class PostingWorker:
                 except Exception as one:
                     metrics.POSTING_FAILURES.labels("refused").inc()
                     self.note_failure(stream, entry_id, {}, f"refused by the ledger: {one}", poison)
+                    self._own_pending = True  # tried again next loop (not after a claim's idle time)
             entries = good
         self.database.ok()
         self.stats.batches += 1
