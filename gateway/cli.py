@@ -266,6 +266,7 @@ async def serve(args: argparse.Namespace) -> int:
     from gateway.config import Config
     from gateway.data_loading import load_citydata_dir
     from gateway.ops.backlog import BacklogCollector, client_for
+    from gateway.ops.durability import read_facts_sync
     from gateway.ops.lifeline import SUPERVISOR_ENV
     from gateway.ops.status import RUN_DIR_ENV, Child, supervisor_health
     from gateway.server import redis_client
@@ -373,12 +374,17 @@ async def serve(args: argparse.Namespace) -> int:
         backlog_client = client_for(admin_url)  # embedded: admin, so CONFIG GET appendfsync is seen
         if args.metrics_port >= 0:
 
-            def redis_problem() -> str:
+            def redis_problem() -> tuple[str, str]:
                 try:
-                    backlog_client.ping()
-                    return ""
+                    facts = read_facts_sync(backlog_client)
                 except redis.RedisError as exc:
-                    return f"unreachable: {type(exc).__name__}: {exc}"
+                    return f"unreachable: {type(exc).__name__}: {exc}", ""
+                problems = [*facts.problems(durability), facts.degraded(durability)]
+                detail = (
+                    f"answers; durability {durability.describe()}; appendfsync {facts.appendfsync};"
+                    f" maxmemory-policy {facts.maxmemory_policy}; {facts.replicas_connected} replica(s)"
+                )
+                return "; ".join(p for p in problems if p), detail
 
             def health() -> tuple[bool, str]:
                 gateways = [Child(c.pid, c.poll() is None) for c in children]

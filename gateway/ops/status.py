@@ -52,9 +52,10 @@ def supervisor_health(
     run_dir: Path,
     gateways: Sequence[Child],
     worker: Child | None,
-    redis_check: Callable[[], str],
+    redis_check: Callable[[], tuple[str, str]],
 ) -> tuple[bool, str]:
-    """(healthy, one line per part). `redis_check` returns '' when Redis answers, else why not."""
+    """(healthy, one line per part). `redis_check` returns ('', what it is) when Redis answers and is fit
+    to hold money, else (why not, '')."""
     lines = []
     ok = True
     now = time.time()
@@ -73,14 +74,14 @@ def supervisor_health(
             ok = ok and bool(status["serving"])
             word = "SERVING" if status["serving"] else "NOT_SERVING"
             lines.append(
-                f"gateway process {child.pid}: {word}: {status['reason']} (/healthz :{status['port']})"
+                f"gateway process {child.pid}: {word}: {status['reason']} (/healthz on :{status['port']})"
             )
     if worker is not None:
         ok = ok and worker.alive
         lines.append(
             f"posting worker {worker.pid}: {'running' if worker.alive else 'exited (being restarted)'}"
         )
-    problem = redis_check()
+    problem, detail = redis_check()
     ok = ok and not problem
-    lines.append(f"redis: {problem or 'answers'}")
+    lines.append(f"redis: {problem or detail}")
     return ok, "\n".join(lines)
