@@ -50,7 +50,8 @@ def receiver(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
     parser.add_argument("--listen", default="127.0.0.1:9095")
     parser.add_argument("--file", default="alerts.jsonl", help="where notifications are appended")
     args = parser.parse_args()
