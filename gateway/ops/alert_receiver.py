@@ -18,9 +18,7 @@ from typing import Any
 BODY_BYTES_MAX = 1 << 20  # a notification larger than this is refused (413)
 
 
-def receiver(
-    host: str, port: int, on_notification: Callable[[dict[str, Any]], None]
-) -> ThreadingHTTPServer:
+def receiver(host: str, port: int, on_notification: Callable[[dict[str, Any]], None]) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
