@@ -264,7 +264,11 @@ class Gateway:
         try:
             await client.ping()
             facts = self.state.facts
-            if facts is None or time.monotonic() - self._facts_at >= FACTS_EVERY_S:
+            # Read once (at start, or when Redis first answers), and again every FACTS_EVERY_S only in
+            # replica mode, where the replicas connected decide whether a commit can be acknowledged: a
+            # Settle stays two Redis commands (the supervisor re-checks eviction and AOF at each scrape).
+            stale = time.monotonic() - self._facts_at >= FACTS_EVERY_S
+            if facts is None or (stale and self.durability.mode == "replica"):
                 facts = await self.refresh_facts(client)
             problems = [*facts.problems(self.durability), facts.degraded(self.durability)]
             reason = "; ".join(p for p in problems if p) or reason

@@ -74,21 +74,27 @@ def demo(tmp_path: Path, port: int) -> subprocess.CompletedProcess[str]:
 
 def test_a_killed_supervisor_leaves_nothing_behind_and_a_new_serve_takes_the_port(tmp_path: Path) -> None:
     first, ports = start_serve(tmp_path, "127.0.0.1:0")
-    code, text = healthz(ports["metrics"])
-    assert code == 200, text
-    assert text.count(": SERVING: serving; durability aof") == 2 and "posting worker" in text
-    assert "appendfsync always" in text and "maxmemory-policy noeviction" in text
-    per_process = [int(p) for p in re.findall(r"/healthz on :(\d+)", text)]
-    assert len(per_process) == 2 and all(healthz(p)[0] == 200 for p in per_process)
-    spawned = children_of(first.pid)  # two gateway processes, the worker, the redis-server
-    assert len(spawned) == 4, spawned
-    os.kill(first.pid, signal.SIGKILL)  # no cleanup runs in the supervisor
-    first.wait()
-    deadline = time.monotonic() + GONE_WITHIN_S
-    while any(alive(p) for p in spawned) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    left = [p for p in spawned if alive(p)]
-    assert not left, f"processes of the killed supervisor still running: {left}"
+    try:
+        code, text = healthz(ports["metrics"])
+        assert code == 200, text
+        assert text.count(": SERVING: serving; durability aof") == 2 and "posting worker" in text
+        assert "appendfsync always" in text and "maxmemory-policy noeviction" in text
+        per_process = [int(p) for p in re.findall(r"/healthz on :(\d+)", text)]
+        assert len(per_process) == 2 and all(healthz(p)[0] == 200 for p in per_process)
+        spawned = children_of(first.pid)  # two gateway processes, the worker, the redis-server
+        assert len(spawned) == 4, spawned
+        os.kill(first.pid, signal.SIGKILL)  # no cleanup runs in the supervisor
+        first.wait()
+        deadline = time.monotonic() + GONE_WITHIN_S
+        while any(alive(p) for p in spawned) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = [p for p in spawned if alive(p)]
+        assert not left, f"processes of the killed supervisor still running: {left}"
+
+    finally:
+        if first.poll() is None:  # a failed assertion before the kill: stop it cleanly
+            first.send_signal(signal.SIGTERM)
+            first.wait(timeout=60)
 
     second, again = start_serve(tmp_path, f"127.0.0.1:{ports['grpc']}")  # same port, same data folder
     try:
