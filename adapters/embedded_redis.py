@@ -158,8 +158,9 @@ class EmbeddedRedis:
             lines.append(f"user {user} reset on #{digest} {RULES[user]}")
         path = self.dir / "redis.conf"
         write_private(path, ("\n".join(lines) + "\n").encode())
-        for user in USERS:
-            write_private(self.url_file(user), self.url_for(user).encode())
+        if self.replica_of is None:  # the URL files name the primary, which clients write to
+            for user in USERS:
+                write_private(self.url_file(user), self.url_for(user).encode())
         return path
 
     def start(self) -> EmbeddedRedis:
