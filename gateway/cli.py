@@ -1,4 +1,4 @@
-"""The `medsettle` command: serve, load, worker, statement, demo, health, certs, split."""
+"""The `medsettle` command: serve, load, worker, deadletters, statement, demo, health, certs, split."""
 
 from __future__ import annotations
 
@@ -177,8 +177,13 @@ async def gateway_process(args: argparse.Namespace) -> int:
     port with its siblings through SO_REUSEPORT. The Redis URL and ledger DSN come in the environment."""
     from gateway.config import Config
     from gateway.edge.tls import ServerTls
+    from gateway.ops.durability import StartupRefused
+    from gateway.ops.lifeline import die_with_supervisor
+    from gateway.ops.status import RUN_DIR_ENV, STATUS_EVERY_S, write_status
     from gateway.server import Gateway
+    from telemetry.metrics import serve_metrics
 
+    die_with_supervisor()  # first: a supervisor killed now must not leave this process serving
     redis_url = redis_url_of(args)
     if redis_url is None:
         raise SystemExit(f"medsettle gateway-process: no Redis URL (${REDIS_ENV} or --redis-file)")
@@ -195,27 +200,82 @@ async def gateway_process(args: argparse.Namespace) -> int:
         limits=limits_of(args.limit), index_key=resolve(None, Path(DEFAULT_DATA_DIR), create=False),
     )  # fmt: skip
     stop = stop_event()
-    gateway = await Gateway(config, redis_url).start()
+    try:
+        gateway = await Gateway(config, redis_url, durability=durability_of(args)).start()
+    except StartupRefused as exc:
+        print(f"medsettle gateway-process: refusing to start: {exc}", file=sys.stderr, flush=True)
+        return 2
     # What the process built to start (modules, protobuf descriptors, the static data) lives as long
     # as it does: moved out of the cycle collector's generations, a full collection no longer walks it
     # and no longer holds the event loop for tens of milliseconds.
     gc.freeze()
+    # this process's own /healthz (loopback, any free port), and its verdict where the supervisor reads it
+    http = serve_metrics(0, gateway.report, "127.0.0.1")
+    run_dir = Path(os.environ[RUN_DIR_ENV]) if os.environ.get(RUN_DIR_ENV) else None
     try:
-        await stop.wait()
+        while not stop.is_set():
+            if run_dir is not None:
+                serving, reason = gateway.report()
+                with contextlib.suppress(OSError):
+                    write_status(run_dir, serving, reason, int(http.server_port))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=STATUS_EVERY_S)
     finally:
         await gateway.stop()
+        if run_dir is not None:
+            with contextlib.suppress(OSError):
+                write_status(run_dir, False, "stopped", int(http.server_port))
+        http.shutdown()
     return 0
+
+
+def durability_of(args: argparse.Namespace) -> Any:
+    from gateway.ops.durability import Durability
+
+    try:
+        return Durability(args.durability, args.replicas, args.replica_wait_ms)
+    except ValueError as exc:
+        raise SystemExit(f"medsettle: {exc}") from None
+
+
+def durability_args(args: argparse.Namespace) -> list[str]:
+    return [
+        "--durability", args.durability, "--replicas", str(args.replicas),
+        "--replica-wait-ms", str(args.replica_wait_ms),
+    ]  # fmt: skip
+
+
+def refuse_unfit_redis(url: str, durability: Any) -> str:
+    """The supervisor's check before it starts anything: '' when Redis is fit to hold money (or does not
+    answer yet: the gateway processes then report NOT_SERVING until it does), else why not."""
+    import redis
+
+    from gateway.ops.durability import read_facts_sync
+
+    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        return "; ".join(read_facts_sync(client).problems(durability))
+    except redis.RedisError:
+        return ""
+    finally:
+        client.close()
 
 
 async def serve(args: argparse.Namespace) -> int:
     """Supervisor: the embedded Redis (unless a Redis URL is given), the demo data, N gateway processes
     started before any gRPC object exists here, the posting worker (embedded mode), metrics across all of
     them, and the audit log's rotation."""
+    import redis
+
     from adapters.embedded_redis import EmbeddedRedis, free_port
     from adapters.secret_files import mask_url
     from gateway import logs
     from gateway.config import Config
     from gateway.data_loading import load_citydata_dir
+    from gateway.ops.backlog import BacklogCollector, client_for
+    from gateway.ops.durability import read_facts_sync
+    from gateway.ops.lifeline import SUPERVISOR_ENV
+    from gateway.ops.status import RUN_DIR_ENV, Child, supervisor_health
     from gateway.server import redis_client
     from telemetry.metrics import serve_metrics
 
@@ -239,25 +299,42 @@ async def serve(args: argparse.Namespace) -> int:
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)  # before any process counts anything
-    audit_path = (data_dir / "audit.log").resolve()
+    durability = durability_of(args)
+    run_dir = (data_dir / "run").resolve()
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    audit_path = Path(args.audit_log).resolve() if args.audit_log else (data_dir / "audit.log").resolve()
     os.environ["MEDSETTLE_AUDIT_LOG"] = str(audit_path)
     rotator = logs.AuditRotator(audit_path, args.audit_rotate_bytes, config.timezone)
     embedded = None
+    replica = None
     worker_url = None
     if config.redis_url is None:
-        embedded = EmbeddedRedis(config.data_dir).start()
+        embedded = EmbeddedRedis(config.data_dir, appendfsync=args.appendfsync).start()
         redis_url, admin_url, worker_url = (
             embedded.url_for("gateway"),
             embedded.url,
             embedded.url_for("worker"),
         )
         print(
-            f"medsettle: embedded redis-server on {embedded.public_url} (AOF in {embedded.dir}; ACL users"
-            f" gateway, worker, admin; passwords in {embedded.secrets_dir})",
+            f"medsettle: embedded redis-server on {embedded.public_url} (AOF in {embedded.dir}, appendfsync"
+            f" {args.appendfsync}; ACL users gateway, worker, admin; passwords in {embedded.secrets_dir})",
             flush=True,
         )
+        if durability.mode == "replica":  # a second redis-server replicating the first, in the data folder
+            replica = EmbeddedRedis(
+                config.data_dir, appendfsync=args.appendfsync, replica_of=embedded, folder="redis-replica"
+            ).start()
+            print(f"medsettle: embedded replica on {replica.public_url} ({replica.dir})", flush=True)
     else:
         redis_url = admin_url = config.redis_url
+    refused = refuse_unfit_redis(admin_url, durability)
+    if refused:
+        print(f"medsettle: refusing to start: {refused}", flush=True)
+        for server in (replica, embedded):
+            if server is not None:
+                server.stop()
+        return 2
     stop = stop_event()
     children: list[subprocess.Popen[bytes]] = []
     posting: subprocess.Popen[bytes] | None = None
@@ -267,11 +344,21 @@ async def serve(args: argparse.Namespace) -> int:
 
     index_key = resolve(args.index_key_file, data_dir, create=embedded is not None)
     # secrets travel in the children's environment (readable by this user only), never in argv
-    child_env = {**os.environ, REDIS_ENV: redis_url, LEDGER_ENV: ledger_dsn, INDEX_KEY_ENV: index_key.hex()}
+    child_env = {
+        **os.environ, REDIS_ENV: redis_url, LEDGER_ENV: ledger_dsn, INDEX_KEY_ENV: index_key.hex(),
+        SUPERVISOR_ENV: str(os.getpid()), RUN_DIR_ENV: str(run_dir),  # children die with this process
+    }  # fmt: skip
     limit_args = [f"--limit={item}" for item in args.limit or []]
 
     def spawn() -> subprocess.Popen[bytes]:
-        cmd = ["gateway-process", "--listen", f"{host}:{port}", *tls_args(tls), *limit_args]
+        cmd = [
+            "gateway-process",
+            "--listen",
+            f"{host}:{port}",
+            *tls_args(tls),
+            *limit_args,
+            *durability_args(args),
+        ]
         return subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", *cmd, "--log-level", level], env=child_env
         )
@@ -301,22 +388,40 @@ async def serve(args: argparse.Namespace) -> int:
             f" {workers} processes",
             flush=True,
         )
+        backlog_client = client_for(admin_url)  # embedded: admin, so CONFIG GET appendfsync is seen
         if args.metrics_port >= 0:
 
-            def health() -> tuple[bool, str]:
-                alive = sum(child.poll() is None for child in children)
-                return alive == len(children), f"{alive} of {len(children)} gateway processes running"
+            def redis_problem() -> tuple[str, str]:
+                try:
+                    facts = read_facts_sync(backlog_client)
+                except redis.RedisError as exc:
+                    return f"unreachable: {type(exc).__name__}: {exc}", ""
+                problems = [*facts.problems(durability), facts.degraded(durability)]
+                detail = (
+                    f"answers; durability {durability.describe()}; appendfsync {facts.appendfsync};"
+                    f" maxmemory-policy {facts.maxmemory_policy}; {facts.replicas_connected} replica(s)"
+                )
+                return "; ".join(p for p in problems if p), detail
 
-            http = serve_metrics(args.metrics_port, health, host)
+            def health() -> tuple[bool, str]:
+                gateways = [Child(c.pid, c.poll() is None) for c in children]
+                worker = Child(posting.pid, posting.poll() is None) if posting is not None else None
+                return supervisor_health(run_dir, gateways, worker, redis_problem)
+
+            collector = BacklogCollector(backlog_client, durability)
+            http = serve_metrics(args.metrics_port, health, host, collectors=[collector])
             print(f"medsettle: metrics on http://{host}:{http.server_port}/metrics", flush=True)
+        # the worker serves its own metrics: it must not aggregate the gateway processes' files too, or
+        # Prometheus would count every settlement twice
+        worker_env = {
+            k: v for k, v in child_env.items() if k not in ("PROMETHEUS_MULTIPROC_DIR", RUN_DIR_ENV)
+        }
+        worker_env[REDIS_ENV] = worker_url or redis_url
+        worker_metrics = str(args.metrics_port + 1 if args.metrics_port > 0 else args.metrics_port)
+        worker_cmd = [sys.executable, "-m", "gateway.cli", "worker", "--metrics-port", worker_metrics,
+                      "--metrics-host", host]  # fmt: skip
         if embedded is not None and not args.no_worker:
-            worker_metrics = str(args.metrics_port + 1 if args.metrics_port > 0 else args.metrics_port)
-            worker_args = ["worker", "--metrics-port", worker_metrics, "--metrics-host", host]
-            # the worker serves its own metrics: it must not aggregate the gateway processes' files too,
-            # or Prometheus would count every settlement twice
-            own_env = {k: v for k, v in child_env.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-            own_env[REDIS_ENV] = worker_url or redis_url
-            posting = subprocess.Popen([sys.executable, "-m", "gateway.cli", *worker_args], env=own_env)
+            posting = subprocess.Popen(worker_cmd, env=worker_env)
             print(
                 f"medsettle: posting worker started (pid {posting.pid}), ledger {mask_url(ledger_dsn)}",
                 flush=True,
@@ -345,6 +450,9 @@ async def serve(args: argparse.Namespace) -> int:
                         flush=True,
                     )
                     children[i] = spawn()
+            if posting is not None and posting.poll() is not None:
+                print(f"medsettle: posting worker exited ({posting.returncode}); restarting", flush=True)
+                posting = subprocess.Popen(worker_cmd, env=worker_env)
             rotator.maybe_rotate()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
@@ -359,8 +467,9 @@ async def serve(args: argparse.Namespace) -> int:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        if embedded is not None:
-            embedded.stop()
+        for server in (replica, embedded):
+            if server is not None:
+                server.stop()
 
 
 async def wait_serving(
@@ -493,13 +602,14 @@ def worker(args: argparse.Namespace) -> int:
     import dataclasses
     import threading
 
-    import redis
-
     from adapters.ledger.store import Ledger
     from adapters.secret_files import mask_url
+    from gateway.ops.lifeline import die_with_supervisor
     from gateway.posting.budgets import load_budgets
-    from gateway.posting.worker import PostingWorker, WorkerConfig
+    from gateway.posting.worker import PostingWorker, WorkerConfig, redis_client
     from telemetry.metrics import serve_metrics
+
+    die_with_supervisor()  # started by serve: stop with it
 
     redis_url, ledger_dsn = redis_url_of(args), ledger_dsn_of(args)
     if redis_url is None or ledger_dsn is None:
@@ -513,7 +623,7 @@ def worker(args: argparse.Namespace) -> int:
     config = WorkerConfig(batch_max=args.batch_max, claim_idle_ms=args.claim_idle_ms)
     if args.consumer:
         config = dataclasses.replace(config, consumer=args.consumer)
-    posting = PostingWorker(redis.Redis.from_url(redis_url, socket_timeout=5), Ledger(ledger_dsn), config)
+    posting = PostingWorker(redis_client(redis_url), Ledger(ledger_dsn), config)
     if args.budgets:
         posting.budgets = load_budgets(Path(args.budgets))
     print(f"medsettle worker {config.consumer}: {mask_url(redis_url)} -> {mask_url(ledger_dsn)}", flush=True)
@@ -528,6 +638,122 @@ def worker(args: argparse.Namespace) -> int:
         f"medsettle worker: stopped; booked {s.booked}, again {s.duplicates}, dead letters {s.dead_lettered}"
     )
     return 0
+
+
+def deadletters_audit_path(args: argparse.Namespace) -> Path:
+    given = getattr(args, "audit_log", None) or os.environ.get("MEDSETTLE_AUDIT_LOG")
+    return Path(given) if given else Path(getattr(args, "data_dir", DEFAULT_DATA_DIR)) / "audit.log"
+
+
+def deadletters_url(args: argparse.Namespace) -> str:
+    """--redis-file, --redis, $MEDSETTLE_REDIS_URL, else the embedded default's admin URL file."""
+    url = secret_value(getattr(args, "redis", None), getattr(args, "redis_file", None), REDIS_ENV, "redis")
+    if url:
+        return url
+    embedded = Path(getattr(args, "data_dir", DEFAULT_DATA_DIR)) / "secrets" / "redis-admin.url"
+    if embedded.exists():
+        from adapters.secret_files import read_secret
+
+        return read_secret(embedded)
+    raise SystemExit(
+        f"medsettle deadletters: --redis URL, --redis-file FILE, ${REDIS_ENV}, or --data-dir of a running"
+        " embedded serve"
+    )
+
+
+def operator_of(args: argparse.Namespace) -> str:
+    import getpass
+    import socket
+
+    who = getattr(args, "operator", None) or os.environ.get("SUDO_USER") or getpass.getuser()
+    return f"{who}@{socket.gethostname()}"
+
+
+def age(ms: int) -> str:
+    import time
+
+    seconds = max(0.0, time.time() - ms / 1000)
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h" if seconds < 172800 else f"{seconds / 86400:.1f}d"
+
+
+def deadletters_cmd(args: argparse.Namespace) -> int:
+    """`medsettle deadletters`: what the worker could not book, and the operator's decision on each
+    (docs/OPERATIONS.md, Dead letters). Every action writes an audit line with who did it."""
+    import redis
+
+    from gateway.logs import AUDIT_LOG
+    from gateway.posting import deadletters as dl
+
+    client = redis.Redis.from_url(deadletters_url(args), socket_timeout=5, socket_connect_timeout=2)
+    action = args.action or "list"
+    operator = operator_of(args)
+    try:
+        if action == "list":
+            letters = dl.unhandled(client)
+            summary = dl.summary(client)
+            AUDIT_LOG.info(
+                "deadletters list",
+                extra={"event": "deadletters_list", "operator": operator, "unhandled": len(letters)},
+            )
+            if getattr(args, "json", False):
+                for letter in letters:
+                    print(json.dumps(letter.as_json(), ensure_ascii=False))
+                return 0
+            print(f"{len(letters)} unhandled dead letter(s); {summary.held} entr(y/ies) hold posted_through")
+            for letter in letters:
+                print(
+                    f"  {letter.id}  {letter.kind or '?':<7} {letter.settlement_id or '-':<28} committed"
+                    f" {age(letter.t0_ms)} ago, dead-lettered {age(letter.at_ms)} ago  {letter.stream}"
+                    f" {letter.entry_id}\n      reason: {letter.reason}"
+                )
+            waiting = summary.held - summary.unhandled
+            if waiting > 0:
+                print(f"  {waiting} replayed, not booked yet (the worker books them; posted_through waits)")
+            return 0
+        found = dl.find(client, args.id)
+        if found is None:
+            print(f"medsettle deadletters: no unhandled dead letter {args.id}", file=sys.stderr)
+            return 1
+        letter = found
+        fields = {
+            "operator": operator, "dead_letter": letter.id, "stream": letter.stream,
+            "entry_id": letter.entry_id, "type": letter.kind, "settlement_id": letter.settlement_id,
+        }  # fmt: skip
+        if action == "show":
+            AUDIT_LOG.info("deadletters show", extra={"event": "deadletters_show", **fields})
+            print(json.dumps({**letter.as_json(), "event": letter.event()}, ensure_ascii=False, indent=2))
+            return 0
+        if action == "replay":
+            new = dl.replay(client, letter.id, operator)
+            if new is None:
+                print(f"medsettle deadletters: {args.id} was handled meanwhile", file=sys.stderr)
+                return 1
+            AUDIT_LOG.info(
+                "deadletters replay", extra={"event": "deadletters_replay", "new_id": new, **fields}
+            )
+            print(
+                f"{letter.id}: replayed into {letter.stream} as {new}; posted_through stays at its time"
+                " until the worker books it"
+            )
+            return 0
+        reason = args.reason.strip()
+        if not reason:
+            print("medsettle deadletters discard: --reason must say why", file=sys.stderr)
+            return 2
+        if not dl.discard(client, letter.id, operator, reason):
+            print(f"medsettle deadletters: {args.id} was handled meanwhile", file=sys.stderr)
+            return 1
+        AUDIT_LOG.info(
+            "deadletters discard", extra={"event": "deadletters_discard", "reason": reason, **fields}
+        )
+        print(f"{letter.id}: discarded by {operator} ({reason}); it will not be booked")
+        return 0
+    finally:
+        client.close()
 
 
 def citydata_registry() -> Path:
@@ -721,6 +947,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="rotate <data-dir>/audit.log at this size (and at midnight); 0: by day only",
     )  # fmt: skip
     index_key_flags(p)
+    p.add_argument("--audit-log", help="the audit log (default <data-dir>/audit.log), e.g. on its own volume")
+    durability_flags(p)
+    p.add_argument(
+        "--appendfsync", choices=["always", "everysec", "no"], default="always",
+        help="embedded redis-server: fsync the AOF at every write (default), every second, or never",
+    )  # fmt: skip
     p.set_defaults(func=lambda a: asyncio.run(serve(a)))
 
     p = sub.add_parser("gateway-process", help=argparse.SUPPRESS)  # one of serve's processes
@@ -732,6 +964,7 @@ def build_parser() -> argparse.ArgumentParser:
     for flag in ("--tls-cert", "--tls-key", "--tls-client-ca", "--tls-crl"):
         p.add_argument(flag)
     p.add_argument("--limit", action="append")
+    durability_flags(p)
     p.set_defaults(func=lambda a: asyncio.run(gateway_process(a)))
 
     p = sub.add_parser("load", help="validate and publish policies, catalogs, institutions and persons")
@@ -775,6 +1008,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-host", default="127.0.0.1", help="address the metrics listen on")
     p.add_argument("--budgets", help="monthly fund budgets (TOML) to export beside the spend")
     p.set_defaults(func=worker)
+
+    p = sub.add_parser("deadletters", help="list, show, replay or discard posting dead letters (audited)")
+    deadletter_flags(p)
+    p.set_defaults(func=deadletters_cmd, action="list")
+    actions = p.add_subparsers(dest="action", required=False, metavar="[list|show|replay|discard]")
+    a = actions.add_parser("list", help="the unhandled dead letters: reasons and ages (the default)")
+    deadletter_flags(a)
+    a.add_argument("--json", action="store_true", help="one JSON object per line")
+    a = actions.add_parser("show", help="every field of one dead letter, its event as JSON")
+    deadletter_flags(a)
+    a.add_argument("id", help="the dead letter's id (from list)")
+    a = actions.add_parser("replay", help="put it back into its partition stream for booking")
+    deadletter_flags(a)
+    a.add_argument("id")
+    a = actions.add_parser("discard", help="never book it: needs --reason, recorded with who")
+    deadletter_flags(a)
+    a.add_argument("id")
+    a.add_argument("--reason", required=True, help="why (booked by hand, a duplicate, ...): recorded")
 
     p = sub.add_parser(
         "migrate", help="bring a Redis of the first release to this keyspace (gateways stopped)"
@@ -838,6 +1089,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def durability_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--durability", choices=["aof", "replica"], default="aof",
+        help="aof: a commit is durable in the primary's AOF; replica: acknowledged only after WAIT confirms"
+        " --replicas replica(s) (docs/OPERATIONS.md)",
+    )  # fmt: skip
+    p.add_argument("--replicas", type=int, default=1, help="replica mode: replicas that confirm each commit")
+    p.add_argument(
+        "--replica-wait-ms", type=int, default=500,
+        help="replica mode: how long WAIT waits; unconfirmed: UNAVAILABLE, outcome unknown",
+    )  # fmt: skip
+
+
+def deadletter_flags(p: argparse.ArgumentParser) -> None:
+    # on the command and on each action, like certs: `deadletters --redis U list` and `... list --redis U`
+    p.add_argument(
+        "--redis", default=argparse.SUPPRESS, help="redis://... (or --redis-file, $MEDSETTLE_REDIS_URL)"
+    )
+    p.add_argument("--redis-file", default=argparse.SUPPRESS, help="a file (mode 0600) holding the Redis URL")
+    p.add_argument(
+        "--data-dir", default=argparse.SUPPRESS,
+        help=f"an embedded default's folder: its admin URL and audit log (default {DEFAULT_DATA_DIR})",
+    )  # fmt: skip
+    p.add_argument(
+        "--audit-log", default=argparse.SUPPRESS, help="default: $MEDSETTLE_AUDIT_LOG or <data-dir>/audit.log"
+    )
+    p.add_argument("--operator", default=argparse.SUPPRESS, help="who acts (default: the login name)")
+
+
 def certs_flags(p: argparse.ArgumentParser) -> None:
     # on the command and on each action, so `certs --dir D` and `certs issue --dir D` both work
     p.add_argument("--dir", default=argparse.SUPPRESS, help=f"the folder (default {DEFAULT_DATA_DIR}/certs)")
@@ -889,9 +1169,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from gateway import logs
 
-    audit = Path(args.data_dir) / "audit.log" if args.command == "serve" else None
+    audit = None
+    if args.command == "serve":
+        audit = Path(args.audit_log) if args.audit_log else Path(args.data_dir) / "audit.log"
     if args.command == "gateway-process":  # the audit log of the serve it belongs to
         audit = Path(os.environ.get("MEDSETTLE_AUDIT_LOG", f"{DEFAULT_DATA_DIR}/audit.log"))
+    if args.command == "deadletters":  # an operator's action on money in flight: always audited
+        audit = deadletters_audit_path(args)
     level = getattr(args, "log_level", None) or ("WARNING" if getattr(args, "demo", False) else "INFO")
     logs.configure(level if args.command in ("serve", "gateway-process") else "WARNING", audit)
     try:

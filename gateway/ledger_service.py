@@ -23,6 +23,8 @@ from gateway.codec import Envelope
 from gateway.edge.limits import EdgeLimits
 from gateway.errors import InvalidInput, Unavailable
 from gateway.posting import reconcile, statements
+from gateway.posting.deadletters import HELD
+from gateway.posting.reconcile import ItemResult, ItemStatus
 from gateway.protos import pb
 
 T = TypeVar("T")
@@ -33,6 +35,11 @@ STATUS_TO_PB = {
     reconcile.ItemStatus.AMOUNTS_DIFFER: pb.ITEM_STATUS_AMOUNTS_DIFFER,
 }
 PERIOD_DAYS_MAX = 366
+NOT_BOOKED_YET = (
+    "the gateway settled this message (the insurance paid) but it is not in the ledger yet: posting is"
+    " held at posted_through {posted_through} (a backlog, or a dead letter operations are handling); do not"
+    " collect from the patient or settle again; reconcile again later"
+)
 TOKEN_PREFIX = "r1"
 GatewayItems = dict[str, tuple[str, reconcile.Amounts]]
 
@@ -62,11 +69,17 @@ class LedgerService:
 
     async def posted_through(self) -> str:
         """Every settlement committed before this instant is in the ledger: the time of the oldest entry
-        still in a partition stream (entries leave the stream once booked), or now."""
+        still in a partition stream (entries leave the stream once booked), or of the oldest dead letter
+        not booked yet (unhandled, or replayed and not booked again), or now. A dead letter leaves its
+        stream, so without the held set the watermark passed it, and Reconcile told the institution a
+        settlement the gateway committed was never made."""
         pipe = self.client.pipeline(transaction=False)
         for p in range(keys.PARTITIONS):
             pipe.xrange(keys.stream_key(p), count=1)
-        oldest_ms = min((int(r[0][0].split(b"-")[0]) for r in await pipe.execute() if r), default=None)
+        pipe.zrange(HELD, 0, 0, withscores=True)
+        *firsts, held = await pipe.execute()
+        times = [int(r[0][0].split(b"-")[0]) for r in firsts if r] + [int(score) for _, score in held]
+        oldest_ms = min(times, default=None)
         now = self.now()
         if oldest_ms is None:
             return now.isoformat(timespec="milliseconds")
@@ -119,13 +132,17 @@ class LedgerService:
             )
             page = {k: v for k, v in submitted.items() if upper is None or k <= upper}
             results = sorted(reconcile.match(gateway_items, page.items()), key=lambda r: r.message_id)
+            unbooked = await self.committed_not_booked(env.institution_code, results)
             budget = limits.reconcile_response_bytes_max - response.ByteSize() - 64
             for result in results:
+                action = result.action
+                if result.message_id in unbooked:
+                    action = NOT_BOOKED_YET.format(posted_through=watermark)
                 item = pb.ReconcileItemResult(
                     message_id=result.message_id, status=STATUS_TO_PB[result.status],
                     gateway=amounts_pb(result.message_id, result.gateway),
                     institution=amounts_pb(result.message_id, result.institution),
-                    settlement_id=result.settlement_id, action=result.action,
+                    settlement_id=result.settlement_id, action=action,
                 )  # fmt: skip
                 budget -= item.ByteSize() + 4  # tag and length prefix
                 if budget < 0:  # the page ends at the last item that fits
@@ -137,6 +154,22 @@ class LedgerService:
             matched = matched and all(i.status == pb.ITEM_STATUS_MATCHED for i in response.items)
         response.matched = matched
         return response
+
+    async def committed_not_booked(self, institution: str, results: list[ItemResult]) -> set[str]:
+        """Message ids the ledger lacks that the gateway did settle (their claim says `settle`): in a
+        stream, or a dead letter the watermark is held at. Never "collect from the patient" for those."""
+        missing = [r.message_id for r in results if r.status is ItemStatus.MISSING_ON_GATEWAY]
+        if not missing:
+            return set()
+        pipe = self.client.pipeline(transaction=False)
+        for message_id in missing:
+            pipe.get(keys.claim_key(institution, message_id))
+        claims = await pipe.execute()
+        return {
+            m
+            for m, claim in zip(missing, claims, strict=True)
+            if claim and claim.split(b"|")[1:2] == [b"settle"]
+        }
 
     async def statement(self, env: Envelope, month: str) -> Any:
         try:

@@ -8,7 +8,7 @@ multiprocess mode when PROMETHEUS_MULTIPROC_DIR is set; gauges then say how they
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -22,6 +22,7 @@ from prometheus_client import (
     multiprocess,
 )
 from prometheus_client.core import REGISTRY
+from prometheus_client.registry import Collector
 
 # Sub-millisecond to seconds: a settlement should take a few ms, a slow one a second.
 LATENCY_BUCKETS_S = (
@@ -123,34 +124,18 @@ DEPENDENCY_FAILURES = Counter(
     "medsettle_dependency_failures_total", "Requests answered UNAVAILABLE, by dependency.", ["dependency"]
 )
 
-# ---------------------------------------------------------------- posting
-STREAM_LENGTH = Gauge(
-    "medsettle_stream_entries",
-    "Entries not yet booked in a partition stream.",
-    ["partition"],
-    multiprocess_mode="max",
+# ---------------------------------------------------------------- durability
+REPLICA_WAIT_FAILURES = Counter(
+    "medsettle_replica_wait_failures_total",
+    "Commits written on the primary whose WAIT saw fewer replicas than required in time: answered"
+    " UNAVAILABLE (outcome unknown; a resend finds the commit).",
 )
-STREAM_PENDING = Gauge(
-    "medsettle_stream_pending_entries",
-    "Entries delivered to a worker and not yet acknowledged.",
-    ["partition"],
-    multiprocess_mode="max",
-)
-CONSUMER_LAG = Gauge(
-    "medsettle_stream_consumer_lag_entries",
-    "Entries not yet delivered to any worker.",
-    ["partition"],
-    multiprocess_mode="max",
-)
+
+# ---------------------------------------------------------------- posting (the worker's own)
 POSTED = Counter("medsettle_posting_booked_total", "Ledger entries booked, by kind.", ["kind"])
 POSTING_DUPLICATES = Counter("medsettle_posting_duplicates_total", "Entries delivered again, booked already.")
 POSTING_FAILURES = Counter("medsettle_posting_failures_total", "Posting failures, by reason.", ["reason"])
 DEAD_LETTERS = Counter("medsettle_posting_dead_letters_total", "Entries moved to the dead-letter stream.")
-POSTING_LAG_S = Gauge(
-    "medsettle_posting_lag_seconds",
-    "Age of the oldest committed settlement not yet in the ledger.",
-    multiprocess_mode="max",
-)
 FUND_SPEND_MONTH = Gauge(
     "medsettle_fund_spend_month_fen",
     "Fund spend booked this month, in fen, by insured region, district and fund code.",
@@ -163,11 +148,43 @@ FUND_BUDGET_MONTH = Gauge(
     ["region", "district", "fund_code"],
     multiprocess_mode="max",
 )
-WORKER_UP = Gauge(
-    "medsettle_worker_healthy",
-    "1 while the posting worker's last loop succeeded recently.",
-    multiprocess_mode="max",
-)
+WORKER_HEALTHY = "medsettle_worker_healthy"
+_worker_healthy: list[Gauge] = []
+
+
+def worker_healthy() -> Gauge:
+    """The worker's health gauge, created only in the worker: an unlabelled gauge exists (at 0) in every
+    process that creates it, and a gateway exporting `medsettle_worker_healthy 0` made the worker-down
+    alert fire in every deployment with a separate worker."""
+    if not _worker_healthy:
+        _worker_healthy.append(
+            Gauge(WORKER_HEALTHY, "1 while the posting worker's last loop succeeded recently.")
+        )
+    return _worker_healthy[0]
+
+
+# ---------------------------------------------------------------- backlog, read from Redis at each scrape
+# Exported by the serve supervisor (gateway/ops/backlog.py), not by the worker, so they stay true while
+# the worker is dead: a dead worker's last values, or a gateway's zeros, once hid a growing backlog.
+BACKLOG = {
+    "medsettle_stream_entries": "Entries not yet booked in a partition stream.",
+    "medsettle_stream_pending_entries": "Entries delivered to a worker and not yet acknowledged.",
+    "medsettle_stream_consumer_lag_entries": "Entries not yet delivered to any worker.",
+    "medsettle_stream_oldest_entry_age_seconds": "Age of the oldest entry not booked yet (0: none).",
+    "medsettle_posting_lag_seconds": (
+        "Age of the oldest committed settlement not yet in the ledger: in a stream or held as a dead letter."
+    ),
+    "medsettle_posting_dead_letters_unhandled": "Dead letters no operator has replayed or discarded yet.",
+    "medsettle_posting_held_entries": (
+        "Entries holding the posted-through watermark: unhandled dead letters and replayed ones not booked."
+    ),
+    "medsettle_redis_reachable": "1 when the exporter's last scrape reached Redis.",
+    "medsettle_redis_replicas_connected": "Replicas connected to the Redis primary (INFO replication).",
+    "medsettle_durability_info": (
+        "The durability in force (value 1): mode (aof|replica), appendfsync, replicas required, eviction"
+        " policy."
+    ),
+}
 
 
 def registry() -> CollectorRegistry:
@@ -179,21 +196,32 @@ def registry() -> CollectorRegistry:
 
 
 def serve_metrics(
-    port: int, health: Callable[[], tuple[bool, str]] | None = None, host: str = "0.0.0.0"
+    port: int,
+    health: Callable[[], tuple[bool, str]] | None = None,
+    host: str = "0.0.0.0",
+    collectors: Sequence[Collector] = (),
 ) -> WSGIServer:
     """/metrics for Prometheus, /healthz (200 or 503 with the reason) for orchestrators. Runs in a daemon
-    thread; returns the server (its port is server.server_port when port 0 was asked)."""
+    thread; returns the server (its port is server.server_port when port 0 was asked). `collectors` are
+    read at each scrape besides the process's (or processes') own metrics: figures read from Redis."""
     import threading
+
+    extra = CollectorRegistry(auto_describe=False)
+    for collector in collectors:
+        extra.register(collector)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
         if path == "/healthz":
-            ok, reason = health() if health else (True, "ok")
+            try:
+                ok, reason = health() if health else (True, "ok")
+            except Exception as exc:  # a health check that fails is an unhealthy answer, not a 500
+                ok, reason = False, f"health check failed: {type(exc).__name__}: {exc}"
             start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")])
             return [reason.encode() + b"\n"]
         if path in ("/metrics", "/"):
             start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
-            return [generate_latest(registry())]
+            return [generate_latest(registry()) + (generate_latest(extra) if collectors else b"")]
         start_response("404 Not Found", [("Content-Type", "text/plain")])
         return [b"not found\n"]
 

@@ -1,10 +1,14 @@
 """The posting worker: reads the partition streams through a consumer group in batches, books each
 batch in one database transaction, acknowledges only after the commit, reclaims entries a dead worker
 left pending (XAUTOCLAIM), moves an entry that keeps failing to a dead-letter stream with the reason
-(never drops it), and stops cleanly between batches.
+(never drops it; gateway/posting/deadletters.py), and stops cleanly between batches.
 
 Exactly once: delivery is at least once (a crash between the commit and the XACK redelivers), and the
-ledger's primary key (settlement id, kind) makes booking an entry a second time a no-op."""
+ledger's primary key (settlement id, kind) makes booking an entry a second time a no-op.
+
+It survives its dependencies: Redis stalled, timing out, restarted or loading its AOF, the database
+unreachable or refusing: nothing is acknowledged that is not booked, the loop backs off and goes on, and
+/healthz says which dependency fails and since when. Only a stop request ends the loop."""
 
 from __future__ import annotations
 
@@ -20,20 +24,50 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from adapters import redis_keys as keys
 from adapters.ledger.store import Entry, Ledger, LedgerUnavailable, UnbalancedEntry
 from gateway.engine.routing import Journal, PostingError, Transfer, mirror, route
+from gateway.posting import deadletters
+from gateway.posting.deadletters import DEADLETTER, HELD
 from gateway.posting.statements import fund_spend
 from telemetry import metrics
 
 log = logging.getLogger(__name__)
 GROUP = "posting"
+# KEYS: the partition stream, the held set. ARGV: group, n, n entry ids, then the holds the booked entries
+# release (replayed dead letters): acknowledged, deleted and released at once, so a worker killed between
+# them cannot leave an entry no one reads again, nor a hold nothing releases (either would hold the
+# posted-through watermark back for good)
 ACK_AND_DELETE = """
-redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))
-return redis.call('XDEL', KEYS[1], unpack(ARGV, 2))
+local n = tonumber(ARGV[2])
+redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 3, 2 + n))
+local deleted = redis.call('XDEL', KEYS[1], unpack(ARGV, 3, 2 + n))
+if #ARGV > 2 + n then redis.call('ZREM', KEYS[2], unpack(ARGV, 3 + n)) end
+return deleted
 """
-DEADLETTER = "ms:posting:deadletter"
+HEALTHY_WITHIN_S = 15.0  # /healthz is 200 while a loop (Redis and the ledger reached) succeeded this recently
+REDIS_SOCKET_TIMEOUT_S = 5.0  # a command that gets no answer this long fails; the loop retries
+REDIS_CONNECT_TIMEOUT_S = 2.0
+REDIS_BACKOFF_S = 1.0  # between tries while Redis fails
+UNEXPECTED_BACKOFF_S = 5.0  # after an exception nobody expected (logged with its traceback)
+
+
+def redis_client(url: str) -> redis.Redis:
+    """The worker's Redis client. No retries inside redis-py: a command whose reply was lost must surface
+    here, where the loop re-reads its own pending entries (an XREADGROUP retried blindly would leave the
+    lost reply's entries in our pending list unseen until a claim). Dead pooled connections are found by
+    a PING before use (health_check_interval) instead."""
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=REDIS_SOCKET_TIMEOUT_S,
+        socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+        socket_keepalive=True,
+        health_check_interval=1,
+        retry=Retry(NoBackoff(), 0),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +77,7 @@ class WorkerConfig:
     block_ms: int = 1000  # how long a read waits for new entries
     claim_idle_ms: int = 30_000  # an entry pending this long belongs to a dead worker: reclaim it
     claim_every_ms: int = 5_000
-    attempts_max: int = 5  # then the entry goes to the dead-letter stream
-    defer_max_ms: int = 120_000  # a reversal waits this long for its settlement before dead-lettering
+    attempts_max: int = 5  # then the entry goes to the dead-letter stream (a correction waiting: never)
     backoff_max_ms: int = 5_000  # database unreachable: wait at most this long between tries
     partitions: tuple[int, ...] = tuple(range(keys.PARTITIONS))
     observe_every_ms: int = 5_000  # stream, lag and budget gauges
@@ -52,7 +85,8 @@ class WorkerConfig:
 
 
 class DeferEntry(Exception):
-    """Not bookable yet (a reversal whose settlement is not booked): leave it pending, retry later."""
+    """Not bookable yet (a correction whose settlement is not booked): leave it pending, retry later, for as
+    long as it takes; the settlement may be pending in a dead consumer's list until a claim brings it."""
 
 
 @dataclass
@@ -62,6 +96,34 @@ class Stats:
     dead_lettered: int = 0
     batches: int = 0
     db_failures: int = 0
+    redis_failures: int = 0
+    deferred: int = 0
+    unexpected: int = 0
+
+
+@dataclass
+class Dependency:
+    """What the last contact with a dependency said, for /healthz."""
+
+    name: str
+    ok_at: float = field(default_factory=time.monotonic)
+    failing_since: float | None = None
+    error: str = ""
+
+    def ok(self) -> None:
+        self.ok_at = time.monotonic()
+        self.failing_since = None
+        self.error = ""
+
+    def failed(self, exc: BaseException) -> None:
+        if self.failing_since is None:
+            self.failing_since = time.monotonic()
+        self.error = f"{type(exc).__name__}: {exc}"[:200]
+
+    def describe(self, now: float) -> str:
+        if self.failing_since is None:
+            return f"{self.name} ok ({now - self.ok_at:.1f}s ago)"
+        return f"{self.name} failing for {now - self.failing_since:.1f}s ({self.error})"
 
 
 class PostingWorker:
@@ -76,9 +138,14 @@ class PostingWorker:
         self._last_claim = 0.0
         self._backoff_ms = 100
         self.last_ok = time.monotonic()
+        self.redis = Dependency("redis")
+        self.database = Dependency("ledger")
+        self.unexpected = ""  # the last exception nobody expected, for /healthz
+        self._prepared = False
         self._last_observe = 0.0
         self.budgets: dict[tuple[str, str, str], int] = {}
         self._ack = client.register_script(ACK_AND_DELETE)
+        self._dead_letter = client.register_script(deadletters.DEAD_LETTER_LUA)
 
     def prepare(self) -> None:
         self.ledger.migrate()
@@ -88,61 +155,76 @@ class PostingWorker:
             except redis.ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
+        self._prepared = True
 
     def run(self, stop: threading.Event, on_idle: Callable[[], None] | None = None) -> None:
-        self.prepare()
+        """Until `stop` is set, whatever Redis and the database do meanwhile."""
+        healthy = metrics.worker_healthy()
         while not stop.is_set():
             try:
+                if not self._prepared:
+                    self.prepare()
                 if self.step() == 0 and on_idle is not None:
                     on_idle()
                 self.last_ok = time.monotonic()
+                self.redis.ok()
                 self.observe()
             except LedgerUnavailable as exc:
                 self.stats.db_failures += 1
+                self.database.failed(exc)
                 log.warning("ledger unavailable, will retry in %d ms: %s", self._backoff_ms, exc)
                 self._own_pending = True
                 stop.wait(self._backoff_ms / 1000)
                 self._backoff_ms = min(self.config.backoff_max_ms, self._backoff_ms * 2)
-            except redis.ConnectionError as exc:
-                metrics.POSTING_FAILURES.labels("redis_unavailable").inc()
-                log.warning("redis unavailable: %s", exc)
-                stop.wait(1.0)
-            metrics.WORKER_UP.set(1 if self.health()[0] else 0)
+            except redis.RedisError as exc:
+                # stalled (TimeoutError), restarted (ConnectionError), loading its AOF (BusyLoadingError),
+                # or restarted empty (NOGROUP): nothing unbooked was acknowledged; what a lost reply
+                # delivered to us is in our pending list, which the next loop reads first
+                self.stats.redis_failures += 1
+                self.redis.failed(exc)
+                reason = "redis_timeout" if isinstance(exc, redis.TimeoutError) else "redis_unavailable"
+                metrics.POSTING_FAILURES.labels(reason).inc()
+                log.warning(
+                    "redis failed (%s), will retry in %.0f s: %s", type(exc).__name__, REDIS_BACKOFF_S, exc
+                )
+                self._own_pending = True
+                if "NOGROUP" in str(exc):
+                    self._prepared = False
+                stop.wait(REDIS_BACKOFF_S)
+            except Exception as exc:  # a bug or a surprise: logged with its traceback, never the end
+                self.stats.unexpected += 1
+                metrics.POSTING_FAILURES.labels("unexpected").inc()
+                log.exception("posting loop failed unexpectedly; will retry in %.0f s", UNEXPECTED_BACKOFF_S)
+                self.unexpected = f"{type(exc).__name__}: {exc}"[:200]
+                self._own_pending = True
+                stop.wait(UNEXPECTED_BACKOFF_S)
+            healthy.set(1 if self.health()[0] else 0)
 
     def health(self) -> tuple[bool, str]:
-        """Healthy while a loop has succeeded within the last 15 s (Redis and the ledger both reached)."""
-        age = time.monotonic() - self.last_ok
-        return (age < 15, f"last successful loop {age:.1f}s ago")
+        """Healthy while a loop has succeeded within HEALTHY_WITHIN_S (Redis reached, and the ledger when
+        there was anything to book or observe), with what each dependency last said."""
+        now = time.monotonic()
+        age = now - self.last_ok
+        ok = age < HEALTHY_WITHIN_S and self.database.failing_since is None
+        detail = f"{self.redis.describe(now)}; {self.database.describe(now)}"
+        if self.unexpected and age >= HEALTHY_WITHIN_S:
+            detail += f"; last unexpected failure: {self.unexpected}"
+        return ok, f"last successful loop {age:.1f}s ago; {detail}"
 
     def observe(self) -> None:
-        """Stream, lag and budget gauges, at most every observe_every_ms."""
+        """Fund spend and budget gauges, at most every observe_every_ms; it also proves the ledger answers
+        when there is nothing to book. The backlog (stream lengths, lag, dead letters) is read from Redis
+        by the gateway (gateway/ops/backlog.py), so it stays true while this worker is dead."""
         now = time.monotonic()
         if (now - self._last_observe) * 1000 < self.config.observe_every_ms:
             return
         self._last_observe = now
-        pipe = self.client.pipeline(transaction=False)
-        for stream in self.streams:
-            pipe.xlen(stream)
-            pipe.xpending(stream, GROUP)
-            pipe.xrange(stream, count=1)
-        replies = pipe.execute()
-        oldest_ms = None
-        for i, partition in enumerate(self.config.partitions):
-            length, pending, first = replies[3 * i : 3 * i + 3]
-            pending_count = int(pending["pending"]) if pending else 0
-            label = str(partition)
-            metrics.STREAM_LENGTH.labels(label).set(length)
-            metrics.STREAM_PENDING.labels(label).set(pending_count)
-            metrics.CONSUMER_LAG.labels(label).set(max(0, length - pending_count))
-            if first:
-                ms = int(text(first[0][0]).split("-")[0])
-                oldest_ms = ms if oldest_ms is None else min(oldest_ms, ms)
-        metrics.POSTING_LAG_S.set(0 if oldest_ms is None else max(0.0, time.time() - oldest_ms / 1000))
         month = datetime.now(ZoneInfo(self.config.timezone)).strftime("%Y-%m")
         for spend in fund_spend(self.ledger, month):
             metrics.FUND_SPEND_MONTH.labels(spend.region, spend.district, spend.fund_code).set(
                 spend.amount_fen
             )
+        self.database.ok()
         for (region, district, fund_code), amount in self.budgets.items():
             metrics.FUND_BUDGET_MONTH.labels(region, district, fund_code).set(amount)
 
@@ -202,7 +284,10 @@ class PostingWorker:
         poison: list[tuple[str, str, dict[bytes, bytes], str]] = []
         deferred = 0
         originals: dict[str, tuple[Journal, list[Transfer]]] = {}
+        holds: dict[tuple[str, str], str] = {}  # a replayed dead letter: (stream, id) -> its hold
         for stream, entry_id, fields in items:
+            if fields.get(b"dl"):
+                holds[(stream, entry_id)] = text(fields[b"dl"])
             try:
                 entry = self.to_entry(entry_id, fields, originals)
                 entries.append((stream, entry_id, entry))
@@ -211,9 +296,15 @@ class PostingWorker:
             except (PostingError, UnbalancedEntry, json.JSONDecodeError, UnicodeDecodeError) as exc:
                 poison.append((stream, entry_id, fields, str(exc)))
             except DeferEntry as exc:
+                # waits however long it takes, never dead-lettered for waiting: its settlement may be in a
+                # dead consumer's pending list (claimed after claim_idle_ms) or being replayed
                 deferred += 1
+                self.stats.deferred += 1
                 metrics.POSTING_FAILURES.labels("deferred").inc()
-                self.note_failure(stream, entry_id, fields, str(exc), poison, self.config.defer_max_ms)
+                count, first = self.attempts.get(entry_id, (0, time.monotonic()))
+                self.attempts[entry_id] = (count + 1, first)
+                if count == 0:
+                    log.info("%s %s waits: %s", stream, entry_id, exc)
         try:
             new = self.ledger.book([e for _, _, e in entries])
         except LedgerUnavailable:
@@ -232,14 +323,16 @@ class PostingWorker:
                 except Exception as one:
                     metrics.POSTING_FAILURES.labels("refused").inc()
                     self.note_failure(stream, entry_id, {}, f"refused by the ledger: {one}", poison)
+                    self._own_pending = True  # tried again next loop (not after a claim's idle time)
             entries = good
+        self.database.ok()
         self.stats.batches += 1
         self.stats.booked += len(new)
         self.stats.duplicates += len(entries) - len(new)
         for journal in new:
             metrics.POSTED.labels(journal.kind).inc()
         metrics.POSTING_DUPLICATES.inc(len(entries) - len(new))
-        self.acknowledge([(s, i) for s, i, _ in entries])
+        self.acknowledge([(s, i) for s, i, _ in entries], holds)
         for stream, entry_id, fields, reason in poison:
             self.dead_letter(stream, entry_id, fields, reason)
         self._backoff_ms = 100
@@ -283,50 +376,63 @@ class PostingWorker:
         fields: dict[bytes, bytes],
         reason: str,
         poison: list[tuple[str, str, dict[bytes, bytes], str]],
-        patience_ms: int = 0,
     ) -> None:
-        """Count a failure; after attempts_max failures (and `patience_ms` since the first), the entry is
-        dead-lettered."""
+        """Count a failure; after attempts_max failures the entry is dead-lettered."""
         count, first = self.attempts.get(entry_id, (0, time.monotonic()))
         count += 1
         self.attempts[entry_id] = (count, first)
-        if count >= self.config.attempts_max and (time.monotonic() - first) * 1000 >= patience_ms:
+        if count >= self.config.attempts_max:
             if not fields:
                 found = self.client.xrange(stream, entry_id, entry_id) or []
                 fields = dict(found[0][1]) if found else {}  # type: ignore[arg-type]
             poison.append((stream, entry_id, fields, f"{reason} (after {count} attempts)"))
 
-    def acknowledge(self, done: list[tuple[str, str]]) -> None:
-        by_stream: dict[str, list[str]] = {}
+    def acknowledge(
+        self, done: list[tuple[str, str]], holds: dict[tuple[str, str], str] | None = None
+    ) -> None:
+        """Acknowledged and deleted at once (the ledger holds them now; the stream stays short), releasing
+        the holds of replayed dead letters among them in the same script."""
+        by_stream: dict[str, tuple[list[str], list[str]]] = {}
         for stream, entry_id in done:
-            by_stream.setdefault(stream, []).append(entry_id)
+            ids, released = by_stream.setdefault(stream, ([], []))
+            ids.append(entry_id)
+            hold = (holds or {}).get((stream, entry_id))
+            if hold:
+                released.append(hold)
             self.attempts.pop(entry_id, None)
         if not by_stream:
             return
         pipe = self.client.pipeline(transaction=False)
-        for stream, ids in by_stream.items():
-            # acknowledged and deleted at once (the ledger holds it now; the stream stays short): a worker
-            # killed between the two would leave an entry no one reads again, holding the watermark back
-            pipe.evalsha(self._ack.sha, 1, stream, GROUP, *ids)
+        for stream, (ids, released) in by_stream.items():
+            pipe.evalsha(self._ack.sha, 2, stream, HELD, GROUP, len(ids), *ids, *released)
         results = pipe.execute(raise_on_error=False)
         if any(isinstance(r, redis.exceptions.NoScriptError) for r in results):  # Redis restarted
-            for stream, ids in by_stream.items():
-                self._ack(keys=[stream], args=[GROUP, *ids])
+            for stream, (ids, released) in by_stream.items():
+                self._ack(keys=[stream, HELD], args=[GROUP, len(ids), *ids, *released])
         else:
             for r in results:
                 if isinstance(r, Exception):
                     raise r
 
     def dead_letter(self, stream: str, entry_id: str, fields: dict[bytes, bytes], reason: str) -> None:
-        """Never dropped: the entry goes, with why, to the dead-letter stream, and is then acknowledged."""
-        record = {b"stream": stream.encode(), b"id": entry_id.encode(), b"reason": reason.encode()}
-        record.update({b"f:" + k: v for k, v in fields.items()})
-        self.client.xadd(DEADLETTER, record)  # type: ignore[arg-type]
-        self._ack(keys=[stream], args=[GROUP, entry_id])
+        """Never dropped: the entry goes, with why, to the dead-letter stream, holds the posted-through
+        watermark at its time, and is acknowledged, all in one script (gateway/posting/deadletters.py)."""
+        replaced = text(fields.get(b"dl", b""))  # a replayed dead letter failing again: its hold moves over
+        t0 = text(fields.get(b"dl_t0", b"")) or str(deadletters.entry_ms(entry_id))
+        record: list[Any] = [
+            "stream", stream, "id", entry_id, "reason", reason, "t0", t0,
+            "at", str(int(time.time() * 1000)), "consumer", self.config.consumer,
+        ]  # fmt: skip
+        for k, v in fields.items():
+            if k not in (b"dl", b"dl_t0"):
+                record += [b"f:" + k, v]
+        dl_id = self._dead_letter(
+            keys=[DEADLETTER, HELD, stream], args=[GROUP, entry_id, t0, replaced, *record]
+        )
         self.attempts.pop(entry_id, None)
         self.stats.dead_lettered += 1
         metrics.DEAD_LETTERS.inc()
-        log.error("dead-lettered %s %s: %s", stream, entry_id, reason)
+        log.error("dead-lettered %s %s as %s: %s", stream, entry_id, text(dl_id), reason)
 
 
 def text(value: Any) -> str:
