@@ -29,7 +29,7 @@ from gateway.server import Gateway, redis_client
 from loadtest.synthetic import OUTPATIENT_10_LINES
 from telemetry import metrics
 
-from ..conftest import NOW
+from ..conftest import INDEX, INDEX_KEY, NOW
 from ..gateway.conftest import CARD, Terminal
 
 pytestmark = pytest.mark.asyncio
@@ -55,9 +55,15 @@ def replica(redis_server: EmbeddedRedis, tmp_path: Path) -> Iterator[EmbeddedRed
 
 @pytest_asyncio.fixture
 async def replica_gateway(redis_server: EmbeddedRedis, replica: EmbeddedRedis) -> AsyncIterator[Gateway]:
-    config = Config(listen="127.0.0.1:0", redis_url=redis_server.url, health_interval_ms=100, tls=None)
+    config = Config(
+        listen="127.0.0.1:0",
+        redis_url=redis_server.url,
+        health_interval_ms=100,
+        tls=None,
+        index_key=INDEX_KEY,
+    )
     client = redis_client(redis_server.url, config)
-    await load_citydata_dir(client, config.citydata)
+    await load_citydata_dir(client, config.citydata, index=INDEX)
     await client.aclose()
     durability = Durability("replica", replicas=1, wait_timeout_ms=WAIT_MS)
     gw = await Gateway(config, redis_server.url, now=lambda: NOW, durability=durability).start()
@@ -120,7 +126,7 @@ async def test_the_gateway_refuses_a_redis_that_may_evict(
 ) -> None:
     admin = redis.Redis.from_url(redis_server.url)
     admin.config_set("maxmemory-policy", "allkeys-lru")
-    config = Config(listen="127.0.0.1:0", redis_url=redis_server.url, tls=None)
+    config = Config(listen="127.0.0.1:0", redis_url=redis_server.url, tls=None, index_key=INDEX_KEY)
     with pytest.raises(StartupRefused, match="maxmemory-policy is allkeys-lru"):
         await Gateway(config, redis_server.url).start()
     result = subprocess.run(

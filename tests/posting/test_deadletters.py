@@ -30,7 +30,7 @@ from gateway.posting.worker import PostingWorker, WorkerConfig
 from gateway.protos import pb, pb_grpc
 from gateway.server import Gateway, redis_client
 
-from ..conftest import NOW
+from ..conftest import INDEX, INDEX_KEY, NOW
 from ..gateway.conftest import HOSPITAL
 from .test_worker import add_persons, run_until_caught_up, settle_many
 
@@ -40,9 +40,11 @@ CLI = [sys.executable, "-m", "gateway.cli"]
 
 @pytest_asyncio.fixture
 async def sqlite_gateway(redis_server: EmbeddedRedis, tmp_path: Path) -> AsyncIterator[Gateway]:
-    config = Config(listen="127.0.0.1:0", redis_url=redis_server.url, ledger_dsn=sqlite_dsn(tmp_path))
+    config = Config(
+        listen="127.0.0.1:0", redis_url=redis_server.url, ledger_dsn=sqlite_dsn(tmp_path), index_key=INDEX_KEY
+    )
     client = redis_client(redis_server.url, config)
-    await load_citydata_dir(client, config.citydata)
+    await load_citydata_dir(client, config.citydata, index=INDEX)
     await client.aclose()
     gw = await Gateway(config, redis_server.url, now=lambda: NOW).start()
     yield gw
