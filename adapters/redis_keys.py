@@ -7,10 +7,15 @@ person's partition as its hash tag, so one Lua script can update them all in one
     ms:{p017}:state:<person_id>           hash: ver (bumped by every commit), bal (personal account, fen),
                                           bal0 (the balance the core system first exported)
     ms:{p017}:year:<person_id>:<year>     hash: the person's plan-years of that year (settlement_records)
-    ms:{p017}:idem:<institution>:<msgid>  hash: the message record (kind, payload hash, where the answer is)
+    ms:{p017}:idem:<institution>:<msgid>  hash: the message record (kind, payload hash, where the answer is);
+                                          expires idempotency_retention_days after its last use
     ms:{p017}:stl:<settlement_id>         hash: the answer, inputs, contribution, money, corrections
     ms:{p017}:stream                      stream: posting events (settle, reverse, refund, adjust)
-    ms:{c042}:claim:<institution>:<msgid> string: who used the message id (any person): person|kind|hash
+    ms:{p017}:plan-year:<year>            set: the slot's settlement ids of that plan-year: what
+                                          retention removes (with their persons' year hashes) once the
+                                          year leaves the window (gateway/posting/retention.py)
+    ms:{c042}:claim:<institution>:<msgid> string: who used the message id (any person): person|kind|hash;
+                                          expires with the message record it was made for
     ms:card:<digest>, ms:idno:<digest>    person id (global index); the digest is a keyed hash of the card
                                           or ID number (IndexKeys): no card or ID number in a key name
     ms:index:check                        a keyed hash of a fixed text: proves every process uses one key
@@ -72,6 +77,10 @@ def settlement_prefix(partition: int) -> str:
 
 def stream_key(partition: int) -> str:
     return f"{tag(partition)}:stream"
+
+
+def plan_year_index_key(partition: int, year: int) -> str:
+    return f"{tag(partition)}:plan-year:{year}"
 
 
 def partition_of_settlement(settlement_id: str) -> int:

@@ -15,6 +15,7 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any
 
@@ -35,6 +36,7 @@ from adapters.settlement_store import (
     StoreRefused,
 )
 from gateway.engine.model import Person
+from gateway.engine.plan_year import PLAN_YEARS_KEPT
 from rules_cache import records
 from rules_cache.reader import DataError
 from telemetry import metrics
@@ -53,6 +55,7 @@ READ_SECONDS = metrics.REDIS_SECONDS.labels("read_person")
 COMMIT_SECONDS = metrics.REDIS_SECONDS.labels("commit")
 CLAIM_SECONDS = metrics.REDIS_SECONDS.labels("claim")
 REFUSED = metrics.STORE_REFUSED
+IDEMPOTENCY_RETENTION_DAYS = 7  # a message record stays this long after its last use, then leaves Redis
 
 
 def text(value: Any) -> str:
@@ -95,11 +98,12 @@ class Ops:
         self.args += [letter, self.key(name), *operands]
 
     def fields(self, letter: str, name: str, fields: dict[str, Any]) -> None:
+        """HSET/XADD pairs; for SADD (S) the keys are the members and the values are ignored."""
         if not fields:
             return
         flat: list[Any] = []
         for field, value in fields.items():
-            flat += [field, value]
+            flat += [field] if letter == "S" else [field, value]
         self.args += [letter, self.key(name), len(fields), *flat]
 
     def delete(self, name: str, fields: Sequence[str]) -> None:
@@ -121,8 +125,13 @@ class RedisStore:
         claims_inline: bool = True,
         wait_replicas: int = 0,
         wait_timeout_ms: int = 0,
+        idempotency_retention_days: int = IDEMPOTENCY_RETENTION_DAYS,
+        plan_years_kept: int = PLAN_YEARS_KEPT,
     ) -> None:
         self.client = client
+        self.plan_years_kept = plan_years_kept  # an opening year's hash and old record versions expire after
+        # every resend that finds its record keeps it this much longer (read_person.lua)
+        self.idempotency_ttl_ms = idempotency_retention_days * 86_400_000
         self._index = index  # None: a store that never looks a card up (the auditor)
         self.claims_inline = claims_inline
         self.wait_replicas = wait_replicas  # replica durability: WAIT for this many after every commit
@@ -209,7 +218,9 @@ class RedisStore:
         if message is not None:
             read_keys.append(keys.idem_key(partition, *message))
         with READ_SECONDS.time():
-            reply = await self.script(self._read, read_keys, [keys.settlement_prefix(partition)])
+            reply = await self.script(
+                self._read, read_keys, [keys.settlement_prefix(partition), self.idempotency_ttl_ms]
+            )
         raw, ver, bal, year_flat, message_flat, answer = reply
         if raw is None:
             return None
@@ -296,6 +307,7 @@ class RedisStore:
     def operations(self, c: Commit, with_claims: bool) -> Ops:
         pid = c.person_id
         partition = keys.partition_of(pid)
+        ttl = self.idempotency_ttl_ms
         ops = Ops()
         state = keys.state_key(pid)
         ops.op("V", state, c.expected_version, c.expected_version + 1)
@@ -303,7 +315,7 @@ class RedisStore:
             ops.op("A", keys.idem_key(partition, m.institution, m.message_id))
         if with_claims:
             for m in c.messages:
-                ops.op("C", keys.claim_key(m.institution, m.message_id), m.claim)
+                ops.op("C", keys.claim_key(m.institution, m.message_id), m.claim, ttl)
         ops.fields("I", state, {"bal": str(c.balance_fen)})
         for old, new in c.years:
             texts, ints, gone = rec.year_diff(old, new)
@@ -311,11 +323,15 @@ class RedisStore:
             ops.fields("H", year, texts)
             ops.fields("I", year, ints)
             ops.delete(year, gone)
+        written: dict[str, dict[str, bytes | str]] = {}  # settlement id -> the fields this commit writes
+        plans: dict[str, str] = {}
         for s in c.new:
             fields = rec.settlement_fields(
                 s.settlement_id, s.person_id, s.plan, s.institution, s.message_id, s.response, s.live, s.route
             )
             ops.fields("H", keys.settlement_key(s.settlement_id), fields)
+            ops.fields("S", keys.plan_year_index_key(partition, s.plan.year), {s.settlement_id: ""})
+            written[s.settlement_id], plans[s.settlement_id] = fields, str(s.plan)
         for ch in c.changes:
             fields = {}
             if ch.reversal is not None:
@@ -327,13 +343,32 @@ class RedisStore:
             if ch.answer is not None:
                 fields[f"f:{ch.correction_no}"] = ch.answer
             ops.fields("H", keys.settlement_key(ch.settlement_id), fields)
+            written.setdefault(ch.settlement_id, {}).update(fields)
         for m in c.messages:
-            ops.fields("H", keys.idem_key(partition, m.institution, m.message_id), rec.message_fields(m))
+            idem = keys.idem_key(partition, m.institution, m.message_id)
+            ops.fields("H", idem, rec.message_fields(m))
+            ops.op("E", idem, ttl)
         stream = keys.stream_key(partition)
+        messages: Sequence[MessageRecord] = c.messages  # the ledger keeps them with the commit's first entry
         for event in c.events:
-            ops.fields(
-                "X", stream, {"type": event["type"], "sid": event["sid"], "event": rec.dumps(dict(event))}
+            sid = str(event["sid"])
+            record = rec.LedgerRecord(
+                pid,
+                plans.get(sid, ""),
+                c.expected_version + 1,
+                c.balance_fen,
+                {rec.as_bytes(k): rec.as_bytes(v) for k, v in written.pop(sid, {}).items()},
+                messages,
             )
+            messages = ()
+            ops.fields(
+                "X",
+                stream,
+                {
+                    "type": event["type"], "sid": sid, "event": rec.dumps(dict(event)),
+                    "rec": rec.ledger_record_json(record),
+                },
+            )  # fmt: skip
         return ops
 
     async def commit(self, commit: Commit) -> CommitOutcome:
@@ -403,7 +438,11 @@ class RedisStore:
         for m in messages:
             with CLAIM_SECONDS.time():
                 held = await self.client.set(
-                    keys.claim_key(m.institution, m.message_id), m.claim, nx=True, get=True
+                    keys.claim_key(m.institution, m.message_id),
+                    m.claim,
+                    nx=True,
+                    get=True,
+                    px=self.idempotency_ttl_ms,
                 )
             if held is not None and text(held) != m.claim:
                 return text(held)
@@ -430,10 +469,19 @@ class RedisStore:
             for name, value in sorted(state.accumulators.items()):
                 if value:
                     opening += [f"{prefix}|o|{name}", str(value), f"{prefix}|a|{name}", str(value)]
-        reply = await self._put(
-            keys=[keys.person_key(pid), keys.state_key(pid), keys.year_key(pid, state.year or 0)],
-            args=[raw, str(state.account_balance_fen), keys.person_version_key(pid, ""), *opening],
+        year = state.year or 0
+        window_ends = (
+            int((datetime(year + self.plan_years_kept, 1, 1, tzinfo=UTC) + timedelta(days=31)).timestamp())
+            if year
+            else 0  # no opening accumulators: no year hash is written
         )
+        reply = await self._put(
+            keys=[keys.person_key(pid), keys.state_key(pid), keys.year_key(pid, year)],
+            args=[
+                raw, str(state.account_balance_fen), keys.person_version_key(pid, ""),
+                str(window_ends), self.plan_years_kept * 366 * 86_400_000, *opening,
+            ],
+        )  # fmt: skip
         if text(reply[0]) == "REFUSED":
             REFUSED.inc()
             raise StoreRefused(text(reply[1]))

@@ -12,8 +12,10 @@ A person's year is one hash; each plan the person had that year is a prefix of i
 
 from __future__ import annotations
 
+import base64
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
@@ -242,3 +244,65 @@ def message_from(institution: str, message_id: str, flat: Iterable[Any]) -> Mess
         text(h.get("f", b"")),
         bytes(h.get("resp", b"")),
     )
+
+
+# ---------------------------------------------------------------- what the ledger keeps of a commit
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerRecord:
+    """What one commit wrote for one settlement, carried to the ledger with its posting event: the
+    settlement record's fields as written (the terminal's answers byte for byte among them), the message
+    records, and the person's version and balance after. Replayed in order, a settlement's records give
+    back its Redis hash, so the ledger can answer for a settlement that has left Redis, and rebuild it."""
+
+    person_id: str
+    plan: str  # <region>:<scheme>:<year>, or "" for a change of an existing settlement
+    version: int
+    balance_fen: int
+    fields: Mapping[bytes, bytes]
+    messages: Sequence[MessageRecord]
+
+
+def as_bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
+
+
+def ledger_record_json(r: LedgerRecord) -> str:
+    def encoded(fields: Mapping[bytes, bytes]) -> dict[str, str]:
+        return {k.decode(): base64.b64encode(v).decode("ascii") for k, v in fields.items()}
+
+    messages = [
+        {"i": m.institution, "id": m.message_id, "f": encoded({as_bytes(k): as_bytes(v) for k, v in
+                                                              message_fields(m).items()})}
+        for m in r.messages
+    ]  # fmt: skip
+    return dumps(
+        {"pid": r.person_id, "plan": r.plan, "ver": r.version, "bal": r.balance_fen,
+         "f": encoded(r.fields), "m": messages}
+    )  # fmt: skip
+
+
+def ledger_record_from(raw: str | bytes) -> LedgerRecord:
+    v = json.loads(raw)
+
+    def decoded(fields: Mapping[str, str]) -> dict[bytes, bytes]:
+        return {k.encode(): base64.b64decode(x) for k, x in fields.items()}
+
+    messages = []
+    for m in v["m"]:
+        flat = [x for kv in decoded(m["f"]).items() for x in kv]
+        found = message_from(m["i"], m["id"], flat)
+        if found is not None:
+            messages.append(found)
+    return LedgerRecord(
+        str(v["pid"]), str(v["plan"]), int(v["ver"]), int(v["bal"]), decoded(v["f"]), tuple(messages)
+    )
+
+
+def replayed(records: Iterable[LedgerRecord]) -> dict[bytes, bytes]:
+    """A settlement's hash as its records, in commit order, wrote it."""
+    out: dict[bytes, bytes] = {}
+    for r in records:
+        out.update(r.fields)
+    return out

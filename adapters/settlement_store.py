@@ -69,6 +69,7 @@ class StoredSettlement:
     live: LiveSettlement  # its contribution, inputs and what it pays now
     route: Mapping[str, Any]  # who owes whom: the posting event's routing fields
     corrections: tuple[bytes, ...] = ()  # Correction records (refunds, adjustments), in order
+    archived: bool = False  # read from the ledger: it has left Redis (retention)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,3 +138,11 @@ class SettlementStore(Protocol):
     async def opening_balance(self, person_id: str) -> int | None: ...
 
     async def commit(self, commit: Commit) -> CommitOutcome: ...
+
+
+class SettlementArchive(Protocol):
+    """Settlements that have left the store, as the ledger keeps them (adapters/ledger/archive.py)."""
+
+    async def settlement(self, settlement_id: str) -> StoredSettlement | None: ...
+
+    async def settled_by(self, institution: str, message_id: str) -> str | None: ...

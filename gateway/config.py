@@ -25,6 +25,11 @@ class Config:
     shutdown_grace_ms: int = 5000
     request_bytes_max: int = 1 << 20
     commit_retries_max: int = 8
+    # Retention: a message record (idempotency) leaves Redis this long after its last use; settlements
+    # of the last settlement_retention_plan_years plan-years (the current and the previous) are settled
+    # and corrected here, older ones are answered from the ledger (gateway/posting/retention.py)
+    idempotency_retention_days: int = 7
+    settlement_retention_plan_years: int = 2
     # None: plaintext gRPC, which `medsettle serve` uses only with --insecure (and says so in the log);
     # the CLI otherwise always sets it (the data folder's certificates by default)
     tls: ServerTls | None = None

@@ -59,7 +59,7 @@ class CorrectionService:
 
     async def person_of(self, env: Envelope, target: Target) -> str:
         if target.settlement_id:
-            stored = await self.ctx.store.settlement(target.settlement_id)
+            stored = await self.ctx.settlement(target.settlement_id)
             if stored is None or stored.institution != env.institution_code:
                 # another institution's settlement is none of this terminal's business: same answer
                 raise Rejected(Rejection.SETTLEMENT_NOT_FOUND, f"no settlement {target.settlement_id} here")
@@ -73,15 +73,21 @@ class CorrectionService:
         sid = target.settlement_id
         if not sid:
             record = await self.ctx.store.message(pid, env.institution_code, target.original_message_id)
-            if record is None or record.kind == "void":
+            if record is not None and record.kind == "void":
                 return None
-            if record.kind != "settle":
+            if record is not None and record.kind != "settle":
                 raise Rejected(
                     Rejection.SETTLEMENT_NOT_FOUND,
                     f"message {target.original_message_id} was a {record.kind}, not a settlement",
                 )
-            sid = record.settlement_id
-        stored = await self.ctx.store.settlement(sid)
+            if record is not None:
+                sid = record.settlement_id
+            else:  # its record may have expired: the ledger knows what it settled, if anything
+                found = await self.ctx.settled_by(env.institution_code, target.original_message_id)
+                if found is None:
+                    return None
+                sid = found
+        stored = await self.ctx.settlement(sid)
         if stored is None or stored.institution != env.institution_code or stored.person_id != pid:
             raise Rejected(Rejection.SETTLEMENT_NOT_FOUND, f"no settlement {sid} here")
         return stored
@@ -119,6 +125,8 @@ class CorrectionService:
         async with self.ctx.person_lock(pid):
             for attempt in range(self.ctx.limits.commit_retries_max):
                 stored = await self.find(env, target, pid)
+                if stored is not None and stored.archived:
+                    return self.archived(stored, action)
                 year_of_care = stored.plan.year if stored is not None else self.ctx.now().year
                 person = await self.ctx.read_person(
                     pid, None, year_of_care, (env.institution_code, env.message_id)
@@ -170,6 +178,20 @@ class CorrectionService:
                     continue  # a resend raced us, or the Settle we would void got in first: look again
                 await self.ctx.backoff(attempt)
         raise Rejected(Rejection.PERSON_BUSY, "the person's account is busy; retry with the same message id")
+
+    @staticmethod
+    def archived(stored: StoredSettlement, action: Reverse | Refund) -> bytes:
+        """A settlement of a plan-year that has left Redis: its reversal, if it has one, is answered as
+        before (nothing changes); anything else would need the person-year state of that year, which
+        only the agency's books have now."""
+        if stored.status == "reversed" and isinstance(action, Reverse):
+            logs.note(duplicate=True, archived=True)
+            return stored.reversal
+        raise Rejected(
+            Rejection.SETTLEMENT_ARCHIVED,
+            f"{stored.settlement_id} is of plan-year {stored.plan.year}, outside the gateway's correction"
+            " window: the agency corrects it by hand",
+        )
 
     @staticmethod
     def committed(

@@ -26,6 +26,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from adapters.ledger.archive import LedgerArchive
 from adapters.ledger.store import Ledger
 from adapters.redis_keys import PERSON_CHANNEL, IndexKeys
 from adapters.redis_store import RedisStore
@@ -168,6 +169,7 @@ class Gateway:
     edge: Edge | None = None
     credentials: ReloadingServerCredentials | None = None
     durability: Durability = field(default_factory=Durability)
+    archive: LedgerArchive | None = None
     state: HealthState = field(default_factory=HealthState)
     _facts_at: float = 0.0
 
@@ -181,6 +183,7 @@ class Gateway:
             IndexKeys(self.config.index_key),
             wait_replicas=d.wait_replicas,
             wait_timeout_ms=d.wait_timeout_ms,
+            idempotency_retention_days=self.config.idempotency_retention_days,
         )
         static = StaticCache(client)
         try:
@@ -200,7 +203,15 @@ class Gateway:
         zone = ZoneInfo(self.config.timezone)
         now = self.now or (lambda: datetime.now(zone))
         self.store = store
-        ctx = Context(store, static, now, ServiceLimits(self.config.commit_retries_max))
+        self.archive = LedgerArchive(self.config.ledger_dsn) if self.config.ledger_dsn else None
+        ctx = Context(
+            store,
+            static,
+            now,
+            ServiceLimits(self.config.commit_retries_max),
+            self.archive,
+            self.config.settlement_retention_plan_years,
+        )
         self.service = SettlementService(ctx)
         self.corrections = CorrectionService(ctx)
         limits = self.config.limits
@@ -341,6 +352,8 @@ class Gateway:
             await asyncio.wait(self.tasks, timeout=3)
         if self.store is not None:
             await self.store.client.aclose()
+        if self.archive is not None:
+            self.archive.close()
 
 
 __all__ = ["Gateway", "pb"]

@@ -12,18 +12,21 @@ import secrets
 import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from typing import Any, Protocol
 
 from adapters import redis_keys as keys
+from adapters.ledger.archive import ArchiveUnavailable
 from adapters.settlement_store import (
     Commit,
     CommitOutcome,
     MessageRecord,
     NewSettlement,
     PersonSnapshot,
+    SettlementArchive,
     SettlementStore,
+    StoredSettlement,
     StoreRefused,
 )
 from gateway import codec, logs
@@ -34,7 +37,7 @@ from gateway.engine import Rejection, Split, split
 from gateway.engine.corrections import LiveSettlement, Money, SettlementInputs, admit, classify
 from gateway.engine.eligibility import covered, tier_in_force
 from gateway.engine.model import Bill, Enrolment, Institution, StayTotals
-from gateway.engine.plan_year import PlanKey, PlanYear
+from gateway.engine.plan_year import PLAN_YEARS_KEPT, PlanKey, PlanYear, oldest_plan_year
 from gateway.engine.policy import CapOn, Policy, StayDate
 from gateway.errors import Rejected, Unavailable
 from gateway.protos import pb
@@ -100,11 +103,15 @@ class Context:
         static: StaticData,
         now: Callable[[], datetime],
         limits: ServiceLimits = ServiceLimits(),
+        archive: SettlementArchive | None = None,
+        plan_years_kept: int = PLAN_YEARS_KEPT,
     ) -> None:
         self.store = store
         self.static = static
         self.now = now
         self.limits = limits
+        self.archive = archive  # None: no ledger configured; what left Redis is not found
+        self.plan_years_kept = plan_years_kept
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     @asynccontextmanager
@@ -145,6 +152,29 @@ class Context:
         if snapshot.earlier is None and ref is not None and ref.card_no and snapshot.card_status != "normal":
             raise Rejected(CARD_REJECTIONS[snapshot.card_status], f"card is {snapshot.card_status}")
         return snapshot
+
+    async def settlement(self, settlement_id: str) -> StoredSettlement | None:
+        """From Redis, or from the ledger once retention has moved it there."""
+        stored = await self.store.settlement(settlement_id)
+        if stored is not None or self.archive is None:
+            return stored
+        try:
+            archived = await self.archive.settlement(settlement_id)
+        except ArchiveUnavailable as exc:
+            raise Unavailable(
+                f"the ledger, which keeps settlements of earlier plan-years, is down: {exc}"
+            ) from exc
+        return replace(archived, archived=True) if archived is not None else None
+
+    async def settled_by(self, institution: str, message_id: str) -> str | None:
+        """The settlement the ledger booked for a message id whose record has left Redis (a record
+        expires idempotency_retention_days after its last use)."""
+        if self.archive is None:
+            return None
+        try:
+            return await self.archive.settled_by(institution, message_id)
+        except ArchiveUnavailable as exc:
+            raise Unavailable(f"the ledger, which keeps older message ids, is down: {exc}") from exc
 
     async def commit(self, commit: Commit) -> CommitOutcome:
         """The commit runs to its end even when the caller's deadline expires meanwhile: what the store
@@ -211,6 +241,12 @@ class SettlementService:
         if catalog is None:
             raise Rejected(Rejection.REGION_NOT_SERVED, f"no catalog of {inst.region} is loaded")
         on = care.day
+        oldest = oldest_plan_year(self.ctx.now().year, self.ctx.plan_years_kept)
+        if on.year < oldest:
+            raise Rejected(
+                Rejection.PLAN_YEAR_CLOSED,
+                f"the date of care {on} is in plan-year {on.year}; the gateway settles {oldest} and later",
+            )
         year = person.plan_year(plan_key(care.enrolment, on))
         stay = year.stay(bill.stay_id)
         state = year.state(person.balance_fen)

@@ -148,6 +148,16 @@ FUND_BUDGET_MONTH = Gauge(
     ["region", "district", "fund_code"],
     multiprocess_mode="max",
 )
+RETENTION_REMOVED = Counter(
+    "medsettle_retention_removed_total",
+    "Settlements of plan-years past the correction window removed from Redis (the ledger keeps them).",
+)
+RETENTION_NOT_BOOKED = Gauge(
+    "medsettle_retention_not_booked_settlements",
+    "Settlements past the correction window kept in Redis at the last sweep because the ledger has not"
+    " booked them yet.",
+    multiprocess_mode="max",
+)
 WORKER_HEALTHY = "medsettle_worker_healthy"
 _worker_healthy: list[Gauge] = []
 

@@ -129,4 +129,37 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX transfers_credit2 ON transfers (credit);
         """,
     ),
+    (
+        3,
+        # Retention: the ledger keeps what each commit wrote in Redis (records), so a settlement that has
+        # left Redis is still answered, and Redis can be rebuilt from the ledger. Month end: a closed
+        # month of an institution (month_closes, one live close per institution and month) takes no more
+        # entries; one that arrives late is booked in the next open month, origin_month saying which
+        # month it belongs to.
+        """
+        CREATE TABLE records (
+            entry_id      TEXT   NOT NULL PRIMARY KEY REFERENCES journal (entry_id),
+            settlement_id TEXT   NOT NULL,
+            person_id     TEXT   NOT NULL,
+            plan          TEXT   NOT NULL,
+            version       BIGINT NOT NULL,
+            balance_fen   BIGINT NOT NULL,
+            body          TEXT   NOT NULL
+        );
+        CREATE INDEX records_settlement ON records (settlement_id);
+        CREATE INDEX records_person ON records (person_id, version);
+        ALTER TABLE journal ADD COLUMN origin_month TEXT NOT NULL DEFAULT '';
+        CREATE TABLE month_closes (
+            application_id TEXT NOT NULL PRIMARY KEY,
+            institution    TEXT NOT NULL,
+            month          TEXT NOT NULL,
+            state          TEXT NOT NULL CHECK (state IN ('applied', 'paid', 'undone')),
+            closed_at      TEXT NOT NULL,
+            changed_at     TEXT NOT NULL,
+            summary        TEXT NOT NULL
+        );
+        CREATE UNIQUE INDEX month_closed_once ON month_closes (institution, month)
+            WHERE state <> 'undone';
+        """,
+    ),
 ]

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.ledger.schema import MIGRATIONS
+from adapters.settlement_records import LedgerRecord, ledger_record_from, ledger_record_json
 from gateway.engine.routing import Journal, Transfer
 
 JOURNAL_COLUMNS = (
@@ -37,7 +38,13 @@ JOURNAL_COLUMNS = (
     "cash_fen",
     "stream_id",
     "booked_at",
+    "origin_month",
 )
+
+
+def next_month(month: str) -> str:
+    year, number = int(month[:4]), int(month[5:7])
+    return f"{year + number // 12:04d}-{number % 12 + 1:02d}"
 
 
 class LedgerUnavailable(Exception):
@@ -45,10 +52,20 @@ class LedgerUnavailable(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class Record:
+    """What the commit behind an entry wrote in Redis (adapters/settlement_records.LedgerRecord), as the
+    JSON it travelled in and parsed."""
+
+    text: str
+    parsed: LedgerRecord
+
+
+@dataclass(frozen=True, slots=True)
 class Entry:
     journal: Journal
     transfers: list[Transfer]
     stream_id: str
+    record: Record | None = None  # None: an entry of the first formats, committed without one
 
 
 class UnbalancedEntry(ValueError):
@@ -162,13 +179,19 @@ class Ledger:
 
     def book(self, entries: Sequence[Entry]) -> list[Journal]:
         """Books the entries in one transaction; entries already booked are skipped. Returns the journals
-        that were new."""
+        that were new. An entry of a month its institution has closed goes to the next open month."""
         booked_at = datetime.now(UTC).isoformat(timespec="seconds")
         new: list[Journal] = []
         with self.transaction() as cur:
+            if self.postgres:  # waits for a close-month in progress (it locks journal EXCLUSIVE)
+                cur.execute("LOCK TABLE journal IN ROW EXCLUSIVE MODE")
+            closed = self.closed_months(cur, {(e.journal.institution, e.journal.at[:7]) for e in entries})
             for entry in entries:
                 j = entry.journal
                 check_entry(entry)
+                month = origin = j.at[:7]
+                while (j.institution, month) in closed:
+                    month = next_month(month)
                 row = (
                     j.key,
                     j.settlement_id,
@@ -176,7 +199,7 @@ class Ledger:
                     j.cause,
                     j.message_id,
                     j.at,
-                    j.at[:7],
+                    month,
                     j.institution,
                     j.inst_region,
                     j.inst_district,
@@ -191,6 +214,7 @@ class Ledger:
                     j.cash_fen,
                     entry.stream_id,
                     booked_at,
+                    origin if month != origin else "",
                 )
                 placeholders = ", ".join("?" * len(JOURNAL_COLUMNS))
                 cur.execute(
@@ -211,7 +235,38 @@ class Ledger:
                     self.sql("INSERT INTO transfers VALUES (?, ?, ?, ?, ?)"),
                     [(j.key, i, t.debit, t.credit, t.amount_fen) for i, t in enumerate(entry.transfers)],
                 )
+                if entry.record is not None:
+                    r = entry.record.parsed
+                    cur.execute(
+                        self.sql("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?)"),
+                        (
+                            j.key,
+                            j.settlement_id,
+                            r.person_id,
+                            r.plan,
+                            r.version,
+                            r.balance_fen,
+                            entry.record.text,
+                        ),
+                    )
         return new
+
+    def closed_months(self, cur: Any, pairs: set[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which (institution, month) are closed, of these and of the months after them (a late entry
+        may skip several closed months)."""
+        institutions = sorted({inst for inst, _ in pairs})
+        if not institutions:
+            return set()
+        first = min(month for _, month in pairs)
+        marks = ", ".join("?" * len(institutions))
+        cur.execute(
+            self.sql(
+                "SELECT institution, month FROM month_closes WHERE state <> 'undone'"
+                f" AND month >= ? AND institution IN ({marks})"
+            ),
+            [first, *institutions],
+        )
+        return {(str(i), str(m)) for i, m in cur.fetchall()}
 
     def settled(self, settlement_ids: Iterable[str]) -> set[str]:
         """Which of these settlements have their settle entry booked (a correction waits for it)."""
@@ -279,6 +334,86 @@ class Ledger:
                 for r in self.query(f"SELECT entry_id FROM journal WHERE entry_id IN ({marks})", chunk)
             }
         return found
+
+    # ---------------------------------------------------------------- the archive: what left Redis
+
+    def schema_version(self) -> int:
+        """The migrations applied (0: none yet; the posting worker applies them when it starts)."""
+        with self.transaction() as cur:
+            if self.postgres:
+                cur.execute("SELECT to_regclass('schema_version') IS NOT NULL")
+            else:
+                cur.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'schema_version'")
+            if not cur.fetchone()[0]:
+                return 0
+            cur.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+            return int(cur.fetchone()[0])
+
+    def records_of(self, settlement_id: str) -> list[tuple[str, str, LedgerRecord]]:
+        """A settlement's commit records in commit order: (entry id, kind, record)."""
+        rows = self.query(
+            "SELECT r.entry_id, j.kind, r.body FROM records r JOIN journal j ON j.entry_id = r.entry_id"
+            " WHERE r.settlement_id = ? ORDER BY r.version, r.entry_id",
+            [settlement_id],
+        )
+        return [(str(e), str(k), ledger_record_from(b)) for e, k, b in rows]
+
+    def archived(self, settlement_ids: list[str]) -> set[str]:
+        """Which of these settlements the ledger holds the settle record of (retention may remove them)."""
+        found: set[str] = set()
+        for start in range(0, len(settlement_ids), 500):
+            chunk = settlement_ids[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            found |= {
+                str(r[0])
+                for r in self.query(f"SELECT entry_id FROM records WHERE entry_id IN ({marks})", chunk)
+            }
+        return found
+
+    def archive_from_store(self, records: list[tuple[str, LedgerRecord]]) -> None:
+        """Records of settlements booked before the ledger kept them, written from what Redis holds,
+        under their settle entries (version 0: before anything the person committed since)."""
+        if not records:
+            return
+        with self.transaction() as cur:
+            cur.executemany(
+                self.sql("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"),
+                [
+                    (sid, sid, r.person_id, r.plan, r.version, r.balance_fen, ledger_record_json(r))
+                    for sid, r in records
+                ],
+            )
+
+    def by_message(self, institution: str, message_id: str) -> list[tuple[str, str]]:
+        """The entries an institution's message id made: (settlement id, kind)."""
+        rows = self.query(
+            "SELECT settlement_id, kind FROM journal WHERE institution = ? AND message_id = ?"
+            " ORDER BY entry_id",
+            [institution, message_id],
+        )
+        return [(str(s), str(k)) for s, k in rows]
+
+    def person_records(self, after: str = "", persons_max: int = 500) -> list[tuple[str, list[LedgerRecord]]]:
+        """The commit records of up to persons_max persons whose ids sort after `after`, each person's in
+        commit order: rebuild reads the whole ledger this way, a page of persons at a time."""
+        ids = [
+            str(r[0])
+            for r in self.query(
+                "SELECT DISTINCT person_id FROM records WHERE person_id > ? ORDER BY person_id LIMIT ?",
+                [after, persons_max],
+            )
+        ]
+        if not ids:
+            return []
+        marks = ", ".join("?" * len(ids))
+        out: dict[str, list[LedgerRecord]] = {pid: [] for pid in ids}
+        for pid, body in self.query(
+            f"SELECT person_id, body FROM records WHERE person_id IN ({marks}) ORDER BY person_id, version,"
+            " entry_id",
+            ids,
+        ):
+            out[str(pid)].append(ledger_record_from(body))
+        return list(out.items())
 
     def net_by_settlement(self) -> dict[str, tuple[int, dict[str, int], int, int]]:
         """Every settlement's entries summed: (total, funds by code, account, cash)."""

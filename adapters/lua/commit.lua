@@ -6,11 +6,14 @@
 -- ARGV is a list of operations, each a letter and its operands; k is an index into KEYS:
 --   V k expected new        the person's version: HGET k 'ver' (absent: 0) must equal expected; set new
 --   A k                     k (a message record) must not exist yet
---   C k value               k (an institution-wide message claim) must be absent or hold value; SET it
+--   C k value ms            k (an institution-wide message claim) must be absent or hold value; SET it
+--                           to expire in ms milliseconds (the idempotency window)
 --   H k n f1 v1 .. fn vn    HSET n text fields
 --   I k n f1 v1 .. fn vn    HSET n integer fields, each a decimal integer within +/- 10^15
 --   D k n f1 .. fn          HDEL n fields
 --   X k n f1 v1 .. fn vn    XADD k * with n fields
+--   S k n m1 .. mn          SADD n members (the index of a plan-year's settlements, for retention)
+--   E k ms                  PEXPIRE k ms (a message record leaves Redis after the idempotency window)
 -- Returns {'OK'} | {'CONFLICT'} | {'EXISTS', k, {field, value, ...}} | {'CLAIMED', value}
 --       | {'REFUSED', reason}  (malformed operations or keys of the wrong type: nothing written)
 local ops = {}
@@ -42,13 +45,21 @@ while i <= #ARGV do
     ops[#ops + 1] = {op, k}
     i = i + 2
   elseif op == 'C' then
-    if not ARGV[i + 2] or not expect_type(k, 'string') then return refuse('bad claim operands') end
+    local ms = tonumber(ARGV[i + 3])
+    if not ARGV[i + 2] or not ms or ms < 1 or ms % 1 ~= 0 or not expect_type(k, 'string') then
+      return refuse('bad claim operands')
+    end
+    ops[#ops + 1] = {op, k, ARGV[i + 2], ARGV[i + 3]}
+    i = i + 4
+  elseif op == 'E' then
+    local ms = tonumber(ARGV[i + 2])
+    if not ms or ms < 1 or ms % 1 ~= 0 then return refuse('operation ' .. i .. ': bad expiry') end
     ops[#ops + 1] = {op, k, ARGV[i + 2]}
     i = i + 3
-  elseif op == 'H' or op == 'I' or op == 'D' or op == 'X' then
+  elseif op == 'H' or op == 'I' or op == 'D' or op == 'X' or op == 'S' then
     local n = tonumber(ARGV[i + 2])
     if not n or n < 0 or n % 1 ~= 0 then return refuse('operation ' .. i .. ': bad count') end
-    local width = (op == 'D') and 1 or 2
+    local width = (op == 'D' or op == 'S') and 1 or 2
     local first, last = i + 3, i + 2 + n * width
     if last > #ARGV then return refuse('operation ' .. i .. ': too few operands') end
     if op == 'I' then
@@ -59,7 +70,8 @@ while i <= #ARGV do
         end
       end
     end
-    if not expect_type(k, (op == 'X') and 'stream' or 'hash') then
+    local kind = (op == 'X') and 'stream' or ((op == 'S') and 'set' or 'hash')
+    if not expect_type(k, kind) then
       return refuse('key ' .. k .. ' used as two types')
     end
     ops[#ops + 1] = {op, k, first, last}
@@ -91,7 +103,11 @@ for _, o in ipairs(ops) do
   if op == 'V' then
     redis.call('HSET', k, 'ver', o[4])
   elseif op == 'C' then
-    redis.call('SET', k, o[3])
+    redis.call('SET', k, o[3], 'PX', o[4])
+  elseif op == 'E' then
+    redis.call('PEXPIRE', k, o[3])
+  elseif op == 'S' then
+    if o[4] >= o[3] then redis.call('SADD', k, unpack(ARGV, o[3], o[4])) end
   elseif op == 'H' or op == 'I' then
     if o[4] >= o[3] then redis.call('HSET', k, unpack(ARGV, o[3], o[4])) end
   elseif op == 'D' then

@@ -47,6 +47,8 @@ class Rejection(IntEnum):
     SETTLEMENT_REVERSED = 409  # a refund of a settlement that is reversed
     READJUDICATION_REJECTED = 410  # a later settlement would be rejected on re-adjudication
     REFUND_WHOLE_BILL = 411  # every line refunded: reverse the settlement instead
+    SETTLEMENT_ARCHIVED = 412  # its plan-year has left the correction window: the agency corrects it
+    PLAN_YEAR_CLOSED = 413  # the date of care is in a plan-year the gateway no longer settles
 
     @property
     def reason(self) -> str:

@@ -30,6 +30,15 @@ BILL_TOTAL_MAX_FEN = 1_000_000_000  # 10,000,000.00 yuan: no real bill comes nea
 ACCUMULATOR_MAX = LIVE_SETTLEMENTS_MAX * BILL_TOTAL_MAX_FEN
 
 
+PLAN_YEARS_KEPT = 2  # the current and the previous plan-year are settled and corrected at the gateway
+
+
+def oldest_plan_year(today_year: int, plan_years_kept: int = PLAN_YEARS_KEPT) -> int:
+    """The oldest plan-year the gateway still settles and corrects; older ones have left Redis for the
+    ledger (retention), so a bill of theirs would be split on a person-year state that is not there."""
+    return today_year - plan_years_kept + 1
+
+
 class PlanKey(NamedTuple):
     region: str  # insured region (insuplc_admdvs)
     scheme: str  # employee | resident

@@ -12,6 +12,7 @@ unreachable or refusing: nothing is acknowledged that is not booked, the loop ba
 
 from __future__ import annotations
 
+import binascii
 import json
 import logging
 import socket
@@ -19,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -28,10 +29,12 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from adapters import redis_keys as keys
-from adapters.ledger.store import Entry, Ledger, LedgerUnavailable, UnbalancedEntry
+from adapters.ledger.store import Entry, Ledger, LedgerUnavailable, Record, UnbalancedEntry
+from adapters.settlement_records import ledger_record_from
 from gateway.engine.routing import Journal, PostingError, Transfer, mirror, route
 from gateway.posting import deadletters
 from gateway.posting.deadletters import DEADLETTER, HELD
+from gateway.posting.retention import Retention, RetentionConfig
 from gateway.posting.statements import fund_spend
 from telemetry import metrics
 
@@ -80,6 +83,7 @@ class WorkerConfig:
     attempts_max: int = 5  # then the entry goes to the dead-letter stream (a correction waiting: never)
     backoff_max_ms: int = 5_000  # database unreachable: wait at most this long between tries
     partitions: tuple[int, ...] = tuple(range(keys.PARTITIONS))
+    retention: RetentionConfig | None = field(default_factory=RetentionConfig)  # None: never sweep
     observe_every_ms: int = 5_000  # stream, lag and budget gauges
     timezone: str = "Asia/Shanghai"  # the month of fund spend
 
@@ -127,10 +131,24 @@ class Dependency:
 
 
 class PostingWorker:
-    def __init__(self, client: redis.Redis, ledger: Ledger, config: WorkerConfig = WorkerConfig()) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        ledger: Ledger,
+        config: WorkerConfig = WorkerConfig(),
+        today: Callable[[], date] | None = None,  # tests move the clock; production: config.timezone
+    ) -> None:
         self.client = client
         self.ledger = ledger
         self.config = config
+        zone = ZoneInfo(config.timezone)
+        clock = today or (lambda: datetime.now(zone).date())
+        self.retention = (
+            Retention(client, ledger, clock, config.partitions, config.retention)
+            if config.retention
+            else None
+        )
+        self._last_sweep = float("-inf")
         self.streams = [keys.stream_key(p) for p in config.partitions]
         self.attempts: dict[str, tuple[int, float]] = {}  # entry id -> (failures, first failure)
         self.stats = Stats()
@@ -164,8 +182,10 @@ class PostingWorker:
             try:
                 if not self._prepared:
                     self.prepare()
-                if self.step() == 0 and on_idle is not None:
-                    on_idle()
+                if self.step() == 0:
+                    self.sweep_when_due()
+                    if on_idle is not None:
+                        on_idle()
                 self.last_ok = time.monotonic()
                 self.redis.ok()
                 self.observe()
@@ -199,6 +219,21 @@ class PostingWorker:
                 self._own_pending = True
                 stop.wait(UNEXPECTED_BACKOFF_S)
             healthy.set(1 if self.health()[0] else 0)
+
+    def sweep_when_due(self) -> None:
+        """Retention, when there is nothing to book and the last sweep is sweep_every_s old."""
+        if self.retention is None:
+            return
+        now = time.monotonic()
+        if now - self._last_sweep < self.retention.config.sweep_every_s:
+            return
+        self._last_sweep = now
+        stats = self.retention.sweep()
+        if stats.removed or stats.not_booked:
+            log.info(
+                "retention: %d settlement(s) of plan-years before %d left Redis, %d kept (not booked)",
+                stats.removed, self.retention.swept_before(), stats.not_booked,
+            )  # fmt: skip
 
     def health(self) -> tuple[bool, str]:
         """Healthy while a loop has succeeded within HEALTHY_WITHIN_S (Redis reached, and the ledger when
@@ -349,9 +384,10 @@ class PostingWorker:
         event = json.loads(fields.get(b"event", b"null"))
         if not isinstance(event, dict):
             raise PostingError("entry without an event")
+        record = archived(fields.get(b"rec"))  # what the commit wrote: the ledger keeps it
         if kind == "settle":
             journal, transfers = route(event)
-            return Entry(journal, transfers, entry_id)
+            return Entry(journal, transfers, entry_id, record)
         if kind not in ("reverse", "refund", "adjust"):
             raise PostingError(f"unknown entry type {kind!r}")
         sid = str(event.get("sid", ""))
@@ -360,14 +396,14 @@ class PostingWorker:
             if found is None:
                 raise DeferEntry(f"reversal of {sid} before its settlement is booked")
             journal, transfers = mirror(found[0], found[1], event)
-            return Entry(journal, transfers, entry_id)
+            return Entry(journal, transfers, entry_id, record)
         journal, transfers = route(event)  # a malformed event is poison now, not in two minutes
         if journal.kind != kind:
             raise PostingError(f"entry type {kind!r} carries a {journal.kind!r} event")
         # a correction is booked after the settlement it corrects, so no statement shows it alone
         if sid not in originals and not self.ledger.settled([sid]):
             raise DeferEntry(f"{kind} of {sid} before its settlement is booked")
-        return Entry(journal, transfers, entry_id)
+        return Entry(journal, transfers, entry_id, record)
 
     def note_failure(
         self,
@@ -433,6 +469,17 @@ class PostingWorker:
         self.stats.dead_lettered += 1
         metrics.DEAD_LETTERS.inc()
         log.error("dead-lettered %s %s as %s: %s", stream, entry_id, text(dl_id), reason)
+
+
+def archived(raw: bytes | None) -> Record | None:
+    """The commit's record of an entry (absent from entries of the first formats). Malformed, it is
+    poison like a malformed event: the ledger must not keep an answer it cannot give back."""
+    if not raw:
+        return None
+    try:
+        return Record(raw.decode(), ledger_record_from(raw))
+    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        raise PostingError(f"malformed commit record: {exc!r}") from None
 
 
 def text(value: Any) -> str:
