@@ -787,7 +787,7 @@ def certs_cmd(args: argparse.Namespace) -> int:
         print(f"{layout.server_cert}: reissued (a running gateway picks it up within a second)")
     elif action == "issue":
         if not args.institution and not args.role:
-            print("medsettle certs issue: --institution CODE (or --role probe)", file=sys.stderr)
+            print("medsettle certs issue: --institution CODE (or --role probe|bureau)", file=sys.stderr)
             return 2
         cert = certs.issue_client(
             layout, args.institution, args.name or args.institution or args.role, terminal=args.terminal,
@@ -1074,7 +1074,10 @@ def build_parser() -> argparse.ArgumentParser:
     certs_flags(a)
     a.add_argument("--institution", help="the institution code")
     a.add_argument("--terminal", help="bind the certificate to this terminal id")
-    a.add_argument("--role", choices=["probe"], help="a probe certificate (health only), no institution")
+    a.add_argument(
+        "--role", choices=["probe", "bureau"],
+        help="no institution: a probe (health only) or the bureau's finance office (GetClearing)",
+    )  # fmt: skip
     a.add_argument("--name", help="subject CN (default: the institution code)")
     a.add_argument("--file-name", help="clients/<file-name>.crt (default: <institution>[-<terminal>])")
     a = actions.add_parser("revoke", help="add certificates to the CA's CRL (refused within a second)")
@@ -1086,6 +1089,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-trace", action="store_true", help="leave the rule trace out")
     p.add_argument("--table", action="store_true", help="print readable tables instead of JSON")
     p.set_defaults(func=cmd_split)
+
+    from gateway.commands import month_end_cmd
+
+    month_end_cmd.register(sub)
     return parser
 
 
@@ -1174,7 +1181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         audit = Path(args.audit_log) if args.audit_log else Path(args.data_dir) / "audit.log"
     if args.command == "gateway-process":  # the audit log of the serve it belongs to
         audit = Path(os.environ.get("MEDSETTLE_AUDIT_LOG", f"{DEFAULT_DATA_DIR}/audit.log"))
-    if args.command == "deadletters":  # an operator's action on money in flight: always audited
+    if args.command == "deadletters" or getattr(args, "audited", False):  # operators' actions on money
         audit = deadletters_audit_path(args)
     level = getattr(args, "log_level", None) or ("WARNING" if getattr(args, "demo", False) else "INFO")
     logs.configure(level if args.command in ("serve", "gateway-process") else "WARNING", audit)

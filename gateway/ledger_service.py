@@ -22,7 +22,7 @@ from adapters.ledger.store import Ledger, LedgerUnavailable
 from gateway.codec import Envelope
 from gateway.edge.limits import EdgeLimits
 from gateway.errors import InvalidInput, Unavailable
-from gateway.posting import reconcile, statements
+from gateway.posting import month_end, reconcile, statements
 from gateway.posting.deadletters import HELD
 from gateway.posting.reconcile import ItemResult, ItemStatus
 from gateway.protos import pb
@@ -171,6 +171,43 @@ class LedgerService:
             if claim and claim.split(b"|")[1:2] == [b"settle"]
         }
 
+    async def clearing(self, request: Any) -> Any:
+        try:
+            datetime.strptime(request.month, "%Y-%m")
+        except ValueError:
+            raise InvalidInput([("month", "YYYY-MM")]) from None
+        if request.region and not (request.region.isdigit() and len(request.region) == 6):
+            raise InvalidInput([("region", "a six-digit region code, or empty for every region")])
+        if len(request.after_institution) > 40:
+            raise InvalidInput([("after_institution", "at most 40 characters")])
+        size = CLEARING_APPLICATIONS_PAGE_MAX
+        if 0 < request.page_size < size:
+            size = request.page_size
+        watermark = await self.posted_through()
+        debts, spend, page, more = await self.run(
+            clearing_page, request.month, request.region, request.after_institution, size
+        )
+        response = pb.ClearingResponse(
+            month=request.month, next_after_institution=more, posted_through=watermark
+        )
+        for d in debts:
+            response.debts.add(debtor=d.debtor, creditor=d.creditor, amount_fen=d.amount_fen)
+        for s in spend:
+            response.fund_spend.add(
+                region=s.region, district=s.district, fund_code=s.fund_code, amount_fen=s.amount_fen
+            )
+        for a in page:
+            t = a.totals
+            response.applications.add(
+                application_id=a.application_id, institution_code=a.institution, state=a.state,
+                totals=pb.Totals(
+                    count=t.settlements, total_fen=t.total_fen, fund_total_fen=t.fund_fen,
+                    account_fen=t.account_fen, cash_fen=t.cash_fen,
+                ),
+                payable_fen=t.payable_fen, closed_at=a.closed_at,
+            )  # fmt: skip
+        return response
+
     async def statement(self, env: Envelope, month: str) -> Any:
         try:
             datetime.strptime(month, "%Y-%m")
@@ -191,6 +228,29 @@ class LedgerService:
             for code, amount in sorted(row.funds.items()):
                 response.funds.add(fund_code=code, amount_fen=amount)
         return response
+
+
+CLEARING_APPLICATIONS_PAGE_MAX = 1000
+
+
+def clearing_page(
+    ledger: Ledger, month: str, region: str, after: str, page_size: int
+) -> tuple[list[statements.Debt], list[statements.FundSpend], list[Any], str]:
+    """One page of the month's clearing: the matrix and the spend whole (bounded by the districts),
+    the applications a page at a time by institution code."""
+    prefix = f"{region}/"
+    debts = [
+        d for d in statements.clearing_matrix(ledger, month)
+        if not region or d.debtor.startswith(prefix) or d.creditor.startswith(prefix)
+    ]  # fmt: skip
+    spend = [s for s in statements.fund_spend(ledger, month) if not region or s.region == region]
+    closes = [
+        a for a in month_end.applications(ledger, month)
+        if a.institution > after and (not region or any(p.startswith(prefix) for p in a.by_paying_party))
+    ]  # fmt: skip
+    page = closes[:page_size]
+    more = page[-1].institution if len(closes) > page_size else ""
+    return debts, spend, page, more
 
 
 def amounts_pb(message_id: str, amounts: reconcile.Amounts | None) -> Any:

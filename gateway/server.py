@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAMES = (
     "medsettle.v1.SettlementService",
     "medsettle.v1.LedgerService",
+    "medsettle.v1.ClearingService",
     "medsettle.v1.DiagnosticsService",
 )
 

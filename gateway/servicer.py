@@ -23,7 +23,7 @@ from grpc_status import rpc_status
 
 from gateway import codec, logs
 from gateway.correction_service import CorrectionService, Target
-from gateway.edge.identity import Identity, IdentityReader, authorize
+from gateway.edge.identity import ROLE_BUREAU, Identity, IdentityReader, authorize, authorize_role
 from gateway.edge.limits import REFUSALS, EdgeLimits, Limiter
 from gateway.edge.refusals import Refused, Undecodable
 from gateway.engine import Rejection
@@ -43,7 +43,8 @@ STATUS_OF = {  # everything else a client can cause is FAILED_PRECONDITION
 DEPENDENCY_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError, Unavailable)
 DEADLINE_MARGIN_S = 0.02  # answer UNAVAILABLE this long before the caller's deadline, not after it
 REQUEST_TIMEOUT_MAX_S = 5.0  # no request holds a connection longer, deadline or not
-INSTITUTION, ANY = "institution", "any"  # who may call a route: an institution for itself, any client
+# who may call a route: an institution for itself, any client, the bureau's finance office
+INSTITUTION, ANY, BUREAU = "institution", "any", "bureau"
 
 
 def packed(detail: Any) -> any_pb2.Any:
@@ -165,6 +166,9 @@ class Edge:
                 which = request.person.WhichOneof("ref")
                 if which:
                     self.limiter.eligibility(getattr(request.person, which))
+        elif route.scope == BUREAU:
+            authorize_role(identity, ROLE_BUREAU)
+            key = f"role:{ROLE_BUREAU}"
         elif identity is not None:
             key = identity.institution or f"role:{identity.role}"
         else:
@@ -454,6 +458,9 @@ class LedgerServicer:
             raise InvalidInput(violations)
         return await self.service.statement(codec.decode_envelope(request.envelope), request.month)
 
+    async def GetClearing(self, request: Any, context: Any = None) -> Any:
+        return await self.service.clearing(request)
+
 
 class DiagnosticsServicer:
     async def Ping(self, request: Any, context: Any = None) -> Any:
@@ -485,7 +492,8 @@ def handlers(
     edge: Edge, servicer: SettlementServicer, ledger: LedgerServicer, diagnostics: DiagnosticsServicer
 ) -> list[grpc.GenericRpcHandler]:
     out = []
-    for service_name, target in (("SettlementService", servicer), ("LedgerService", ledger)):
+    services = (("SettlementService", servicer), ("LedgerService", ledger), ("ClearingService", ledger))
+    for service_name, target in services:
         methods = pb.DESCRIPTOR.services_by_name[service_name].methods_by_name
         full = f"{DOMAIN}.{service_name}"
         routes = {
@@ -493,6 +501,7 @@ def handlers(
                 full, name, getattr(pb, methods[name].input_type.name), getattr(target, name),
                 person_lookup=name in PERSON_LOOKUPS and service_name == "SettlementService",
                 per_card=name == "QueryEligibility",
+                scope=BUREAU if service_name == "ClearingService" else INSTITUTION,
             )
             for name in methods
         }  # fmt: skip

@@ -31,6 +31,7 @@ URN_INSTITUTION = "urn:medsettle:institution:"
 URN_TERMINAL = "urn:medsettle:terminal:"
 URN_ROLE = "urn:medsettle:role:"
 ROLE_PROBE = "probe"
+ROLE_BUREAU = "bureau"  # the bureau's finance office: clearing and fund spend of every institution
 CA_DAYS = 3650
 LEAF_DAYS = 397  # what public CAs may issue at most; rotate well before
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
@@ -268,7 +269,8 @@ def revoke(layout: Layout, certificates: Iterable[Path], days: int = 30) -> list
 
 
 def ensure_pki(root: Path, institutions: Path | None, hosts: Iterable[str] = ()) -> list[str]:
-    """Creates what is missing: the CA, the server certificate, the probe's and one per institution.
+    """Creates what is missing: the CA, the server certificate, the probe's, the bureau finance office's
+    and one per institution.
     Nothing that exists is replaced (a restart keeps the terminals' certificates valid). Returns what
     was created."""
     layout = Layout(root)
@@ -284,6 +286,9 @@ def ensure_pki(root: Path, institutions: Path | None, hosts: Iterable[str] = ())
     if not layout.probe_cert.exists():
         issue_client(layout, None, "medsettle health probe", role=ROLE_PROBE)
         created.append(ROLE_PROBE)
+    if not layout.client_cert(ROLE_BUREAU).exists():
+        issue_client(layout, None, "medsettle bureau finance office", role=ROLE_BUREAU)
+        created.append(ROLE_BUREAU)
     for code, name in registry(institutions) if institutions else []:
         if not layout.client_cert(code).exists():
             issue_client(layout, code, name)

@@ -18,7 +18,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from gateway.edge.certs import ROLE_PROBE, URN_INSTITUTION, URN_ROLE, URN_TERMINAL
+from gateway.edge.certs import ROLE_BUREAU, ROLE_PROBE, URN_INSTITUTION, URN_ROLE, URN_TERMINAL
 from gateway.edge.refusals import denied, unauthenticated
 
 log = logging.getLogger(__name__)
@@ -171,4 +171,27 @@ def authorize(identity: Identity | None, envelope: Any) -> None:
         )
 
 
-__all__ = ["ROLE_PROBE", "Identity", "IdentityReader", "Revocations", "authorize", "identity_of"]
+def authorize_role(identity: Identity | None, role: str) -> None:
+    """A route for a role (the bureau's finance office): its certificate names the role, no institution.
+    None: a plaintext (--insecure) server, which trusts every caller."""
+    if identity is None:
+        return
+    if identity.role != role:
+        who = (
+            f"institution {identity.institution}'s"
+            if identity.institution
+            else f"a {identity.role or 'client'}"
+        )
+        raise denied("ROLE_NOT_ALLOWED", f"{who} certificate may not call this: it needs role {role}")
+
+
+__all__ = [
+    "ROLE_BUREAU",
+    "ROLE_PROBE",
+    "Identity",
+    "IdentityReader",
+    "Revocations",
+    "authorize",
+    "authorize_role",
+    "identity_of",
+]
