@@ -275,8 +275,10 @@ class RedisStore:
         return int(await self.client.hget(keys.state_key(person_id), "bal") or 0)
 
     async def opening_balance(self, person_id: str) -> int | None:
-        raw = await self.client.hget(keys.state_key(person_id), "bal0")
-        return int(raw) if raw is not None else None
+        """The balance before the settlements in Redis: the core system's first export (bal0), less
+        what the settlements retention has since moved to the ledger paid from the account (arch)."""
+        raw, archived = await self.client.hmget(keys.state_key(person_id), ["bal0", "arch"])
+        return int(raw) - int(archived or 0) if raw is not None else None
 
     # ---------------------------------------------------------------- the whole keyspace, for audits
 

@@ -25,12 +25,13 @@ class Report:
     persons: int = 0
     plan_years: int = 0
     settlements: int = 0
+    archived: int = 0  # settlements retention moved to the ledger, checked against its records
     differences: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         head = (
             f"audited {self.persons} persons, {self.plan_years} plan-years,"
-            f" {self.settlements} live settlements"
+            f" {self.settlements} live settlements, {self.archived} archived in the ledger"
         )
         if not self.differences:
             return [head, "no differences"]
@@ -145,11 +146,16 @@ async def audit_redis(redis_url: str, ledger_dsn: str | None) -> Report:
                 done = await asyncio.to_thread(
                     ledger.booked_entries, [str(e.get("entry", e["sid"])) for e in queued]
                 )
+                # what retention moved out of Redis is compared with the ledger's own records of it
+                present = {s.settlement_id for s in settlements}
+                gone = sorted(sid for sid in net if sid not in present)
+                archived = await asyncio.to_thread(ledger.archived_settlements, gone)
             finally:
                 ledger.close()
             booked = {sid: Money(t, f, a, c) for sid, (t, f, a, c) in net.items()}
             waiting = [e for e in queued if str(e.get("entry", e["sid"])) not in done]
-            compare_ledger(settlements, booked, waiting, report)
+            report.archived = len(archived)
+            compare_ledger([*settlements, *archived.values()], booked, waiting, report)
     finally:
         await client.aclose()
     return report

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from adapters.ledger.store import Ledger, LedgerUnavailable
-from adapters.settlement_records import LedgerRecord, replayed, settlement_from
 from adapters.settlement_store import StoredSettlement
 
 T = TypeVar("T")
@@ -45,12 +44,9 @@ class LedgerArchive:
     async def settlement(self, settlement_id: str) -> StoredSettlement | None:
         """The settlement as its commits left it in Redis, or None when the ledger has no record of it
         (never booked, or booked from an entry of the first format, which carried none)."""
-        none: list[tuple[str, str, LedgerRecord]] = []
-        records = await self.run(lambda: self.ledger.records_of(settlement_id), none)
-        fields = replayed(r for _, _, r in records)
-        if b"resp" not in fields:
-            return None
-        return settlement_from(settlement_id, fields)
+        none: dict[str, StoredSettlement] = {}
+        found = await self.run(lambda: self.ledger.archived_settlements([settlement_id]), none)
+        return found.get(settlement_id)
 
     async def settled_by(self, institution: str, message_id: str) -> str | None:
         """The settlement an institution's message id settled, if the ledger has booked one."""

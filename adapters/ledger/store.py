@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from adapters.ledger.schema import MIGRATIONS
-from adapters.settlement_records import LedgerRecord, ledger_record_from, ledger_record_json
+from adapters.settlement_records import (
+    LedgerRecord,
+    ledger_record_from,
+    ledger_record_json,
+    replayed,
+    settlement_from,
+)
+from adapters.settlement_store import StoredSettlement
 from gateway.engine.routing import Journal, Transfer
 
 JOURNAL_COLUMNS = (
@@ -383,6 +390,25 @@ class Ledger:
                     for sid, r in records
                 ],
             )
+
+    def archived_settlements(self, settlement_ids: list[str]) -> dict[str, StoredSettlement]:
+        """The settlements as their records replay, for those of these ids the ledger keeps records of."""
+        bodies: dict[str, list[LedgerRecord]] = {}
+        for start in range(0, len(settlement_ids), 500):
+            chunk = settlement_ids[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            for sid, body in self.query(
+                f"SELECT settlement_id, body FROM records WHERE settlement_id IN ({marks})"
+                " ORDER BY settlement_id, version, entry_id",
+                chunk,
+            ):
+                bodies.setdefault(str(sid), []).append(ledger_record_from(body))
+        out = {}
+        for sid, records in bodies.items():
+            fields = replayed(records)
+            if b"resp" in fields:
+                out[sid] = settlement_from(sid, fields)
+        return out
 
     def by_message(self, institution: str, message_id: str) -> list[tuple[str, str]]:
         """The entries an institution's message id made: (settlement id, kind)."""

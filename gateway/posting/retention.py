@@ -19,6 +19,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from importlib import resources
 from typing import Any
 
 import redis
@@ -28,6 +29,11 @@ from adapters import settlement_records as rec
 from adapters.ledger.store import Ledger
 from gateway.engine.plan_year import PLAN_YEARS_KEPT, oldest_plan_year
 from telemetry import metrics
+
+
+def lua(name: str) -> str:
+    return resources.files("adapters").joinpath("lua", name).read_text(encoding="utf-8")
+
 
 log = logging.getLogger(__name__)
 AUDIT = logging.getLogger("medsettle.audit")
@@ -45,7 +51,7 @@ class RetentionConfig:
 @dataclass
 class SweepStats:
     removed: int = 0
-    not_booked: int = 0  # kept: the ledger has no record of it yet
+    not_booked: int = 0  # kept: the ledger has no record of it yet (or it was corrected meanwhile)
     archived_from_redis: int = 0  # booked before records existed: the record was written from Redis
     years: list[tuple[int, int]] = field(default_factory=list)  # (partition, plan-year) emptied
 
@@ -71,6 +77,7 @@ class Retention:
     ) -> None:
         self.client, self.ledger, self.today, self.config = client, ledger, today, config
         self.partitions = list(partitions)
+        self._archive = client.register_script(lua("archive_settlement.lua"))
 
     def swept_before(self) -> int:
         """Plan-years before this one leave Redis."""
@@ -101,22 +108,33 @@ class Retention:
         return total
 
     def sweep_year(self, partition: int, year: int) -> SweepStats:
+        """The persons' year hashes go last, and only of persons none of whose settlements of the year
+        had to stay (not booked yet): a year hash is what the auditor reads the live ones from."""
         index = keys.plan_year_index_key(partition, year)
         stats = SweepStats()
+        persons: set[str] = set()
+        staying: set[str] = set()
         cursor = 0
         while True:
             cursor, members = self.client.sscan(index, cursor, count=self.config.batch_max)
             ids = [text(m) for m in members]
             if ids:
-                self.remove(index, year, ids, stats)
+                self.remove(index, ids, stats, persons, staying)
             if cursor == 0:
                 break
+        done = sorted(persons - staying)
+        for start in range(0, len(done), self.config.batch_max):
+            self.client.delete(
+                *(keys.year_key(pid, year) for pid in done[start : start + self.config.batch_max])
+            )
         if self.client.scard(index) == 0:
             self.client.delete(index)
             stats.years.append((partition, year))
         return stats
 
-    def remove(self, index: str, year: int, ids: list[str], stats: SweepStats) -> None:
+    def remove(
+        self, index: str, ids: list[str], stats: SweepStats, persons: set[str], staying: set[str]
+    ) -> None:
         pipe = self.client.pipeline(transaction=False)
         for sid in ids:
             pipe.hgetall(keys.settlement_key(sid))
@@ -130,17 +148,31 @@ class Retention:
             self.ledger.archive_from_store([(sid, self.record_of(present[sid])) for sid in sorted(booked)])
             stats.archived_from_redis += len(booked)
             kept |= booked
-        stats.not_booked += sum(1 for sid in present if sid not in kept)
-        pipe = self.client.pipeline(transaction=False)
         for sid in gone:
-            pipe.srem(index, sid)
+            self.client.srem(index, sid)
+        pipe = self.client.pipeline(transaction=False)
+        calls: list[tuple[str, str]] = []
         for sid, h in present.items():
+            pid = text(h[b"pid"])
+            persons.add(pid)
             if sid not in kept:
+                stats.not_booked += 1
+                staying.add(pid)
                 continue
-            pipe.delete(keys.settlement_key(sid), keys.year_key(text(h[b"pid"]), year))
-            pipe.srem(index, sid)
-            stats.removed += 1
-        pipe.execute()
+            status, corrections = text(h[b"status"]), text(h.get(b"xn", b"0"))
+            account = rec.money_from(h[b"m"]).account_fen if status == "settled" else 0
+            self._archive(
+                keys=[keys.settlement_key(sid), keys.state_key(pid), index],
+                args=[sid, status, corrections, str(account)],
+                client=pipe,
+            )
+            calls.append((sid, pid))
+        for (_, pid), outcome in zip(calls, pipe.execute() if calls else [], strict=True):
+            if text(outcome) == "OK":
+                stats.removed += 1
+            elif text(outcome) == "CHANGED":  # corrected since it was read: the next sweep takes it
+                stats.not_booked += 1
+                staying.add(pid)
 
     @staticmethod
     def record_of(h: dict[bytes, bytes]) -> rec.LedgerRecord:

@@ -19,6 +19,7 @@ import redis
 from adapters import redis_keys as keys
 from adapters.embedded_redis import EmbeddedRedis
 from adapters.ledger.store import Ledger
+from gateway.audit import audit_redis
 from gateway.config import Config
 from gateway.data_loading import load_citydata_dir
 from gateway.posting.retention import RetentionConfig
@@ -119,6 +120,8 @@ async def test_a_past_plan_year_leaves_redis_and_is_answered_from_the_ledger(
     sync_redis: redis.Redis,
     ledger: Ledger,
     clock: Clock,
+    redis_server: EmbeddedRedis,
+    ledger_dsn: str,
 ) -> None:
     kept = outpatient(terminal, "2026-06-15")
     reversed_ = outpatient(terminal, "2026-06-16")
@@ -191,6 +194,16 @@ async def test_a_past_plan_year_leaves_redis_and_is_answered_from_the_ledger(
         await stub.Settle(outpatient(terminal, "2026-12-30"))
     assert error_of(closed.value)[1].reason == "PLAN_YEAR_CLOSED"
     assert sync_redis.xlen(keys.stream_key(keys.partition_of(settled.person_id))) == 0
+
+    # the person settles on in 2028; the auditor balances the account (what left Redis paid from it is
+    # the state's archived total now) and checks the ledger's entries against its records of what left
+    now = await stub.Settle(outpatient(terminal, "2028-01-10"))
+    assert now.split.account_fen > 0
+    await asyncio.to_thread(run_until_caught_up, worker, sync_redis)
+    audited = await audit_redis(redis_server.url, ledger_dsn)
+    assert (audited.differences, audited.archived, audited.settlements) == ([], 2, 1)
+    sync_redis.hset(keys.state_key(now.person_id), "arch", "0")  # as if the archived payment were lost
+    assert any("personal account" in d for d in (await audit_redis(redis_server.url, ledger_dsn)).differences)
 
 
 async def test_nothing_leaves_redis_before_the_ledger_holds_it(
