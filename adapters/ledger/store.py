@@ -419,9 +419,12 @@ class Ledger:
         )
         return [(str(s), str(k)) for s, k in rows]
 
-    def person_records(self, after: str = "", persons_max: int = 500) -> list[tuple[str, list[LedgerRecord]]]:
+    def person_records(
+        self, after: str = "", persons_max: int = 500
+    ) -> list[tuple[str, list[tuple[str, str, LedgerRecord]]]]:
         """The commit records of up to persons_max persons whose ids sort after `after`, each person's in
-        commit order: rebuild reads the whole ledger this way, a page of persons at a time."""
+        commit order as (settlement id, time of the entry, record): rebuild reads the whole ledger this
+        way, a page of persons at a time."""
         ids = [
             str(r[0])
             for r in self.query(
@@ -432,13 +435,14 @@ class Ledger:
         if not ids:
             return []
         marks = ", ".join("?" * len(ids))
-        out: dict[str, list[LedgerRecord]] = {pid: [] for pid in ids}
-        for pid, body in self.query(
-            f"SELECT person_id, body FROM records WHERE person_id IN ({marks}) ORDER BY person_id, version,"
-            " entry_id",
+        out: dict[str, list[tuple[str, str, LedgerRecord]]] = {pid: [] for pid in ids}
+        for pid, sid, at, body in self.query(
+            "SELECT r.person_id, r.settlement_id, j.at, r.body FROM records r JOIN journal j"
+            f" ON j.entry_id = r.entry_id WHERE r.person_id IN ({marks})"
+            " ORDER BY r.person_id, r.version, r.entry_id",
             ids,
         ):
-            out[str(pid)].append(ledger_record_from(body))
+            out[str(pid)].append((str(sid), str(at), ledger_record_from(body)))
         return list(out.items())
 
     def net_by_settlement(self) -> dict[str, tuple[int, dict[str, int], int, int]]:
