@@ -135,10 +135,10 @@ async def rebuild(
     plan_years_kept: int = PLAN_YEARS_KEPT,
     idempotency_retention_days: int = 7,
 ) -> RebuildReport:
-    if not force:
-        async for _ in client.scan_iter(match="ms:{p*}:state:*", count=1000):
+    if not force:  # persons just loaded from the export are fine; settlements mean state is there
+        async for _ in client.scan_iter(match="ms:{p*}:stl:*", count=1000):
             raise RebuildRefused(
-                "Redis holds person state: rebuild is for a Redis that lost it (wiped, or new); --force"
+                "Redis holds settlements: rebuild is for a Redis that lost them (wiped, or new); --force"
                 " rewrites the persons the ledger knows over what is there"
             )
     report = RebuildReport()

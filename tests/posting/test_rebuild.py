@@ -97,7 +97,7 @@ async def test_a_wiped_redis_comes_back_from_the_ledger_exactly(
         audited = await audit_redis(redis_server.url, ledger_dsn)
         assert audited.differences == [] and audited.settlements == 60 - 9
 
-        with pytest.raises(RebuildRefused, match="holds person state"):
+        with pytest.raises(RebuildRefused, match="holds settlements"):
             await rebuild(client, ledger, export, INDEX, NOW)
     finally:
         await client.aclose()
