@@ -217,7 +217,7 @@ def reason_of(exc: grpc.aio.AioRpcError) -> str:
     info = error_details_pb2.ErrorInfo()
     if status is not None and status.details and status.details[0].Unpack(info):
         return str(info.reason)
-    return exc.code().name
+    return str(exc.code().name)
 
 
 async def terminal(
