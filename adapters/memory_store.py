@@ -130,6 +130,9 @@ class MemoryStore:
 
     # ---------------------------------------------------------------- commits
 
+    async def confirm_replicated(self, person_id: str, institution: str, message_id: str) -> None:
+        return None  # one process's memory: nothing to replicate
+
     async def commit(self, c: Commit) -> CommitOutcome:
         entry = self.persons[c.person_id]
         if entry.version != c.expected_version:

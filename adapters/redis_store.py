@@ -434,6 +434,26 @@ class RedisStore:
             return reply, int(confirmed) if isinstance(confirmed, int) else 0
         raise StoreRefused("the commit script could not be loaded")
 
+    async def confirm_replicated(self, person_id: str, institution: str, message_id: str) -> None:
+        """Replica mode, before a resend is answered: the original commit may be the one whose WAIT
+        failed, so it is not known to be on a replica. A write of our own (renewing the message record's
+        window) and WAIT on one connection prove it: replication is in order, so a replica that has our
+        write has every write before it. Fewer replicas in time: ReplicaWaitFailed, outcome unknown."""
+        if not self.wait_replicas:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        pipe.pexpire(
+            keys.idem_key(keys.partition_of(person_id), institution, message_id), self.idempotency_ttl_ms
+        )
+        pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+        _, confirmed = await pipe.execute()
+        if int(confirmed) < self.wait_replicas:
+            metrics.REPLICA_WAIT_FAILURES.inc()
+            raise ReplicaWaitFailed(
+                f"the answer is recorded on the primary; {confirmed} of {self.wait_replicas} replica(s)"
+                f" confirmed it within {self.wait_timeout_ms} ms: outcome unknown, resend"
+            )
+
     async def claim(self, messages: Sequence[MessageRecord]) -> str | None:
         """Cluster mode: claim each message id in its own slot before the commit. Returns the holder of a
         claim that is not ours, or None."""

@@ -139,6 +139,9 @@ class SettlementStore(Protocol):
 
     async def commit(self, commit: Commit) -> CommitOutcome: ...
 
+    async def confirm_replicated(self, person_id: str, institution: str, message_id: str) -> None:
+        """Before a resend is answered: the recorded answer is as durable as a new commit would be."""
+
 
 class SettlementArchive(Protocol):
     """Settlements that have left the store, as the ledger keeps them (adapters/ledger/archive.py)."""

@@ -135,6 +135,7 @@ class CorrectionService:
                 seen = classify(earlier, kind, payload_hash, pid)
                 if seen == "resend":
                     logs.note(duplicate=True)
+                    await self.ctx.store.confirm_replicated(pid, env.institution_code, env.message_id)
                     return person.earlier_response
                 refuse_seen("reused" if seen == "void" else seen, env)
                 decided: Corrected | None = None

@@ -302,6 +302,7 @@ class SettlementService:
                 earlier = person.earlier.earlier if person.earlier is not None else None
                 seen = classify(earlier, "settle", payload_hash, pid)
                 if seen == "resend":  # answer as the first time, whatever changed since
+                    await self.ctx.store.confirm_replicated(pid, inst.code, env.message_id)
                     return resent(env, person.earlier_response)
                 refuse_seen(seen, env)
                 c = self.compute(snap, inst, person, bill, care)

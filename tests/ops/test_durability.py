@@ -101,6 +101,11 @@ async def test_replica_mode_acknowledges_only_what_a_replica_confirmed(
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "outcome unknown" in (refused.value.details() or "")
         assert metrics.REPLICA_WAIT_FAILURES._value.get() == failures + 1
+        # its resend finds the commit on the primary, but still no replica has it: not acknowledged either
+        with pytest.raises(grpc.aio.AioRpcError) as resent:
+            await stub.Settle(request)
+        assert resent.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "outcome unknown" in (resent.value.details() or "")
         os.kill(replica.process.pid, signal.SIGCONT)
 
         again = await stub.Settle(request)  # the resend finds the commit that stood on the primary
