@@ -30,27 +30,34 @@ def gateway_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int
          "--workers", "2", "--no-worker", "--log-level", "WARNING", *limit_flags()],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
-    assert proc.stdout is not None
-    found = {}
-    for line in proc.stdout:
-        for key, pattern in (
-            ("redis", r"(redis://127.0.0.1:\d+/0)"),
-            ("port", r"listening on 127.0.0.1:(\d+)"),
-        ):
-            match = re.search(pattern, line)
-            if match:
-                found[key] = match.group(1)
-        if "serving" in line:
-            break
-    persons = data / "persons.json"
-    persons.write_text(subprocess.run([sys.executable, "-m", "loadtest.locust_data", str(PERSONS)],
-                                      capture_output=True, text=True, check=True).stdout)  # fmt: skip
-    # the embedded folder's Redis URL and index key (card numbers are keyed hashes)
-    subprocess.run([*CLI, "load", "--redis-file", str(data / "secrets" / "redis-admin.url"), "--persons",
-                    str(persons), "--data-dir", str(data)], check=True, capture_output=True)  # fmt: skip
-    yield int(found["port"]), data / "certs"
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=60)
+    try:  # the server goes whatever fails below: a leaked one would load the machine for the rest
+        assert proc.stdout is not None
+        found = {}
+        for line in proc.stdout:
+            for key, pattern in (
+                ("redis", r"(redis://127.0.0.1:\d+/0)"),
+                ("port", r"listening on 127.0.0.1:(\d+)"),
+            ):
+                match = re.search(pattern, line)
+                if match:
+                    found[key] = match.group(1)
+            if "serving" in line:
+                break
+        persons = data / "persons.json"
+        persons.write_text(subprocess.run([sys.executable, "-m", "loadtest.locust_data", str(PERSONS)],
+                                          capture_output=True, text=True, check=True).stdout)  # fmt: skip
+        # the embedded folder's Redis URL and index key (card numbers are keyed hashes)
+        loaded = subprocess.run([*CLI, "load", "--redis-file", str(data / "secrets" / "redis-admin.url"),
+                                 "--persons", str(persons), "--data-dir", str(data)],
+                                capture_output=True, text=True)  # fmt: skip
+        assert loaded.returncode == 0, loaded.stdout + loaded.stderr
+        yield int(found["port"]), data / "certs"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def locust(port_certs: tuple[int, Path], out: Path, p99_max_ms: float) -> subprocess.CompletedProcess[str]:
