@@ -108,6 +108,7 @@ def valid_messages() -> dict[str, bytes]:
         "GetSettlement": pb.GetSettlementRequest(envelope=env, original_message_id="X1", person=person),
         "Reconcile": pb.ReconcileRequest(envelope=env, date_from="2026-06-01", date_to="2026-06-30"),
         "GetStatement": pb.StatementRequest(envelope=env, month="2026-06"),
+        "GetClearing": pb.ClearingRequest(month="2026-06"),
         "Ping": pb.PingRequest(),
         "Check": health_pb2.HealthCheckRequest(service=""),
         "List": health_pb2.HealthListRequest(),
@@ -175,7 +176,15 @@ class Hostile:
         envelope, if it decodes, is checked against its certificate) and from a probe (which may settle
         nothing). Writes are impossible: the hospital's mutations go to read-only RPCs only."""
         terminal, probe = channel(self.target, self.tls(HOSPITAL)), channel(self.target, self.tls(PROBE))
-        read_only = {"QueryEligibility", "PreSettle", "GetSettlement", "Reconcile", "GetStatement", "Ping"}
+        read_only = {
+            "QueryEligibility",
+            "PreSettle",
+            "GetSettlement",
+            "Reconcile",
+            "GetStatement",
+            "GetClearing",
+            "Ping",
+        }
         async with terminal, probe:
             while self.running():
                 service, method, _, kind = self.rng.choice(self.rpcs)

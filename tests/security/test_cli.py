@@ -30,7 +30,9 @@ def test_certs_for_a_new_user(tmp_path: Path) -> None:
     assert made.returncode == 0, made.stderr
     layout = certs.Layout(root)
     keys = [layout.ca_key, layout.server_key, *sorted((root / "clients").glob("*.key"))]
-    assert len(keys) == 2 + 45 + 1  # CA, server, every institution of citydata/institutions.csv, the probe
+    assert (
+        len(keys) == 2 + 45 + 2
+    )  # CA, server, every institution of citydata/institutions.csv, probe, bureau
     for key in keys:
         assert stat.S_IMODE(key.stat().st_mode) == 0o600, key
     server = x509.load_pem_x509_certificate(layout.server_cert.read_bytes())
