@@ -47,6 +47,7 @@ CARD_CACHE_MAX = 200_000
 CARD_CACHE_TTL_S = 60  # a reassigned card is also evicted at once over pub/sub
 
 # bound once: a labelled child is a dict lookup per call otherwise, on the hot path
+SETTLEMENTS_PER_PIPELINE_MAX = 500
 CARD_HIT = metrics.CACHE.labels("l1", "card", "hit")
 CARD_MISS = metrics.CACHE.labels("l1", "card", "miss")
 PERSON_HIT = metrics.CACHE.labels("l1", "person_record", "hit")
@@ -248,15 +249,23 @@ class RedisStore:
         return (await self.settlements([settlement_id]))[0]
 
     async def settlements(self, settlement_ids: Sequence[str]) -> list[StoredSettlement | None]:
-        pipe = self.client.pipeline(transaction=False)
+        """Many settlements, SETTLEMENTS_PER_PIPELINE_MAX at a time: one pipeline of the whole store (the
+        auditor's 195,000 settlements after a 10-minute fault campaign) outlasts the client's read
+        timeout and blocks Redis for every other client meanwhile."""
         valid = []
         for sid in settlement_ids:
             try:
-                pipe.hgetall(keys.settlement_key(sid))
+                keys.settlement_key(sid)
                 valid.append(sid)
             except ValueError:  # not a settlement id at all
                 continue
-        replies = dict(zip(valid, await pipe.execute(), strict=True)) if valid else {}
+        replies: dict[str, Any] = {}
+        for start in range(0, len(valid), SETTLEMENTS_PER_PIPELINE_MAX):
+            chunk = valid[start : start + SETTLEMENTS_PER_PIPELINE_MAX]
+            pipe = self.client.pipeline(transaction=False)
+            for sid in chunk:
+                pipe.hgetall(keys.settlement_key(sid))
+            replies.update(zip(chunk, await pipe.execute(), strict=True))
         return [
             rec.settlement_from(sid, replies[sid]) if replies.get(sid) else None for sid in settlement_ids
         ]
@@ -299,10 +308,17 @@ class RedisStore:
 
     async def queued_events(self) -> list[dict[str, Any]]:
         """Posting events still in the partition streams (committed, not yet booked)."""
-        pipe = self.client.pipeline(transaction=False)
-        for p in range(keys.PARTITIONS):
-            pipe.xrange(keys.stream_key(p))
-        return [json.loads(fields[b"event"]) for entries in await pipe.execute() for _, fields in entries]
+        out: list[dict[str, Any]] = []
+        for p in range(keys.PARTITIONS):  # a page at a time: a backlog may be large
+            after = "-"
+            while True:
+                page = self.client.xrange(keys.stream_key(p), min=after, count=SETTLEMENTS_PER_PIPELINE_MAX)
+                entries: list[tuple[bytes, dict[bytes, bytes]]] = await page  # type: ignore[assignment]
+                out += [json.loads(fields[b"event"]) for _, fields in entries]
+                if len(entries) < SETTLEMENTS_PER_PIPELINE_MAX:
+                    break
+                after = "(" + text(entries[-1][0])
+        return out
 
     # ---------------------------------------------------------------- commits
 

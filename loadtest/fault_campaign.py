@@ -318,7 +318,9 @@ async def campaign(args: argparse.Namespace, tmp: Path) -> tuple[Figures, list[s
     )  # fmt: skip
     problems = check_ledger(system.ledger_dsn, figures)
     if audited.returncode != 0:
-        problems.append("the auditor found differences:\n" + audited.stdout[-3000:])
+        problems.append(
+            f"the auditor exited {audited.returncode}:\n{audited.stdout[-3000:]}{audited.stderr[-3000:]}"
+        )
     await asyncio.to_thread(system.stop)
     return figures, problems, audited.stdout.strip().splitlines()[0] if audited.stdout else ""
 
