@@ -1,21 +1,30 @@
 """Engine micro-benchmark: microseconds per split for 10-, 60- and 100-line bills on demo data, next to
 a baseline in the same run (building the same bill's line tuple, the least work any split must do).
 
-    .venv/bin/python -m loadtest.bench_engine [--seconds 2]
+    .venv/bin/python -m loadtest.bench_engine [--seconds 2] [--only]
+
+The engine runs compiled when scripts/build-engine has built it from the current sources
+(gateway/compiled_engine.py); the run then measures the sources too, in a second process
+(MEDSETTLE_ENGINE=python), right after, so both tables come from the same run. --only: this process's
+engine alone.
 
 Prints figures; it is not a test and asserts nothing about speed."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from datetime import date
 from functools import partial
 
 from adapters.citydata_files import load_citydata
+from gateway import compiled_engine
 from gateway.engine import Split, split
 from gateway.engine.model import Bill, BillLine, VisitType
 
@@ -51,6 +60,7 @@ def rebuilt(lines: tuple[BillLine, ...]) -> Bill:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--only", action="store_true", help="measure this process's engine only")
     args = parser.parse_args()
     data = load_citydata()
     policy = data.policies["500000"][0]
@@ -63,7 +73,8 @@ def main() -> None:
         for e in found[:1]
         if e.item_class.value in "AB" and not e.special_diseases
     ]
-    print(f"python {platform.python_version()} on {platform.machine()}, {platform.processor() or 'cpu'}")
+    print(f"python {platform.python_version()} on {platform.machine()}, {platform.processor() or 'cpu'}; "
+          f"engine: {compiled_engine.kind()}")  # fmt: skip
     print(f"{'bill':<22}{'median µs':>11}{'p99 µs':>9}{'µs/line':>9}{'baseline µs':>13}{'ratio':>7}")
     for n_lines in (10, 60, 100):
         lines = tuple(
@@ -79,6 +90,11 @@ def main() -> None:
         name = f"{n_lines}-line inpatient"
         per_line = median / n_lines
         print(f"{name:<22}{median:>11.1f}{p99:>9.1f}{per_line:>9.2f}{base:>13.1f}{median / base:>7.1f}x")
+    if compiled_engine.kind() == "compiled" and not args.only:
+        sys.stdout.flush()
+        env = {**os.environ, compiled_engine.ENGINE_ENV: "python"}
+        command = [sys.executable, "-m", "loadtest.bench_engine", "--only", "--seconds", str(args.seconds)]
+        subprocess.run(command, env=env, check=True)
 
 
 if __name__ == "__main__":
