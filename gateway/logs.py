@@ -12,7 +12,6 @@ lost. With an external tool (logrotate), use its rename mode (`create`, never `c
 from __future__ import annotations
 
 import contextvars
-import json
 import logging
 import logging.handlers
 import os
@@ -22,6 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
+
+import orjson
 
 from adapters.secret_files import mask_urls_in
 
@@ -38,9 +39,16 @@ CARD_NUMBER = re.compile(r"(?<![0-9A-Za-z])([A-Z])\d{6}(\d{2})(?![0-9A-Za-z])") 
 NAME_KEYS = frozenset({"name", "masked_name", "person_name"})
 
 
+# both patterns hold eight digits in a row: a string without them (nearly every field of a line) needs
+# neither substitution, and one search is cheaper than two
+MAYBE_NUMBER = re.compile(r"\d{8}")
+
+
 def mask_text(text: str) -> str:
     if "://" in text:
         text = mask_urls_in(text)
+    if MAYBE_NUMBER.search(text) is None:
+        return text
     text = ID_NUMBER.sub(lambda m: f"{m.group(1)}********{m.group(2)}", text)
     return CARD_NUMBER.sub(lambda m: f"{m.group(1)}******{m.group(2)}", text)
 
@@ -73,7 +81,9 @@ class JsonFormatter(logging.Formatter):
                 line[key] = value
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(mask_value("", line), ensure_ascii=False, default=str, separators=(",", ":"))
+        # orjson: the same compact UTF-8 JSON as json.dumps(ensure_ascii=False, separators=(",", ":")),
+        # several times faster; one line per settlement in the audit log is on the hot path
+        return orjson.dumps(mask_value("", line), default=str).decode()
 
 
 def note(**fields: Any) -> None:

@@ -522,14 +522,14 @@ def audit(
 
 def count_settlement(enrolment: Enrolment, bill: Bill, result: Split) -> None:
     region = enrolment.region
-    metrics.SETTLEMENTS.labels(region, enrolment.district, result.scheme, bill.visit_type.value).inc()
+    metrics.child(metrics.SETTLEMENTS, region, enrolment.district, result.scheme, bill.visit_type.value).inc()
     for fund in result.funds:
         if fund.amount_fen:
-            metrics.FUND_FEN.labels(region, fund.fund_code).inc(fund.amount_fen)
+            metrics.child(metrics.FUND_FEN, region, fund.fund_code).inc(fund.amount_fen)
     if result.account_fen:
-        metrics.ACCOUNT_FEN.labels(region).inc(result.account_fen)
+        metrics.child(metrics.ACCOUNT_FEN, region).inc(result.account_fen)
     if result.cash_fen:
-        metrics.CASH_FEN.labels(region).inc(result.cash_fen)
+        metrics.child(metrics.CASH_FEN, region).inc(result.cash_fen)
 
 
 def resent(env: Envelope, response: bytes) -> Settled:

@@ -180,7 +180,7 @@ class Edge:
         """Runs one unary RPC within its deadline, maps failures to statuses, counts it (grpc_server_*)
         and logs it once."""
         labels = ("unary", route.service, route.method)
-        metrics.GRPC_STARTED.labels(*labels).inc()
+        metrics.child(metrics.GRPC_STARTED, *labels).inc()
         started = time.perf_counter()
         code = "UNKNOWN"
         fields: dict[str, Any] = {"request_id": secrets.token_hex(8), "rpc": route.method}
@@ -230,8 +230,8 @@ class Edge:
             if admitted is not None:
                 self.limiter.release(admitted)
             elapsed = time.perf_counter() - started
-            metrics.GRPC_HANDLED.labels(*labels, code).inc()
-            metrics.GRPC_SECONDS.labels(*labels).observe(elapsed)
+            metrics.child(metrics.GRPC_HANDLED, *labels, code).inc()
+            metrics.child(metrics.GRPC_SECONDS, *labels).observe(elapsed)
             logs.request_fields.reset(token)
             if logs.REQUEST_LOG.isEnabledFor(logging.INFO):
                 fields.update(outcome=code, latency_ms=round(elapsed * 1000, 3))
@@ -260,7 +260,7 @@ class Edge:
         """A streaming RPC of a foreign servicer (health Watch, reflection): the same identity check,
         body read deadline (first message), decoding and counting; responses go out with context.write."""
         labels = (kind, route.service, route.method)
-        metrics.GRPC_STARTED.labels(*labels).inc()
+        metrics.child(metrics.GRPC_STARTED, *labels).inc()
         started = time.perf_counter()
         code = "UNKNOWN"
         fields: dict[str, Any] = {"request_id": secrets.token_hex(8), "rpc": route.method}
@@ -297,8 +297,8 @@ class Edge:
             if admitted is not None:
                 self.limiter.release(admitted)
             elapsed = time.perf_counter() - started
-            metrics.GRPC_HANDLED.labels(*labels, code).inc()
-            metrics.GRPC_SECONDS.labels(*labels).observe(elapsed)
+            metrics.child(metrics.GRPC_HANDLED, *labels, code).inc()
+            metrics.child(metrics.GRPC_SECONDS, *labels).observe(elapsed)
             if logs.REQUEST_LOG.isEnabledFor(logging.INFO):
                 fields.update(outcome=code, latency_ms=round(elapsed * 1000, 3))
                 logs.REQUEST_LOG.info("request", extra=fields)
