@@ -12,7 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -358,6 +358,8 @@ async def serve(args: argparse.Namespace) -> int:
             *tls_args(tls),
             *limit_args,
             *durability_args(args),
+            "--event-loop",
+            args.event_loop,
         ]
         return subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", *cmd, "--log-level", level], env=child_env
@@ -903,6 +905,24 @@ def index_key_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="where secrets/index.key is")
 
 
+def event_loop_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--event-loop", choices=["asyncio", "uvloop"], default="asyncio",
+        help="the gateway processes' event loop: the standard library's (default) or uvloop "
+        "(docs/BENCHMARKS.md measures both)",
+    )  # fmt: skip
+
+
+def run_loop(kind: str, main: Coroutine[Any, Any, int]) -> int:
+    """Runs a gateway process's main coroutine on the chosen event loop. grpc.aio runs on any asyncio
+    loop (its completion queue has its own poller thread that hands events to the loop)."""
+    if kind == "uvloop":
+        import uvloop
+
+        return uvloop.run(main)
+    return asyncio.run(main)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medsettle", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -953,6 +973,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--appendfsync", choices=["always", "everysec", "no"], default="always",
         help="embedded redis-server: fsync the AOF at every write (default), every second, or never",
     )  # fmt: skip
+    event_loop_flag(p)
     p.set_defaults(func=lambda a: asyncio.run(serve(a)))
 
     p = sub.add_parser("gateway-process", help=argparse.SUPPRESS)  # one of serve's processes
@@ -965,7 +986,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(flag)
     p.add_argument("--limit", action="append")
     durability_flags(p)
-    p.set_defaults(func=lambda a: asyncio.run(gateway_process(a)))
+    event_loop_flag(p)
+    p.set_defaults(func=lambda a: run_loop(a.event_loop, gateway_process(a)))
 
     p = sub.add_parser("load", help="validate and publish policies, catalogs, institutions and persons")
     secret_flags(p, "redis", f"redis://... (or --redis-file, ${REDIS_ENV})")

@@ -319,16 +319,22 @@ def bare(processes: int, pki: BenchPki | None) -> AbstractContextManager[Server]
 
 
 def gateway(
-    args: argparse.Namespace, redis_url: str, processes: int, data_dir: Path, pki: BenchPki | None
+    args: argparse.Namespace,
+    redis_url: str,
+    processes: int,
+    data_dir: Path,
+    pki: BenchPki | None,
+    serve_args: str | None = None,
 ) -> AbstractContextManager[Server]:
     """`medsettle serve` on the run's Redis, over mutual TLS with the bare server's files (or --insecure
     when pki is None), its per-institution limits lifted. The Redis URL holds the admin password: it
     goes in the environment, never in argv (which `ps` shows every user)."""
     tls = pki.serve_flags() if pki else ["--insecure"]
     limits = limit_flags(bench_limits(args.paced_streams))
+    extra = shlex.split(serve_args if serve_args is not None else args.serve_args)
     command = [*CLI, "serve", "--listen", "127.0.0.1:0", "--workers", str(processes),
                "--metrics-port", "-1", "--log-level", args.log_level, "--data-dir", str(data_dir),
-               *tls, *limits, *shlex.split(args.serve_args)]  # fmt: skip
+               *tls, *limits, *extra]  # fmt: skip
     return started("gateway", command, pki is not None, r"serving", secret_env(redis_url))
 
 
@@ -454,10 +460,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--insecure", action="store_true", help="plaintext end to end: bare server and `serve --insecure`"
     )
     parser.add_argument("--serve-args", default="", help="more options for `medsettle serve`, one string")
+    parser.add_argument(
+        "--compare",
+        metavar="'ARGS A|ARGS B'",
+        help="instead of the table: a change measured before and after in one run. Two gateways, one "
+        "with serve options A, one with B (e.g. '--event-loop asyncio|--event-loop uvloop'), "
+        "measured alternately (A, B, A, B for each of --compare-calls) between two bare-server rows",
+    )
+    parser.add_argument("--compare-calls", default="settle10,query", help="the rows of --compare")
+    parser.add_argument("--compare-rounds", type=int, default=2)
     args = parser.parse_args(argv)
     args.rates = [float(r) for r in args.rates.split(",") if r]
     args.workers = [int(w) for w in args.workers.split(",") if w]
     args.calls = [c.strip() for c in args.calls.split(",") if c.strip()]
+    if args.compare:
+        args.calls = ["bare", *(c.strip() for c in args.compare_calls.split(",") if c.strip())]
+        if args.compare.count("|") != 1:
+            parser.error("--compare takes two option strings separated by one '|'")
     unknown = sorted(set(args.calls) - {"bare", *CALLS})
     if args.insecure and args.certs:
         parser.error("--insecure and --certs exclude each other")
@@ -497,6 +516,9 @@ def main(argv: list[str] | None = None) -> int:
                 subprocess.run([*load, "--dir", str(CITYDATA)], check=True, capture_output=True, env=env)
                 people = write_persons(tmp / "persons.json", args.persons + args.reverse_persons)
                 subprocess.run([*load, "--persons", str(people)], check=True, capture_output=True, env=env)
+            if args.compare:
+                compare(bench, args, redis_server.url, gateway_calls, tmp, pki)
+                return 1 if bench.failed_calls else 0
             rows = main_table(bench, args, redis_server.url, gateway_calls, tmp, pki)
             print_report(args, rows, rows[0], rows[-1])
             scaling = [
@@ -552,6 +574,70 @@ def main_table(
             rows.append(bench.measure(call.name, gw, call, rates))
         rows.append(bench.measure(bare_name(processes, tls) + ", again", floor, None, []))
     return rows
+
+
+def compare(
+    bench: Bench,
+    args: argparse.Namespace,
+    redis_url: str,
+    calls: list[fr.Call],
+    tmp: Path,
+    pki: BenchPki | None,
+) -> None:
+    """A change before (A) and after (B) in one run: bare, then A and B alternately for each call, then
+    bare again; each figure beside the mean of the two bare rows, and B beside A."""
+    variants = [v.strip() for v in args.compare.split("|")]
+    processes = args.workers[0]
+    tls = pki is not None
+    measured: dict[tuple[str, int], list[Window]] = {}
+    with ExitStack() as servers:
+        floor = servers.enter_context(bare(processes, pki))
+        gateways = [
+            servers.enter_context(
+                gateway(args, redis_url, processes, tmp / f"serve-{i}", pki, f"{args.serve_args} {v}")
+            )
+            for i, v in enumerate(variants)
+        ]
+        rows = [bench.measure(bare_name(processes, tls), floor, None, [])]
+        for call in calls:
+            for _ in range(args.compare_rounds):
+                for i, gw in enumerate(gateways):
+                    row = bench.measure(f"{call.name} [{'AB'[i]}]", gw, call, [])
+                    rows.append(row)
+                    if row.closed is not None:
+                        measured.setdefault((call.name, i), []).append(row.closed)
+        rows.append(bench.measure(bare_name(processes, tls) + ", again", floor, None, []))
+    first, last = rows[0].closed, rows[-1].closed
+    assert first is not None and last is not None
+    floor_rate = (first.result.ok_per_s + last.result.ok_per_s) / 2
+    print(f"{processes} processes, {transport(args)}, {args.seconds:g} s windows; A: {variants[0]!r}, "
+          f"B: {variants[1]!r}; bare no-op {first.result.ok_per_s:.0f} and {last.result.ok_per_s:.0f} "
+          f"calls/s (mean {floor_rate:.0f})")  # fmt: skip
+    print()
+    print("| call | variant | max calls/s (each window) | vs bare | server CPU µs/call | Redis CPU µs/call |")
+    print("|---|---|---|---|---|---|")
+    for call in calls:
+        means = []
+        for i in range(2):
+            windows = measured.get((call.name, i), [])
+            if not windows:
+                continue
+            rate = sum(w.result.ok_per_s for w in windows) / len(windows)
+            cpu = sum(w.server_cpu_us for w in windows) / len(windows)
+            redis_us = [w.redis_cpu_us for w in windows if w.redis_cpu_us is not None]
+            redis = f"{sum(redis_us) / len(redis_us):.0f}" if redis_us else "—"
+            each = ", ".join(f"{w.result.ok_per_s:.0f}" for w in windows)
+            means.append((rate, cpu))
+            print(
+                f"| {call.name} | {'AB'[i]} | {rate:.0f} ({each}) | {rate / floor_rate:.2f} | {cpu:.0f} "
+                f"| {redis} |"
+            )
+        if len(means) == 2:
+            (ra, ca), (rb, cb) = means
+            print(f"| {call.name} | B vs A | {rb / ra:.2f}x | | {cb - ca:+.0f} µs | |")
+    for row in rows:
+        for note in row.notes:
+            print(f"note: {row.name}: {note}")
 
 
 def scaling_row(
