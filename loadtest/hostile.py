@@ -26,6 +26,7 @@ from typing import Any
 
 import grpc
 import redis
+from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
@@ -118,6 +119,19 @@ def valid_messages() -> dict[str, bytes]:
     return {name: m.SerializeToString() for name, m in messages.items()}
 
 
+def reason_of(exc: grpc.aio.AioRpcError) -> str:
+    """The ErrorInfo reason of a rich status (grpc-status-details-bin), or what the answer lacked."""
+    for key, value in exc.trailing_metadata() or ():
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            status = status_pb2.Status.FromString(value)
+            for detail in status.details:
+                info = error_details_pb2.ErrorInfo()
+                if detail.Unpack(info):
+                    return str(info.reason)
+            return "no ErrorInfo"
+    return f"no status details: {exc.details()}"
+
+
 def mutate(rng: random.Random, data: bytes) -> bytes:
     out = bytearray(data or b"\x00")
     for _ in range(rng.randint(1, 6)):
@@ -141,6 +155,7 @@ class Hostile:
         self.rng = random.Random(seed)
         self.codes: collections.Counter[str] = collections.Counter()
         self.other: collections.Counter[str] = collections.Counter()
+        self.unavailable: collections.Counter[str] = collections.Counter()
         self.rpcs = rpcs()
         self.valid = valid_messages()
         assert stack.certs is not None
@@ -165,6 +180,8 @@ class Hostile:
             self.codes["OK"] += 1
         except grpc.aio.AioRpcError as exc:
             self.codes[exc.code().name] += 1
+            if exc.code() is grpc.StatusCode.UNAVAILABLE:  # why: a fault (a bug) hides behind this code
+                self.unavailable[reason_of(exc)] += 1
         except asyncio.CancelledError:
             raise
 
@@ -313,10 +330,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {code:<20}{count:>8}")
     for outcome, count in sorted(hostile.other.items()):
         print(f"  transport {outcome:<28}{count:>6}")
-    print(f"UNKNOWN/INTERNAL answers: {bad}")
+    for reason, count in hostile.unavailable.most_common():
+        print(f"  UNAVAILABLE because {reason:<30}{count:>8}")
+    faults = hostile.unavailable["GATEWAY_FAULT"]
+    print(f"UNKNOWN/INTERNAL answers: {bad}; gateway faults (bugs answered UNAVAILABLE): {faults}")
     same = "unchanged" if before == after else "CHANGED"
     print(f"redis keys before {before[0]}, after {after[0]}; digest of every key and value {same}")
-    ok = bad == 0 and before == after and alive and total > 0
+    ok = bad == 0 and faults == 0 and before == after and alive and total > 0
     print("hostile run " + ("passed" if ok else "FAILED"))
     return 0 if ok else 1
 
