@@ -258,16 +258,17 @@ async def test_settles_after_redis_lost_its_scripts(stub: Any, terminal: Termina
 
 
 async def test_concurrent_settles_for_many_persons_share_pipelines(gateway: Any, terminal: Terminal) -> None:
-    # 40 different persons at once: their reads and commits are coalesced, each gets its own answer
+    # 30 different persons at once: their reads and commits are coalesced, each gets its own answer
+    # (30: under the edge's 32 calls in flight per institution, which would refuse the rest)
     from loadtest.synthetic import persons
 
-    for record in persons(40):
+    for record in persons(30):
         await gateway.store.put_person(record)
-    requests = [terminal.settle(STAY, card=f"L{i:08d}") for i in range(40)]
+    requests = [terminal.settle(STAY, card=f"L{i:08d}") for i in range(30)]
     async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as channel:
         from gateway.protos import pb_grpc
 
         stub = pb_grpc.SettlementServiceStub(channel)
         replies = await asyncio.gather(*(stub.Settle(r) for r in requests))
-    assert len({r.settlement_id for r in replies}) == 40
-    assert {r.person_id for r in replies} == {f"PSNLT{i:08d}" for i in range(40)}
+    assert len({r.settlement_id for r in replies}) == 30
+    assert {r.person_id for r in replies} == {f"PSNLT{i:08d}" for i in range(30)}
