@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
+import orjson
+
 from adapters.settlement_store import MessageRecord, StoredSettlement
 from gateway.engine.corrections import LiveSettlement, Money, SettlementInputs
 from gateway.engine.model import Bill, BillLine, StayTotals, VisitType
@@ -26,7 +28,11 @@ from gateway.engine.plan_year import Contribution, PlanKey, PlanYear
 
 
 def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+    """Compact JSON with sorted keys, UTF-8 as is: byte for byte what json.dumps(separators=(",", ":"),
+    ensure_ascii=False, sort_keys=True) writes for these records (string keys, integers, strings,
+    lists, None, booleans; a property test holds the two equal), so records written before and after
+    read alike. orjson: the commit builds five to ten of these per Settle, several times faster."""
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
 
 
 def text(value: Any) -> str:
