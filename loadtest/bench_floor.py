@@ -1,8 +1,9 @@
 """Every RPC of the gateway against the transport floor, with the C load generator, in one interleaved run:
 a bare grpc.aio no-op server (loadtest.bare_server, N processes), then MedSettle's Ping, QueryEligibility,
 PreSettle, Settle (10 and 60 lines) and Reverse on `medsettle serve --workers N` (redis-server with AOF
-everysec), then the bare server again. Every figure is printed beside the bare server's of the same run
-(the machine's speed drifts between runs; the two bare measurements show by how much within this one).
+appendfsync always, the embedded default), then the bare server again. Every figure is printed beside
+the bare server's of the same run (the machine's speed drifts between runs; the two bare measurements
+show by how much within this one).
 
     .venv/bin/python -m loadtest.bench_floor [--seconds 5] [--rates 300,1000] [--workers 2,1]
         [--calls bare,ping,query,presettle10,settle10,settle60,reverse]
@@ -367,8 +368,8 @@ def print_report(args: argparse.Namespace, rows: list[Row], first_bare: Row, las
     rate0 = args.rates[0]
     cpu = platform.processor() or platform.machine()
     print(f"machine: {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}")
-    print(f"gateway processes and bare-server processes: {args.workers[0]}; redis-server AOF everysec; "
-          f"{args.persons} persons; loadgen {args.connections} connections x {args.streams} streams "
+    print(f"gateway processes and bare-server processes: {args.workers[0]}; redis-server AOF appendfsync "
+          f"always; {args.persons} persons; loadgen {args.connections} connections x {args.streams} streams "
           f"(closed loop); {args.seconds:g} s windows; {transport(args)}")  # fmt: skip
     print()
     print(f"| call | max calls/s | vs bare no-op | server CPU µs/call | vs bare | Redis CPU µs/call "

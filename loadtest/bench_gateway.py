@@ -7,9 +7,9 @@ Settle from INFO commandstats deltas.
 
 The gateway runs in its own processes (`medsettle serve --workers N`, loadtest/stack.py: mutual TLS with
 the development PKI serve creates in its data folder, the per-institution edge limits lifted) against a
-redis-server with AOF on (appendfsync everysec) started here; the load comes from this process's
-grpc.aio client presenting the hospital's client certificate, on the same 2-core machine, so the
-client's own CPU is part of every figure. --insecure: plaintext (`serve --insecure`). Prints figures;
+redis-server with AOF on (appendfsync always, the embedded default) started here; the load comes
+from this process's grpc.aio client presenting the hospital's client certificate, on the same 2-core
+machine, so the client's own CPU is part of every figure. --insecure: plaintext (`serve --insecure`). Prints figures;
 asserts nothing."""
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ async def bench(args: argparse.Namespace) -> None:
     cpu = platform.processor() or platform.machine()
     print(f"machine: {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}")
     transport = "PLAINTEXT (--insecure)" if args.insecure else "mutual TLS"
-    print(f"redis-server, AOF appendfsync everysec; {args.persons} persons; concurrency {args.concurrency}; "
+    print(f"redis-server, AOF appendfsync always; {args.persons} persons; concurrency {args.concurrency}; "
           f"{args.workers} gateway processes; {transport}")  # fmt: skip
     print(
         f"{'rpc':<28}{'max calls/s':>12}{'vs no-op':>10}{'server CPU µs':>15}{'p50 ms':>9}{'p99 ms':>9}"
