@@ -9,8 +9,8 @@ The gateway runs in its own processes (`medsettle serve --workers N`, loadtest/s
 the development PKI serve creates in its data folder, the per-institution edge limits lifted) against a
 redis-server with AOF on (appendfsync always, the embedded default) started here; the load comes
 from this process's grpc.aio client presenting the hospital's client certificate, on the same 2-core
-machine, so the client's own CPU is part of every figure. --insecure: plaintext (`serve --insecure`). Prints figures;
-asserts nothing."""
+machine, so the client's own CPU is part of every figure. --insecure: plaintext (`serve --insecure`).
+Prints figures; asserts nothing."""
 
 from __future__ import annotations
 
