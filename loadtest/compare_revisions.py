@@ -9,8 +9,9 @@ old, new, old, new, so the machine's drift shows in the two figures of each revi
 runs each revision's loadtest/bench_floor.py (the C load generator, mutual TLS, Settle and
 QueryEligibility beside that run's own bare server), for revisions that have it: the figure to compare is
 then each revision's ratio to its bare server, which takes out most of the drift between the runs.
-WORKTREE as a revision is the checkout's uncommitted state (`git stash create`): a change measured
-before it is committed.
+A revision that compiles its engine (gateway/compiled_engine.py) gets it compiled in its folder, as
+scripts/bootstrap does on a checkout. WORKTREE as a revision is the checkout's uncommitted state (`git
+stash create`): a change measured before it is committed.
 
 Each revision is exported with `git archive` into a temporary folder and run with this checkout's
 virtualenv (the dependencies are the same; `python -m` puts the exported folder first on sys.path, so
@@ -73,6 +74,14 @@ def export(revision: str, into: Path) -> tuple[Path, str]:
     subprocess.run(["git", "archive", "-o", str(archive), sha], cwd=ROOT, check=True)
     with tarfile.open(archive) as tar:
         tar.extractall(folder, filter="data")
+    if (folder / "gateway" / "compiled_engine.py").exists():  # as scripts/bootstrap does on a checkout
+        env = {**os.environ, "PYTHONPATH": str(folder)}
+        build = [
+            sys.executable,
+            "-c",
+            "import sys; from gateway.compiled_engine import build; sys.exit(build(True))",
+        ]
+        subprocess.run(build, cwd=folder, env=env, check=True, timeout=900)
     return folder, sha
 
 
