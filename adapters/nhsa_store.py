@@ -127,6 +127,14 @@ return {'ok'}
 """
 
 
+CLAIM_ANSWER = """
+local held = redis.call('GET', KEYS[1])
+if held then return held end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+"""
+
+
 def slot_of(institution: str, message_id: str) -> str:
     slot = zlib.crc32(f"{institution}|{message_id}".encode()) % keys.PARTITIONS
     return f"ms:{{c{slot:03d}}}"
@@ -191,6 +199,7 @@ class NhsaStore:
         self.client = client
         self.visit_ttl_ms = visit_retention_ms
         self.answer_ttl_ms = answer_retention_ms
+        self._claim_answer = client.register_script(CLAIM_ANSWER)
         self._add = client.register_script(ADD_LINES)
         self._remove = client.register_script(REMOVE_LINES)
         self._claim = client.register_script(CLAIM)
@@ -208,7 +217,7 @@ class NhsaStore:
         answer, {h, p} another request answering it at this moment."""
         key = answer_key(institution, message_id)
         mine = json.dumps({"h": digest, "p": 1})
-        held = await self.client.set(key, mine, nx=True, px=pending_ms, get=True)
+        held = await self._claim_answer(keys=[key], args=[mine, pending_ms])
         if held is None:
             return None
         out: dict[str, Any] = json.loads(held)

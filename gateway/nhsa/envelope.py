@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from gateway.codec import CODE_LEN_MAX, MESSAGE_ID_LEN_MAX
+from gateway.nhsa.codes import NationalRejection, tagged
 
 INPUT_CHARS_MAX = 40_000  # the national limit on `input`, in characters of its JSON text
 OK, SYSTEM_ERROR, REJECTED = 0, -1, -2
@@ -31,8 +32,9 @@ class NhsaError(Exception):
         self.infcode, self.err_msg = infcode, err_msg
 
 
-def rejected(field: str, why: str) -> NhsaError:
-    return NhsaError(REJECTED, f"{field}: {why}")
+def rejected(field: str, why: str, code: NationalRejection = NationalRejection.FIELD_INVALID) -> NhsaError:
+    """A -2 answer naming the field and the rule."""
+    return NhsaError(REJECTED, f"{field}: {why} {tagged(code)}")
 
 
 @dataclass(frozen=True, slots=True)
