@@ -198,6 +198,8 @@ async def gateway_process(args: argparse.Namespace) -> int:
     config = Config(
         listen=args.listen, redis_url=redis_url, ledger_dsn=ledger_dsn_of(args), tls=tls,
         limits=limits_of(args.limit), index_key=resolve(None, Path(DEFAULT_DATA_DIR), create=False),
+        nhsa_listen=args.nhsa_listen,
+        nhsa_keys_file=Path(args.nhsa_keys_file) if args.nhsa_keys_file else None,
     )  # fmt: skip
     stop = stop_event()
     try:
@@ -335,6 +337,12 @@ async def serve(args: argparse.Namespace) -> int:
             if server is not None:
                 server.stop()
         return 2
+    from gateway.nhsa import cli_options as national
+
+    nhsa_listen = national.national_listen(args, host, embedded is not None)
+    if nhsa_listen is not None and nhsa_listen.endswith(":0"):
+        nhsa_listen = f"{nhsa_listen[:-2]}:{free_port()}"  # one port for every process, chosen here
+    nhsa_args = national.process_args(nhsa_listen, national.keys_file(args))
     stop = stop_event()
     children: list[subprocess.Popen[bytes]] = []
     posting: subprocess.Popen[bytes] | None = None
@@ -358,6 +366,7 @@ async def serve(args: argparse.Namespace) -> int:
             *tls_args(tls),
             *limit_args,
             *durability_args(args),
+            *nhsa_args,
         ]
         return subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", *cmd, "--log-level", level], env=child_env
@@ -388,6 +397,15 @@ async def serve(args: argparse.Namespace) -> int:
             f" {workers} processes",
             flush=True,
         )
+        if nhsa_listen is not None:
+            scheme = "https" if tls is not None else "http"
+            nhsa_host, _, nhsa_port = nhsa_listen.rpartition(":")
+            print(
+                f"medsettle: national interface on {scheme}://{client_host(nhsa_host)}:{nhsa_port}"
+                "/fsi/api/rsfComIfsService/callService (NHSA JSON; client certificate or x-ca/x-tif"
+                " signature: docs/NATIONAL_MAPPING.md)",
+                flush=True,
+            )
         backlog_client = client_for(admin_url)  # embedded: admin, so CONFIG GET appendfsync is seen
         if args.metrics_port >= 0:
 
@@ -953,6 +971,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--appendfsync", choices=["always", "everysec", "no"], default="always",
         help="embedded redis-server: fsync the AOF at every write (default), every second, or never",
     )  # fmt: skip
+    from gateway.nhsa.cli_options import add_process_flags, add_serve_flags
+
+    add_serve_flags(p)
     p.set_defaults(func=lambda a: asyncio.run(serve(a)))
 
     p = sub.add_parser("gateway-process", help=argparse.SUPPRESS)  # one of serve's processes
@@ -965,6 +986,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(flag)
     p.add_argument("--limit", action="append")
     durability_flags(p)
+    add_process_flags(p)
     p.set_defaults(func=lambda a: asyncio.run(gateway_process(a)))
 
     p = sub.add_parser("load", help="validate and publish policies, catalogs, institutions and persons")
