@@ -19,6 +19,7 @@ from gateway.nhsa.signing import write_key_file
 from gateway.server import Gateway, redis_client
 
 from ..conftest import INDEX, INDEX_KEY, NOW
+from . import national_fields
 
 HOSPITAL = "H50010300001"  # level 3, Yuzhong 500103
 HOSPITAL_2 = "H50010300002"
@@ -71,7 +72,9 @@ class National:
                    headers: dict[str, str] | None = None) -> Any:  # fmt: skip
         status, body = await self.raw(dumps(envelope).encode(), path, headers)
         assert status == 200, body
-        return loads(body)  # amounts stay text: checked in integers
+        answer = loads(body)  # amounts stay text: checked in integers
+        national_fields.envelope(answer)
+        return answer
 
     async def call(self, infno: str, data: dict[str, Any], message_id: str | None = None, **extra: Any) -> Any:
         return await self.send(self.envelope(infno, data, message_id, **extra))
@@ -87,8 +90,36 @@ class National:
         return self.sign_no
 
 
-def yuan_fen(value: Any) -> int:
-    return fen(value)
+    async def refused(self, infno: str, data: dict[str, Any], message_id: str | None = None) -> str:
+        answer = await self.call(infno, data, message_id)
+        assert answer["infcode"] == -2, answer
+        return str(answer["err_msg"])
+
+    async def register(self, card: str = CARD, person: str = PERSON, med_type: str = "11") -> str:
+        data = {"psn_no": person, "insutype": "310", "begntime": "2026-06-15 09:00:00", "mdtrt_cert_type": "03",
+                "mdtrt_cert_no": card, "ipt_otp_no": "OP1", "med_type": med_type}  # fmt: skip
+        return str((await self.ok("2201", {"data": data}))["data"]["mdtrt_id"])
+
+    async def upload(self, mdtrt_id: str, lines: list[tuple[str, str, int]], person: str = PERSON,
+                     infno: str = "2204", first_sn: int = 1, day: str = "2026-06-15") -> Any:  # fmt: skip
+        rows = [
+            {"feedetl_sn": str(first_sn + i), "mdtrt_id": mdtrt_id, "psn_no": person, "chrg_bchno": "B1",
+             "med_list_codg": code, "medins_list_codg": f"LOCAL-{code}", "pric": price, "cnt": cnt,
+             "det_item_fee_sumamt": yuan_text(fen(price) * cnt),
+             "fee_ocur_time": f"{day} 09:10:00"}
+            for i, (code, price, cnt) in enumerate(lines)
+        ]  # fmt: skip
+        return await self.ok(infno, {"feedetail": rows})
+
+    def settle_data(self, mdtrt_id: str, total: str, person: str = PERSON, **extra: Any) -> dict[str, Any]:
+        return {"data": {"psn_no": person, "mdtrt_id": mdtrt_id, "medfee_sumamt": total, "med_type": "11",
+                         "psn_setlway": "01", "acct_used_flag": "1", "insutype": "310", "chrg_bchno": "B1",
+                         "mdtrt_cert_type": "03", "mdtrt_cert_no": CARD, **extra}}  # fmt: skip
+
+
+def yuan_text(amount_fen: int) -> str:
+    whole, part = divmod(amount_fen, 100)
+    return f"{whole}.{part:02d}"
 
 
 async def start(redis_server: EmbeddedRedis, tmp_path: Path, **config: Any) -> Gateway:
