@@ -139,6 +139,7 @@ def line_results(split: Any, details: list[dict[str, Any]]) -> list[dict[str, An
                 "lmt_used_flag": "0",
                 "drt_reim_flag": "0",
                 "memo": ",".join(line.flags) or None,
+                "exp_content": None,
             }
         )
     return out

@@ -302,11 +302,12 @@ class Translation:
                 "psn_no": found.person_id, "psn_cert_type": "01", "certno": person["certno"],
                 "psn_name": person["psn_name"], "gend": person["gend"], "naty": "", "brdy": person["brdy"],
                 "age": person["age"],
+                "exp_content": None,
             },
             "insuinfo": insuinfo,
             "idetinfo": [
                 {"psn_idet_type": r.kind, "psn_type_lv": r.code, "begntime": r.valid_from,
-                 "endtime": r.valid_to or None}
+                 "endtime": r.valid_to or None, "memo": None}
                 for r in found.registrations
             ],
             "exp_content": None if found.covered_here else found.not_covered_reason,
@@ -344,7 +345,7 @@ class Translation:
         if found.enrolments:
             meta["psn_type"] = outputs.PSN_TYPE.get(found.enrolments[0].person_type, "")
         await self.store.create_visit(mdtrt_id, meta)
-        return {"mdtrt_id": mdtrt_id, "psn_no": psn_no, "ipt_otp_no": meta["ipt_otp_no"]}
+        return {"mdtrt_id": mdtrt_id, "psn_no": psn_no, "ipt_otp_no": meta["ipt_otp_no"], "exp_content": None}
 
     async def register(self, req: Request) -> Any:
         data = node(req.input, "data")
@@ -752,11 +753,12 @@ class Translation:
         ours = answer.gateway_totals
         optins = text(data, "setl_optins", "input.data", limit=6)
         if answer.matched:
-            return {"stmtinfo": {"setl_optins": optins, "stmt_rslt": "000000", "stmt_rslt_dscr": "平"}}
+            return {"stmtinfo": {"setl_optins": optins, "stmt_rslt": "000000", "stmt_rslt_dscr": "平",
+                                 "exp_content": None}}  # fmt: skip
         return {"stmtinfo": {"setl_optins": optins, "stmt_rslt": "000103", "stmt_rslt_dscr":
                 f"对总账失败: 数据不一致(平台: 笔数{ours.count}/总额{yuan(ours.total_fen).text()}/基金"
                 f"{yuan(ours.fund_total_fen).text()}/个账{yuan(ours.account_fen).text()}; posted through"
-                f" {answer.posted_through})"}}  # fmt: skip
+                f" {answer.posted_through})", "exp_content": None}}  # fmt: skip
 
     async def reconcile_detail(self, req: Request) -> Any:
         """3202 with the detail rows inline (`input.detail[]`), not as a file uploaded with 9101."""
