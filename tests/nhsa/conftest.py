@@ -76,7 +76,9 @@ class National:
         national_fields.envelope(answer)
         return answer
 
-    async def call(self, infno: str, data: dict[str, Any], message_id: str | None = None, **extra: Any) -> Any:
+    async def call(
+        self, infno: str, data: dict[str, Any], message_id: str | None = None, **extra: Any
+    ) -> Any:
         return await self.send(self.envelope(infno, data, message_id, **extra))
 
     async def ok(self, infno: str, data: dict[str, Any], message_id: str | None = None) -> Any:
@@ -88,7 +90,6 @@ class National:
         out = await self.ok("9001", {"signIn": {"opter_no": "1022", "mac": "00-11", "ip": "10.0.0.8"}})
         self.sign_no = out["signinoutb"]["sign_no"]
         return self.sign_no
-
 
     async def refused(self, infno: str, data: dict[str, Any], message_id: str | None = None) -> str:
         answer = await self.call(infno, data, message_id)

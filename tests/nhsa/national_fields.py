@@ -16,7 +16,9 @@ SETLINFO = (
     " hifob_pay maf_pay oth_pay fund_pay_sumamt psn_part_amt acct_pay psn_cash_pay hosp_part_amt balc"
     " acct_mulaid_pay medins_setl_id clr_optins clr_way clr_type"
 ).split()
-SETLDETAIL = "fund_pay_type inscp_scp_amt crt_payb_lmt_amt fund_payamt fund_pay_type_name setl_proc_info".split()
+SETLDETAIL = (
+    "fund_pay_type inscp_scp_amt crt_payb_lmt_amt fund_payamt fund_pay_type_name setl_proc_info".split()
+)
 FEE_RESULT = (
     "feedetl_sn det_item_fee_sumamt cnt pric pric_uplmt_amt selfpay_prop fulamt_ownpay_amt overlmt_amt"
     " preselfpay_amt inscp_scp_amt chrgitm_lv med_chrgitm_type"

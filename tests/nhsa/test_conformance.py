@@ -45,7 +45,11 @@ def response_samples() -> list[tuple[str, int, dict[str, Any]]]:
     for path in sorted(SAMPLES.glob("*.json")):
         for i, sample in enumerate(json.loads(path.read_text())["samples"]):
             payload = sample["payload"]
-            if sample["kind"].startswith("response") and isinstance(payload, dict) and isinstance(payload.get("output"), dict):
+            if (
+                sample["kind"].startswith("response")
+                and isinstance(payload, dict)
+                and isinstance(payload.get("output"), dict)
+            ):
                 out.append((path.stem, i, sample))
     return out
 
@@ -156,7 +160,11 @@ async def test_request_sample_is_answered_as_documented(
         assert output["baseinfo"]["psn_no"] == PERSON
     elif infno == "2207":
         f = check.settlement(output)
-        assert f["medfee_sumamt"] == 900 and f["inscp_scp_amt"] == 900 and output["setlinfo"]["insutype"] == "390"
+        assert (
+            f["medfee_sumamt"] == 900
+            and f["inscp_scp_amt"] == 900
+            and output["setlinfo"]["insutype"] == "390"
+        )
     elif infno == "2208":
         f = check.settlement(output)
         assert f["medfee_sumamt"] == -2500, "the negative mirror of the cancelled settlement"

@@ -41,7 +41,9 @@ async def ledger_gateway(redis_server: EmbeddedRedis, tmp_path: Path) -> AsyncIt
 async def post_everything(gw: Gateway, redis_server: EmbeddedRedis) -> None:
     sync = redis.Redis.from_url(redis_server.url)
     ledger = Ledger(gw.config.ledger_dsn or "")
-    await asyncio.to_thread(run_until_caught_up, PostingWorker(sync, ledger, WorkerConfig(consumer="w")), sync)
+    await asyncio.to_thread(
+        run_until_caught_up, PostingWorker(sync, ledger, WorkerConfig(consumer="w")), sync
+    )
     ledger.close()
 
 
@@ -66,14 +68,22 @@ async def test_outpatient_visit_and_inpatient_stay_in_national_messages(
         assert await his.ok("2203", {"mdtrtinfo": {"mdtrt_id": mdtrt_id, "psn_no": PERSON, "med_type": "11"},
                                      "diseinfo": [{"diag_code": "J06.900", "diag_name": "上呼吸道感染"}]}) == {}  # fmt: skip
         uploaded = await his.upload(
-            mdtrt_id, [("T000002", "25.00", 1), ("D000073", "36.80", 2), ("D000141", "48.00", 1), ("T000006", "20.00", 1)]
+            mdtrt_id,
+            [
+                ("T000002", "25.00", 1),
+                ("D000073", "36.80", 2),
+                ("D000141", "48.00", 1),
+                ("T000006", "20.00", 1),
+            ],
         )
         lines = check.fee_results(uploaded)
         assert [r["feedetl_sn"] for r in uploaded["result"]] == ["1", "2", "3", "4"]
         assert uploaded["result"][1]["chrgitm_lv"] == "02" and lines[1]["in_scope"] == 5888  # 73.60 less 20%
         assert uploaded["result"][2]["chrgitm_lv"] == "03" and lines[2]["in_scope"] == 0  # class C
         # the HIS takes the blood test back off the bill before settling
-        assert await his.ok("2205", {"data": {"mdtrt_id": mdtrt_id, "psn_no": PERSON, "feedetl_sn": "4"}}) == {}
+        assert (
+            await his.ok("2205", {"data": {"mdtrt_id": mdtrt_id, "psn_no": PERSON, "feedetl_sn": "4"}}) == {}
+        )
         total = yuan_text(2500 + 7360 + 4800)
         pre = await his.ok("2206", his.settle_data(mdtrt_id, total))
         pre_f = check.settlement(pre)
@@ -97,7 +107,9 @@ async def test_outpatient_visit_and_inpatient_stay_in_national_messages(
         err = await his.refused("2207", his.settle_data(mdtrt_id, total))
         assert "no fee details to settle" in err and "FEE_DETAIL_REJECTED 436" in err
 
-        queried = await his.ok("5203", {"data": {"psn_no": PERSON, "setl_id": setl["setl_id"], "mdtrt_id": mdtrt_id}})
+        queried = await his.ok(
+            "5203", {"data": {"psn_no": PERSON, "setl_id": setl["setl_id"], "mdtrt_id": mdtrt_id}}
+        )
         assert check.settlement(queried) == f and queried["setlinfo"]["refd_setl_flag"] == "0"
 
         # ---- an inpatient stay: admission, two days of fees, an interim settlement, more fees, the final
@@ -134,7 +146,9 @@ async def test_outpatient_visit_and_inpatient_stay_in_national_messages(
         assert check.settlement(again_final) == p2
 
         # ---- 2208 of the outpatient settlement: later settlements stand on it, the rule says no (-2)
-        refusal = await his.refused("2208", {"data": {"psn_no": PERSON, "mdtrt_id": mdtrt_id, "setl_id": setl["setl_id"]}})
+        refusal = await his.refused(
+            "2208", {"data": {"psn_no": PERSON, "mdtrt_id": mdtrt_id, "setl_id": setl["setl_id"]}}
+        )
         assert "LATER_SETTLEMENTS_EXIST 405" in refusal and again_final["setlinfo"]["setl_id"] in refusal
 
         # ---- 3201 / 3202 against the ledger, once the worker has booked everything
@@ -168,5 +182,7 @@ async def test_outpatient_visit_and_inpatient_stay_in_national_messages(
         assert results[part1["setlinfo"]["medins_setl_id"]]["stmt_rslt"] == "000000"
         assert results[f"{HOSPITAL}202606150000009999"]["stmt_rslt"] == "000102"  # the platform has none
         one_sided = [r for r in detail["result"] if r["stmt_rslt"] == "000101"]
-        assert sorted(r["msgid"] for r in one_sided) == sorted([settle_id, again_final["setlinfo"]["medins_setl_id"]])
+        assert sorted(r["msgid"] for r in one_sided) == sorted(
+            [settle_id, again_final["setlinfo"]["medins_setl_id"]]
+        )
         assert detail["stmtinfo"]["stmt_rslt"] == "000103"
