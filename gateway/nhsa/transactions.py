@@ -24,6 +24,7 @@ from adapters.nhsa_store import NhsaStore, Visit, new_visit_id
 from gateway import codec
 from gateway.edge import privacy
 from gateway.edge.refusals import Refused
+from gateway.engine import Rejection
 from gateway.errors import InvalidInput, Rejected, Unavailable
 from gateway.nhsa import outputs
 from gateway.nhsa.amounts import BadNumber, fen, scaled, yuan
@@ -55,6 +56,12 @@ BILL_FIELDS = {
     "bill.visit_type": "med_type", "bill.interim": "mid_setl_flag", "envelope.message_id": "msgid",
     "envelope.institution_code": "fixmedins_code", "envelope.operator_id": "opter",
     "person.card_no": "mdtrt_cert_no", "person.id_number": "mdtrt_cert_no",
+}  # fmt: skip
+FIELD_OF_REJECTION = {  # the national field a rejection is about (others name their rule only)
+    Rejection.PERSON_NOT_FOUND: "mdtrt_cert_no", Rejection.CARD_LOST: "mdtrt_cert_no",
+    Rejection.CARD_FROZEN: "mdtrt_cert_no", Rejection.CARD_CANCELLED: "mdtrt_cert_no",
+    Rejection.INSTITUTION_UNKNOWN: "fixmedins_code", Rejection.MESSAGE_ID_REUSED: "msgid",
+    Rejection.MESSAGE_ID_VOID: "msgid", Rejection.SETTLEMENT_NOT_FOUND: "setl_id",
 }  # fmt: skip
 DEPENDENCY_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError, Unavailable)
 UNKNOWN_OUTCOME = "outcome unknown: query with 5203 or reverse with 2601 under the same msgid"
@@ -181,7 +188,7 @@ class Translation:
             raise NhsaError(REJECTED, f"{named} {tagged(NR.FIELD_INVALID)}") from None
         except Rejected as exc:
             metrics.REJECTIONS.labels(exc.code.name).inc()
-            where = ""
+            where = f"{FIELD_OF_REJECTION[exc.code]}: " if exc.code in FIELD_OF_REJECTION else ""
             if exc.line_no is not None and details and 0 < exc.line_no <= len(details):
                 where = f"feedetail[{details[exc.line_no - 1]['feedetl_sn']}]: "
             raise NhsaError(REJECTED, f"{where}{exc} ({exc.code.name} {int(exc.code)})") from None
