@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from datetime import date, datetime
 from typing import Any
 
+import cachetools
 import redis.exceptions
 
 from adapters import redis_keys as keys
@@ -38,6 +39,8 @@ from rules_cache.records import QUANTITY_MAX
 from telemetry import metrics
 
 log = logging.getLogger(__name__)
+SIGN_IN_CACHE_S = 5.0  # how long a process trusts a sign-in it has seen
+SIGN_INS_CACHED_MAX = 50_000  # sign-ins remembered per process
 
 
 VISIT_OF_MED_TYPE = {
@@ -165,6 +168,11 @@ class Translation:
     ) -> None:
         self.servicer, self.ledger, self.store, self.now, self.limits = servicer, ledger, store, now, limits
         self.sign_in_required = sign_in_required
+        # current sign-ins seen by this process, so a transaction does not ask Redis each time; a 9002
+        # made through another process is seen here within SIGN_IN_CACHE_S
+        self.signed_in: cachetools.TTLCache[tuple[str, str], bool] = cachetools.TTLCache(
+            SIGN_INS_CACHED_MAX, SIGN_IN_CACHE_S
+        )
         self.handlers: dict[str, Callable[[Request], Awaitable[Any]]] = {
             "9001": self.sign_in, "9002": self.sign_out, "1101": self.person_info,
             "2201": self.register, "2401": self.admit, "2202": self.cancel_visit, "2402": self.discharge,
@@ -261,6 +269,7 @@ class Translation:
     async def sign_out(self, req: Request) -> Any:
         data = node(req.input, "signOut") or node(req.input, "data")
         sign_no = text(data, "sign_no", "input.signOut", limit=30) or req.get("sign_no")
+        self.signed_in.pop((req.institution, sign_no), None)
         if not sign_no or not await self.store.sign_out(req.institution, sign_no):
             raise rejected(
                 "input.signOut.sign_no", "not a current sign-in of this institution", NR.SIGN_NO_INVALID
@@ -273,9 +282,12 @@ class Translation:
         sign_no = req.get("sign_no")
         if not sign_no:
             raise rejected("sign_no", "required: sign in with 9001 first", NR.SIGN_NO_INVALID)
+        if (req.institution, sign_no) in self.signed_in:
+            return
         if not await self.store.signed_in(req.institution, sign_no):
             raise rejected("sign_no", f"{sign_no} is not a current sign-in of {req.institution} (9001)",
                            NR.SIGN_NO_INVALID)  # fmt: skip
+        self.signed_in[(req.institution, sign_no)] = True
 
     # ---------------------------------------------------------------- 1101
 
