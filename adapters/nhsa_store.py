@@ -256,7 +256,7 @@ class NhsaStore:
     async def visit(self, mdtrt_id: str) -> Visit | None:
         if partition_of_visit(mdtrt_id) is None:
             return None
-        raw: dict[bytes, bytes] = await self.client.hgetall(visit_key(mdtrt_id))
+        raw: dict[Any, Any] = await self.client.hgetall(visit_key(mdtrt_id))
         if not raw or b"meta" not in raw:
             return None
         visit = Visit(mdtrt_id, json.loads(raw[b"meta"]), {}, {})
@@ -310,7 +310,7 @@ class NhsaStore:
         await self._unsettle(keys=[visit_key(mdtrt_id)], args=[settlement_id, meta_text])
 
     async def visit_of_message(self, person_id: str, institution: str, message_id: str) -> str | None:
-        raw = await self.client.get(visit_message_key(person_id, institution, message_id))
+        raw: Any = await self.client.get(visit_message_key(person_id, institution, message_id))
         return raw.decode() if raw is not None else None
 
     async def update_meta(self, mdtrt_id: str, meta: dict[str, Any]) -> list[str]:

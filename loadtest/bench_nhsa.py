@@ -57,10 +57,15 @@ class Terminal:
 
     def envelope(self, infno: str, data: dict[str, Any]) -> bytes:
         body = {
-            "infno": infno, "msgid": f"{HOSPITAL}{self.run}{next(self.sequence):08d}", "fixmedins_code": HOSPITAL,
-            "mdtrtarea_admvs": "500103", "opter": "bench", "inf_time": "2026-06-15 10:30:00",
-            "sign_no": self.sign_no, "input": data,
-        }  # fmt: skip
+            "infno": infno,
+            "msgid": f"{HOSPITAL}{self.run}{next(self.sequence):08d}",
+            "fixmedins_code": HOSPITAL,
+            "mdtrtarea_admvs": "500103",
+            "opter": "bench",
+            "inf_time": "2026-06-15 10:30:00",
+            "sign_no": self.sign_no,
+            "input": data,
+        }
         return dumps(body).encode()
 
     async def call(self, infno: str, data: dict[str, Any]) -> dict[str, Any] | None:
@@ -70,12 +75,21 @@ class Terminal:
             key = f"{infno} infcode {answer['infcode']}: {str(answer['err_msg'])[:80]}"
             self.failures[key] = self.failures.get(key, 0) + 1
             return None
-        return answer["output"]
+        output: dict[str, Any] = answer["output"]
+        return output
 
 
 def visit_input(mdtrt_id: str, person: str) -> dict[str, Any]:
-    return {"data": {"psn_no": person, "mdtrt_id": mdtrt_id, "medfee_sumamt": yuan_text(BILL_FEN),
-                     "med_type": "11", "psn_setlway": "01", "acct_used_flag": "1"}}  # fmt: skip
+    return {
+        "data": {
+            "psn_no": person,
+            "mdtrt_id": mdtrt_id,
+            "medfee_sumamt": yuan_text(BILL_FEN),
+            "med_type": "11",
+            "psn_setlway": "01",
+            "acct_used_flag": "1",
+        }
+    }
 
 
 async def prepare(his: Terminal, people: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
@@ -83,14 +97,32 @@ async def prepare(his: Terminal, people: list[dict[str, Any]], count: int) -> li
 
     async def one(i: int) -> dict[str, Any] | None:
         p = people[i % len(people)]
-        reg = await his.call("2201", {"data": {"psn_no": p["person_id"], "mdtrt_cert_type": "03",
-                                               "mdtrt_cert_no": p["card_no"], "med_type": "11"}})  # fmt: skip
+        reg = await his.call(
+            "2201",
+            {
+                "data": {
+                    "psn_no": p["person_id"],
+                    "mdtrt_cert_type": "03",
+                    "mdtrt_cert_no": p["card_no"],
+                    "med_type": "11",
+                }
+            },
+        )
         if reg is None:
             return None
         mdtrt_id = reg["data"]["mdtrt_id"]
-        rows = [{"feedetl_sn": str(n + 1), "mdtrt_id": mdtrt_id, "psn_no": p["person_id"], "med_list_codg": c,
-                 "pric": yuan_text(price), "cnt": q, "det_item_fee_sumamt": yuan_text(price * q)}
-                for n, (c, price, q) in enumerate(OUTPATIENT_10_LINES)]  # fmt: skip
+        rows = [
+            {
+                "feedetl_sn": str(n + 1),
+                "mdtrt_id": mdtrt_id,
+                "psn_no": p["person_id"],
+                "med_list_codg": c,
+                "pric": yuan_text(price),
+                "cnt": q,
+                "det_item_fee_sumamt": yuan_text(price * q),
+            }
+            for n, (c, price, q) in enumerate(OUTPATIENT_10_LINES)
+        ]
         if await his.call("2204", {"feedetail": rows}) is None:
             return None
         return visit_input(mdtrt_id, p["person_id"])
@@ -123,11 +155,14 @@ async def window(
     return ok, elapsed, cpu
 
 
-async def measure(args: argparse.Namespace, grpc_port: int, nhsa_port: int, people: list[dict[str, Any]],
-                  pids: list[int]) -> int:  # fmt: skip
+async def measure(
+    args: argparse.Namespace, grpc_port: int, nhsa_port: int, people: list[dict[str, Any]], pids: list[int]
+) -> int:
     run = f"{int(time.time()) % 10**6:06d}"
-    bill = pb.Bill(visit_type=pb.VISIT_TYPE_OUTPATIENT,
-                   lines=[pb.BillLine(code=c, unit_price_fen=p, quantity=q) for c, p, q in OUTPATIENT_10_LINES])  # fmt: skip
+    bill = pb.Bill(
+        visit_type=pb.VISIT_TYPE_OUTPATIENT,
+        lines=[pb.BillLine(code=c, unit_price_fen=p, quantity=q) for c, p, q in OUTPATIENT_10_LINES],
+    )
     grpc_failures: dict[str, int] = {}
     connector = aiohttp.TCPConnector(limit=args.concurrency)
     async with (
@@ -148,9 +183,12 @@ async def measure(args: argparse.Namespace, grpc_port: int, nhsa_port: int, peop
                 i = next(sequence)
                 p = people[i % half]
                 request = pb.SettleRequest(
-                    envelope=pb.Envelope(institution_code=HOSPITAL, terminal_id="B", message_id=f"G{run}{i:010d}"),
-                    person=pb.PersonRef(card_no=p["card_no"]), bill=bill,
-                )  # fmt: skip
+                    envelope=pb.Envelope(
+                        institution_code=HOSPITAL, terminal_id="B", message_id=f"G{run}{i:010d}"
+                    ),
+                    person=pb.PersonRef(card_no=p["card_no"]),
+                    bill=bill,
+                )
                 try:
                     await stub.Settle(request, timeout=10)
                     return True
@@ -176,8 +214,10 @@ async def measure(args: argparse.Namespace, grpc_port: int, nhsa_port: int, peop
         ):
             ok, elapsed, cpu = await window(calls, args.concurrency, pids)
             rows.append((name, ok, elapsed, cpu))
-    print(f"bench_nhsa: {platform.machine()}, {args.calls} calls per window, {args.concurrency} in flight,"
-          " 1 gateway process, plaintext, 10-line outpatient bill")  # fmt: skip
+    print(
+        f"bench_nhsa: {platform.machine()}, {args.calls} calls per window, {args.concurrency} in flight,"
+        " 1 gateway process, plaintext, 10-line outpatient bill"
+    )
     print(f"{'call':<38} {'calls':>6} {'calls/s':>8} {'server CPU/call':>16}")
     per_call = []
     for name, ok, elapsed, cpu in rows:
@@ -187,8 +227,11 @@ async def measure(args: argparse.Namespace, grpc_port: int, nhsa_port: int, peop
     baseline = (per_call[0] + per_call[2]) / 2
     ratio = per_call[1] / baseline
     verdict = "TARGET MET" if ratio <= TARGET_RATIO else "TARGET MISSED"
-    print(f"2207 over HTTP / Settle over gRPC (mean of both windows): {ratio:.2f} (target <= {TARGET_RATIO:.2f}):"
-          f" {verdict}; the gRPC windows differ by {abs(per_call[2] - per_call[0]) / baseline:.0%}")  # fmt: skip
+    print(
+        f"2207 over HTTP / Settle over gRPC (mean of both windows): {ratio:.2f}"
+        f" (target <= {TARGET_RATIO:.2f}):"
+        f" {verdict}; the gRPC windows differ by {abs(per_call[2] - per_call[0]) / baseline:.0%}"
+    )
     for what, failures in (("gRPC", grpc_failures), ("HTTP", his.failures)):
         for key, count in failures.items():
             print(f"  {what} failure: {key} x{count}")

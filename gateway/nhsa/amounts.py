@@ -42,7 +42,8 @@ def scaled(value: Any, decimals: int) -> int:
     if len(frac) > decimals and frac[decimals:].strip("0"):
         raise BadNumber(f"{text} has more than {decimals} decimals")
     frac = (frac + "0" * decimals)[:decimals]
-    units = int(whole) * 10**decimals + (int(frac) if frac else 0)
+    scale: int = 10**decimals
+    units = int(whole) * scale + (int(frac) if frac else 0)
     return -units if sign == "-" else units
 
 

@@ -72,13 +72,16 @@ REST_PATHS = {  # the per-transaction paths of provincial gateways
 JSON_TYPE = "application/json"
 
 HANDLED = Counter(
-    "medsettle_nhsa_requests_total", "National interface messages answered, by infno and infcode.",
+    "medsettle_nhsa_requests_total",
+    "National interface messages answered, by infno and infcode.",
     ["infno", "infcode"],
-)  # fmt: skip
+)
 SECONDS = Histogram(
-    "medsettle_nhsa_request_seconds", "National interface message latency, by infno.", ["infno"],
+    "medsettle_nhsa_request_seconds",
+    "National interface message latency, by infno.",
+    ["infno"],
     buckets=metrics.LATENCY_BUCKETS_S,
-)  # fmt: skip
+)
 
 
 class PeerCertificate:
@@ -115,8 +118,12 @@ class NationalFrontend:
         now: Callable[[], datetime],
     ) -> None:
         self.t, self.signatures, self.limiter, self.identities, self.now = (
-            translation, signatures, limiter, identities, now,
-        )  # fmt: skip
+            translation,
+            signatures,
+            limiter,
+            identities,
+            now,
+        )
         self.limits = translation.limits
         self.runner: web.AppRunner | None = None
         self.port = 0
@@ -157,13 +164,24 @@ class NationalFrontend:
     async def by_infno(self, request: web.Request) -> web.Response:
         infno = request.match_info["infno"]
         if infno not in self.t.handlers:
-            return self.reply(self.error_answer("", datetime.now(self.now().tzinfo), NhsaError(
-                REJECTED, f"infno: {infno[:8]} is not served {tagged(NR.TRANSACTION_UNSUPPORTED)}")), "unknown")  # fmt: skip
+            return self.reply(
+                self.error_answer(
+                    "",
+                    datetime.now(self.now().tzinfo),
+                    NhsaError(
+                        REJECTED, f"infno: {infno[:8]} is not served {tagged(NR.TRANSACTION_UNSUPPORTED)}"
+                    ),
+                ),
+                "unknown",
+            )
         return await self.handle(request, infno)
 
     async def unknown_path(self, request: web.Request) -> web.Response:
-        error = NhsaError(REJECTED, f"path: {request.method} {request.path[:80]} is not a national interface"
-                          f" path; POST to {CALL_PATH} {tagged(NR.TRANSACTION_UNSUPPORTED)}")  # fmt: skip
+        error = NhsaError(
+            REJECTED,
+            f"path: {request.method} {request.path[:80]} is not a national interface"
+            f" path; POST to {CALL_PATH} {tagged(NR.TRANSACTION_UNSUPPORTED)}",
+        )
         return self.reply(self.error_answer("", self.now(), error), "unknown", status=404)
 
     # ---------------------------------------------------------------- one message
@@ -211,8 +229,10 @@ class NationalFrontend:
                 fields.update(identity.log_fields())
             self.signatures.prove(
                 identity.institution if identity is not None else None,
-                lower_headers(request.headers), body, req.institution,
-            )  # fmt: skip
+                lower_headers(request.headers),
+                body,
+                req.institution,
+            )
             if self.limiter is not None:
                 self.limiter.admit(req.institution)
                 admitted = req.institution
@@ -254,8 +274,11 @@ class NationalFrontend:
         held = await store.claim_answer(req.institution, req.msgid, digest, self.limits.answer_pending_ms)
         if held is not None:
             if held.get("h") != digest:
-                raise NhsaError(REJECTED, f"msgid: {req.msgid} of {req.institution} was used for a different"
-                                " message (MESSAGE_ID_REUSED 403)")  # fmt: skip
+                raise NhsaError(
+                    REJECTED,
+                    f"msgid: {req.msgid} of {req.institution} was used for a different"
+                    " message (MESSAGE_ID_REUSED 403)",
+                )
             if "a" in held:
                 logs.note(duplicate=True)
                 return str(held["a"])

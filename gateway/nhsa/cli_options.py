@@ -15,10 +15,12 @@ KEYS_FILE = "secrets/nhsa-keys.json"
 
 def add_serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--nhsa-listen", default="auto", metavar="ADDR",
+        "--nhsa-listen",
+        default="auto",
+        metavar="ADDR",
         help="the national interface (NHSA JSON over HTTP): host:port, 'off'; default: 127.0.0.1:8097 in"
         " the embedded default, off with --redis (docs/NATIONAL_MAPPING.md)",
-    )  # fmt: skip
+    )
     p.add_argument(
         "--nhsa-keys-file",
         help=f"per-institution signing keys of the national interface (default <data-dir>/{KEYS_FILE})",

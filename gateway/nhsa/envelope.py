@@ -18,9 +18,21 @@ from gateway.nhsa.codes import NationalRejection, tagged
 INPUT_CHARS_MAX = 40_000  # the national limit on `input`, in characters of its JSON text
 OK, SYSTEM_ERROR, REJECTED = 0, -1, -2
 OPTIONAL_TEXT = (
-    "mdtrtarea_admvs", "insuplc_admdvs", "recer_sys_code", "dev_no", "dev_safe_info", "cainfo",
-    "signtype", "infver", "opter_type", "opter", "opter_name", "inf_time", "fixmedins_name", "sign_no",
-)  # fmt: skip
+    "mdtrtarea_admvs",
+    "insuplc_admdvs",
+    "recer_sys_code",
+    "dev_no",
+    "dev_safe_info",
+    "cainfo",
+    "signtype",
+    "infver",
+    "opter_type",
+    "opter",
+    "opter_name",
+    "inf_time",
+    "fixmedins_name",
+    "sign_no",
+)
 OPTIONAL_TEXT_MAX = 2000  # dev_safe_info's national length, the longest of them
 
 

@@ -26,9 +26,15 @@ FUND_COLUMNS = ("hifp_pay", "cvlserv_pay", "hifes_pay", "hifmi_pay", "hifob_pay"
 CLASS_CODES = {1: "01", 2: "02", 3: "03"}  # pb.ItemClass -> chrgitm_lv
 INSUTYPE_OF_SCHEME = {1: "310", 2: "390"}  # pb.Scheme -> insutype
 PSN_TYPE = {  # our person types -> the national psn_type codes
-    "in_service": "1101", "retiree": "1102", "flexible": "1103", "migrant_worker": "1104",
-    "student": "1501", "child": "1502", "adult": "1503", "elderly": "1504",
-}  # fmt: skip
+    "in_service": "1101",
+    "retiree": "1102",
+    "flexible": "1103",
+    "migrant_worker": "1104",
+    "student": "1501",
+    "child": "1502",
+    "adult": "1503",
+    "elderly": "1504",
+}
 CLR_TYPE_OF_MED_TYPE = {"21": "21", "41": "41", "51": "51", "52": "51"}  # else 11, outpatient
 
 
@@ -65,8 +71,9 @@ def setldetail(split: Any) -> list[dict[str, Any]]:
     ]
 
 
-def setlinfo(split: Any, visit: dict[str, Any], setl_id: str | None, setl_time: str | None,
-             msgid: str, med_type: str) -> dict[str, Any]:  # fmt: skip
+def setlinfo(
+    split: Any, visit: dict[str, Any], setl_id: str | None, setl_time: str | None, msgid: str, med_type: str
+) -> dict[str, Any]:
     columns = dict.fromkeys(FUND_COLUMNS, 0)
     for f in split.funds:
         columns[fund_column(f)] += f.amount_fen

@@ -44,28 +44,47 @@ SIGN_INS_CACHED_MAX = 50_000  # sign-ins remembered per process
 
 
 VISIT_OF_MED_TYPE = {
-    "11": pb.VISIT_TYPE_OUTPATIENT, "12": pb.VISIT_TYPE_OUTPATIENT, "13": pb.VISIT_TYPE_OUTPATIENT,
-    "14": pb.VISIT_TYPE_SPECIAL, "21": pb.VISIT_TYPE_INPATIENT, "41": pb.VISIT_TYPE_PHARMACY,
-}  # fmt: skip
+    "11": pb.VISIT_TYPE_OUTPATIENT,
+    "12": pb.VISIT_TYPE_OUTPATIENT,
+    "13": pb.VISIT_TYPE_OUTPATIENT,
+    "14": pb.VISIT_TYPE_SPECIAL,
+    "21": pb.VISIT_TYPE_INPATIENT,
+    "41": pb.VISIT_TYPE_PHARMACY,
+}
 OUTPATIENT_MED_TYPES = ("11", "12", "13", "14")
 REVERSIBLE_BY_2601 = ("2207", "2304", "2102")
 FIELD_OF_PATH = {
-    "code": "med_list_codg", "unit_price_fen": "pric", "quantity": "cnt", "service_date": "fee_ocur_time",
+    "code": "med_list_codg",
+    "unit_price_fen": "pric",
+    "quantity": "cnt",
+    "service_date": "fee_ocur_time",
     "line_no": "feedetl_sn",
-}  # fmt: skip
+}
 BILL_FIELDS = {
-    "bill.visit_date": "begntime", "bill.admission_date": "begndate", "bill.discharge_date": "enddate",
-    "bill.lines": "feedetail", "bill.stay_id": "mdtrt_id", "bill.disease_code": "dise_codg",
-    "bill.visit_type": "med_type", "bill.interim": "mid_setl_flag", "envelope.message_id": "msgid",
-    "envelope.institution_code": "fixmedins_code", "envelope.operator_id": "opter",
-    "person.card_no": "mdtrt_cert_no", "person.id_number": "mdtrt_cert_no",
-}  # fmt: skip
+    "bill.visit_date": "begntime",
+    "bill.admission_date": "begndate",
+    "bill.discharge_date": "enddate",
+    "bill.lines": "feedetail",
+    "bill.stay_id": "mdtrt_id",
+    "bill.disease_code": "dise_codg",
+    "bill.visit_type": "med_type",
+    "bill.interim": "mid_setl_flag",
+    "envelope.message_id": "msgid",
+    "envelope.institution_code": "fixmedins_code",
+    "envelope.operator_id": "opter",
+    "person.card_no": "mdtrt_cert_no",
+    "person.id_number": "mdtrt_cert_no",
+}
 FIELD_OF_REJECTION = {  # the national field a rejection is about (others name their rule only)
-    Rejection.PERSON_NOT_FOUND: "mdtrt_cert_no", Rejection.CARD_LOST: "mdtrt_cert_no",
-    Rejection.CARD_FROZEN: "mdtrt_cert_no", Rejection.CARD_CANCELLED: "mdtrt_cert_no",
-    Rejection.INSTITUTION_UNKNOWN: "fixmedins_code", Rejection.MESSAGE_ID_REUSED: "msgid",
-    Rejection.MESSAGE_ID_VOID: "msgid", Rejection.SETTLEMENT_NOT_FOUND: "setl_id",
-}  # fmt: skip
+    Rejection.PERSON_NOT_FOUND: "mdtrt_cert_no",
+    Rejection.CARD_LOST: "mdtrt_cert_no",
+    Rejection.CARD_FROZEN: "mdtrt_cert_no",
+    Rejection.CARD_CANCELLED: "mdtrt_cert_no",
+    Rejection.INSTITUTION_UNKNOWN: "fixmedins_code",
+    Rejection.MESSAGE_ID_REUSED: "msgid",
+    Rejection.MESSAGE_ID_VOID: "msgid",
+    Rejection.SETTLEMENT_NOT_FOUND: "setl_id",
+}
 DEPENDENCY_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError, Unavailable)
 UNKNOWN_OUTCOME = "outcome unknown: query with 5203 or reverse with 2601 under the same msgid"
 
@@ -174,15 +193,32 @@ class Translation:
             SIGN_INS_CACHED_MAX, SIGN_IN_CACHE_S
         )
         self.handlers: dict[str, Callable[[Request], Awaitable[Any]]] = {
-            "9001": self.sign_in, "9002": self.sign_out, "1101": self.person_info,
-            "2201": self.register, "2401": self.admit, "2202": self.cancel_visit, "2402": self.discharge,
-            "2203": self.visit_info, "2204": self.upload, "2301": self.upload, "2205": self.cancel_fees,
-            "2302": self.cancel_fees, "2206": self.presettle, "2207": self.settle, "2303": self.presettle,
-            "2304": self.settle, "2208": self.cancel_settlement, "2305": self.cancel_settlement,
-            "2101": self.pharmacy_presettle, "2102": self.pharmacy_settle, "2103": self.cancel_settlement,
-            "2601": self.reverse_message, "5203": self.query, "3201": self.reconcile_totals,
+            "9001": self.sign_in,
+            "9002": self.sign_out,
+            "1101": self.person_info,
+            "2201": self.register,
+            "2401": self.admit,
+            "2202": self.cancel_visit,
+            "2402": self.discharge,
+            "2203": self.visit_info,
+            "2204": self.upload,
+            "2301": self.upload,
+            "2205": self.cancel_fees,
+            "2302": self.cancel_fees,
+            "2206": self.presettle,
+            "2207": self.settle,
+            "2303": self.presettle,
+            "2304": self.settle,
+            "2208": self.cancel_settlement,
+            "2305": self.cancel_settlement,
+            "2101": self.pharmacy_presettle,
+            "2102": self.pharmacy_settle,
+            "2103": self.cancel_settlement,
+            "2601": self.reverse_message,
+            "5203": self.query,
+            "3201": self.reconcile_totals,
             "3202": self.reconcile_detail,
-        }  # fmt: skip
+        }
 
     # ---------------------------------------------------------------- calling the service layer
 
@@ -232,8 +268,11 @@ class Translation:
         if cert_type == "02" and cert_no:
             return pb.PersonRef(id_number=cert_no)
         if cert_type == "01":
-            raise rejected(f"{path}.mdtrt_cert_type", "01 (e-voucher) is not served: swipe the card (03)"
-                           " or give the ID number (02)", NR.TRANSACTION_UNSUPPORTED)  # fmt: skip
+            raise rejected(
+                f"{path}.mdtrt_cert_type",
+                "01 (e-voucher) is not served: swipe the card (03) or give the ID number (02)",
+                NR.TRANSACTION_UNSUPPORTED,
+            )
         if cert_type and cert_type not in ("02", "03"):
             raise rejected(f"{path}.mdtrt_cert_type", "02 (ID number) or 03 (card)")
         if record is not None:
@@ -259,8 +298,12 @@ class Translation:
         opter_no = text(data, "opter_no", "input.signIn", required=True, limit=30)
         sign_no = f"{self.now():%Y%m%d}{secrets.randbelow(10**12):012d}"
         at = self.now().strftime("%Y-%m-%d %H:%M:%S")
-        record = {"opter_no": opter_no, "mac": text(data, "mac", "input.signIn", limit=100),
-                  "ip": text(data, "ip", "input.signIn", limit=100), "at": at}  # fmt: skip
+        record = {
+            "opter_no": opter_no,
+            "mac": text(data, "mac", "input.signIn", limit=100),
+            "ip": text(data, "ip", "input.signIn", limit=100),
+            "at": at,
+        }
         await self.store.sign_in(
             req.institution, sign_no, record, self.limits.sign_in_retention_hours * 3_600_000
         )
@@ -285,8 +328,11 @@ class Translation:
         if (req.institution, sign_no) in self.signed_in:
             return
         if not await self.store.signed_in(req.institution, sign_no):
-            raise rejected("sign_no", f"{sign_no} is not a current sign-in of {req.institution} (9001)",
-                           NR.SIGN_NO_INVALID)  # fmt: skip
+            raise rejected(
+                "sign_no",
+                f"{sign_no} is not a current sign-in of {req.institution} (9001)",
+                NR.SIGN_NO_INVALID,
+            )
         self.signed_in[(req.institution, sign_no)] = True
 
     # ---------------------------------------------------------------- 1101
@@ -309,28 +355,44 @@ class Translation:
         insuinfo = []
         for e in found.enrolments:
             insutype = outputs.INSUTYPE_OF_SCHEME.get(e.scheme, "")
-            insuinfo.append({
-                "balc": yuan(found.account_balance_fen) if insutype == "310" else yuan(0),
-                "insutype": insutype, "psn_type": outputs.PSN_TYPE.get(e.person_type, e.person_type),
-                "psn_insu_stas": "1", "psn_insu_date": e.valid_from, "paus_insu_date": e.valid_to or None,
-                "cvlserv_flag": person["cvlserv_flag"], "insuplc_admdvs": e.district or e.region,
-                "emp_name": "",
-            })  # fmt: skip
+            insuinfo.append(
+                {
+                    "balc": yuan(found.account_balance_fen) if insutype == "310" else yuan(0),
+                    "insutype": insutype,
+                    "psn_type": outputs.PSN_TYPE.get(e.person_type, e.person_type),
+                    "psn_insu_stas": "1",
+                    "psn_insu_date": e.valid_from,
+                    "paus_insu_date": e.valid_to or None,
+                    "cvlserv_flag": person["cvlserv_flag"],
+                    "insuplc_admdvs": e.district or e.region,
+                    "emp_name": "",
+                }
+            )
         return {
             "baseinfo": {
-                "psn_no": found.person_id, "psn_cert_type": "01", "certno": person["certno"],
-                "psn_name": person["psn_name"], "gend": person["gend"], "naty": "", "brdy": person["brdy"],
+                "psn_no": found.person_id,
+                "psn_cert_type": "01",
+                "certno": person["certno"],
+                "psn_name": person["psn_name"],
+                "gend": person["gend"],
+                "naty": "",
+                "brdy": person["brdy"],
                 "age": person["age"],
                 "exp_content": None,
             },
             "insuinfo": insuinfo,
             "idetinfo": [
-                {"psn_idet_type": r.kind, "psn_type_lv": r.code, "begntime": r.valid_from,
-                 "endtime": r.valid_to or None, "memo": None}
+                {
+                    "psn_idet_type": r.kind,
+                    "psn_type_lv": r.code,
+                    "begntime": r.valid_from,
+                    "endtime": r.valid_to or None,
+                    "memo": None,
+                }
                 for r in found.registrations
             ],
             "exp_content": None if found.covered_here else found.not_covered_reason,
-        }  # fmt: skip
+        }
 
     # ---------------------------------------------------------------- 2201 / 2401 / 2202 / 2402 / 2203
 
@@ -350,17 +412,27 @@ class Translation:
         if not found.covered_here:
             raise NhsaError(REJECTED, f"{path}.psn_no: {found.not_covered_reason}")
         if med_type not in VISIT_OF_MED_TYPE:
-            raise rejected(f"{path}.med_type", f"{med_type} is not served (11, 12, 13, 14, 21, 41)",
-                           NR.TRANSACTION_UNSUPPORTED)  # fmt: skip
+            raise rejected(
+                f"{path}.med_type",
+                f"{med_type} is not served (11, 12, 13, 14, 21, 41)",
+                NR.TRANSACTION_UNSUPPORTED,
+            )
         mdtrt_id = new_visit_id(psn_no, f"{self.now():%y%m%d}")
         meta = {
-            "mdtrt_id": mdtrt_id, "psn_no": psn_no, "inst": req.institution, "status": "open",
-            "med_type": med_type, "insutype": text(data, "insutype", path, limit=6), "begntime": begntime,
+            "mdtrt_id": mdtrt_id,
+            "psn_no": psn_no,
+            "inst": req.institution,
+            "status": "open",
+            "med_type": med_type,
+            "insutype": text(data, "insutype", path, limit=6),
+            "begntime": begntime,
             "mdtrt_cert_type": cert_type or ("03" if ref.HasField("card_no") else "02"),
-            "cert_no": ref.card_no or ref.id_number, "ipt_otp_no": text(data, "ipt_otp_no", path, limit=30)
-            or text(data, "ipt_no", path, limit=30), "enddate": "", "dise_codg": "",
+            "cert_no": ref.card_no or ref.id_number,
+            "ipt_otp_no": text(data, "ipt_otp_no", path, limit=30) or text(data, "ipt_no", path, limit=30),
+            "enddate": "",
+            "dise_codg": "",
             **self.person_fields(record, self.now().date()),
-        }  # fmt: skip
+        }
         if found.enrolments:
             meta["psn_type"] = outputs.PSN_TYPE.get(found.enrolments[0].person_type, "")
         await self.store.create_visit(mdtrt_id, meta)
@@ -370,8 +442,10 @@ class Translation:
         data = node(req.input, "data")
         med_type = text(data, "med_type", "input.data", limit=6) or "11"
         if med_type not in OUTPATIENT_MED_TYPES:
-            raise rejected("input.data.med_type", "2201 registers an outpatient visit (11, 12, 13, 14);"
-                           " admit a stay with 2401")  # fmt: skip
+            raise rejected(
+                "input.data.med_type",
+                "2201 registers an outpatient visit (11, 12, 13, 14); admit a stay with 2401",
+            )
         return {"data": await self.open_visit(req, data, "input.data", med_type)}
 
     async def admit(self, req: Request) -> Any:
@@ -392,9 +466,13 @@ class Translation:
             or visit.meta["inst"] != req.institution
             or (psn_no and visit.meta["psn_no"] != psn_no)
         ):
-            raise rejected(f"{path}.mdtrt_id", f"no visit {mdtrt_id} of this person at {req.institution}"
-                           " (registered with 2201 or 2401, kept for"
-                           f" {self.limits.visit_retention_days} days after its last use)", NR.VISIT_NOT_FOUND)  # fmt: skip
+            raise rejected(
+                f"{path}.mdtrt_id",
+                f"no visit {mdtrt_id} of this person at {req.institution}"
+                " (registered with 2201 or 2401, kept for"
+                f" {self.limits.visit_retention_days} days after its last use)",
+                NR.VISIT_NOT_FOUND,
+            )
         return visit
 
     async def cancel_visit(self, req: Request) -> Any:
@@ -407,8 +485,9 @@ class Translation:
                 if outcome[0] == "settling"
                 else f"settlement {outcome[-1]} stands"
             )
-            raise rejected("input.data.mdtrt_id", f"cannot cancel: {what}; cancel it first (2208/2305)",
-                           NR.VISIT_CLOSED)  # fmt: skip
+            raise rejected(
+                "input.data.mdtrt_id", f"cannot cancel: {what}; cancel it first (2208/2305)", NR.VISIT_CLOSED
+            )
         return {}
 
     async def discharge(self, req: Request) -> Any:
@@ -438,8 +517,11 @@ class Translation:
     def details(self, raw: list[dict[str, Any]], path: str, mdtrt_id: str | None) -> list[dict[str, Any]]:
         """Fee details checked one by one: pric x cnt = det_item_fee_sumamt, whole units, one visit."""
         if len(raw) > self.limits.fee_details_per_upload_max:
-            raise rejected(path, f"at most {self.limits.fee_details_per_upload_max} details per message",
-                           NR.FEE_DETAIL_REJECTED)  # fmt: skip
+            raise rejected(
+                path,
+                f"at most {self.limits.fee_details_per_upload_max} details per message",
+                NR.FEE_DETAIL_REJECTED,
+            )
         out, seen = [], set()
         for i, row in enumerate(raw):
             where = f"{path}[{i}]"
@@ -458,29 +540,54 @@ class Translation:
                 raise rejected(f"{where}.cnt", f"whole units between 1 and {QUANTITY_MAX}")
             total = amount(row, "det_item_fee_sumamt", where, required=False)
             if total is not None and total != price * cnt:
-                raise rejected(f"{where}.det_item_fee_sumamt", f"{yuan(total).text()} is not pric x cnt ="
-                               f" {yuan(price * cnt).text()}", NR.AMOUNT_MISMATCH)  # fmt: skip
-            out.append({
-                "feedetl_sn": sn, "code": text(row, "med_list_codg", where, required=True, limit=40),
-                "pric": price, "cnt": cnt, "bch": text(row, "chrg_bchno", where, limit=30),
-                "at": text(row, "fee_ocur_time", where, limit=19),
-                "medins": text(row, "medins_list_codg", where, limit=50),
-            })  # fmt: skip
+                raise rejected(
+                    f"{where}.det_item_fee_sumamt",
+                    f"{yuan(total).text()} is not pric x cnt = {yuan(price * cnt).text()}",
+                    NR.AMOUNT_MISMATCH,
+                )
+            out.append(
+                {
+                    "feedetl_sn": sn,
+                    "code": text(row, "med_list_codg", where, required=True, limit=40),
+                    "pric": price,
+                    "cnt": cnt,
+                    "bch": text(row, "chrg_bchno", where, limit=30),
+                    "at": text(row, "fee_ocur_time", where, limit=19),
+                    "medins": text(row, "medins_list_codg", where, limit=50),
+                }
+            )
         return out
 
-    def bill(self, meta: dict[str, Any], details: list[dict[str, Any]], med_type: str,
-             data: dict[str, Any], interim: bool = False) -> Any:  # fmt: skip
+    def bill(
+        self,
+        meta: dict[str, Any],
+        details: list[dict[str, Any]],
+        med_type: str,
+        data: dict[str, Any],
+        interim: bool = False,
+    ) -> Any:
         visit_type = VISIT_OF_MED_TYPE.get(med_type)
         if visit_type is None:
-            raise rejected("input.data.med_type", f"{med_type} is not served (11, 12, 13, 14, 21, 41)",
-                           NR.TRANSACTION_UNSUPPORTED)  # fmt: skip
+            raise rejected(
+                "input.data.med_type",
+                f"{med_type} is not served (11, 12, 13, 14, 21, 41)",
+                NR.TRANSACTION_UNSUPPORTED,
+            )
         out = pb.Bill(
             visit_type=visit_type,
-            lines=[pb.BillLine(code=d["code"], unit_price_fen=d["pric"], quantity=d["cnt"], line_no=i + 1,
-                               service_date=d["at"]) for i, d in enumerate(details)],
+            lines=[
+                pb.BillLine(
+                    code=d["code"],
+                    unit_price_fen=d["pric"],
+                    quantity=d["cnt"],
+                    line_no=i + 1,
+                    service_date=d["at"],
+                )
+                for i, d in enumerate(details)
+            ],
             disease_code=text(data, "dise_codg", "input.data", limit=40) or meta.get("dise_codg", ""),
             decline_account=text(data, "acct_used_flag", "input.data", limit=1) == "0",
-        )  # fmt: skip
+        )
         if visit_type == pb.VISIT_TYPE_INPATIENT:
             out.stay_id = meta["mdtrt_id"]
             out.interim = interim
@@ -504,19 +611,29 @@ class Translation:
         visit = await self.visit_of(req, raw[0], "input.feedetail[0]")
         inpatient = visit.meta["med_type"] == "21"
         if inpatient != (req.infno == "2301"):
-            raise rejected("infno", f"{'2301' if inpatient else '2204'} uploads this visit's details"
-                           f" (med_type {visit.meta['med_type']})")  # fmt: skip
+            raise rejected(
+                "infno",
+                f"{'2301' if inpatient else '2204'} uploads this visit's details"
+                f" (med_type {visit.meta['med_type']})",
+            )
         if visit.meta["status"] != "open":
             raise rejected("input.feedetail[0].mdtrt_id", "the visit is cancelled", NR.VISIT_CLOSED)
         new = self.details(raw, "input.feedetail", mdtrt_id)
         for i, d in enumerate(new):
             if d["feedetl_sn"] in visit.lines:
-                raise rejected(f"input.feedetail[{i}].feedetl_sn", f"{d['feedetl_sn']} is already uploaded;"
-                               " cancel it first (2205/2302)", NR.FEE_DETAIL_REJECTED)  # fmt: skip
+                raise rejected(
+                    f"input.feedetail[{i}].feedetl_sn",
+                    f"{d['feedetl_sn']} is already uploaded; cancel it first (2205/2302)",
+                    NR.FEE_DETAIL_REJECTED,
+                )
         held = len(visit.lines) + len(new)
         if held > self.limits.fee_details_per_visit_max:
-            raise rejected("input.feedetail", f"a visit holds at most {self.limits.fee_details_per_visit_max}"
-                           f" details ({len(visit.lines)} held)", NR.FEE_DETAIL_REJECTED)  # fmt: skip
+            raise rejected(
+                "input.feedetail",
+                f"a visit holds at most {self.limits.fee_details_per_visit_max}"
+                f" details ({len(visit.lines)} held)",
+                NR.FEE_DETAIL_REJECTED,
+            )
         # the split of the open details with the new ones, by the service layer, before anything is kept:
         # a detail it refuses (an unknown code, a date outside the stay) is refused here, nothing written
         details = [*visit.open_lines(), *new]
@@ -525,9 +642,12 @@ class Translation:
         answer = await self.call(self.servicer.PreSettle(request), details)
         outcome = await self.store.add_lines(mdtrt_id, new, self.limits.fee_details_per_visit_max)
         if outcome[0] != "ok":
-            why = {"full": "the visit's limit of details was reached meanwhile", "duplicate":
-                   f"{outcome[-1]} was uploaded meanwhile", "closed": "the visit was cancelled meanwhile",
-                   "missing": "the visit expired"}.get(outcome[0], outcome[0])  # fmt: skip
+            why = {
+                "full": "the visit's limit of details was reached meanwhile",
+                "duplicate": f"{outcome[-1]} was uploaded meanwhile",
+                "closed": "the visit was cancelled meanwhile",
+                "missing": "the visit expired",
+            }.get(outcome[0], outcome[0])
             raise rejected("input.feedetail", why, NR.FEE_DETAIL_REJECTED)
         results = outputs.line_results(answer.split, details)
         return {"result": results[len(details) - len(new) :]}
@@ -545,9 +665,12 @@ class Translation:
             return {}
         outcome = await self.store.remove_lines(visit.mdtrt_id, sns)
         if outcome[0] != "ok":
-            why = {"unknown": f"{outcome[1]} is not a detail of this visit", "settled":
-                   f"{outcome[1]} is settled by {outcome[-1]}: cancel that settlement first (2208/2305)",
-                   "settling": f"{outcome[1]} is being settled by message {outcome[-1]}"}.get(outcome[0], outcome[0])  # fmt: skip
+            why = {
+                "unknown": f"{outcome[1]} is not a detail of this visit",
+                "settled": f"{outcome[1]} is settled by {outcome[-1]}: cancel that settlement first"
+                " (2208/2305)",
+                "settling": f"{outcome[1]} is being settled by message {outcome[-1]}",
+            }.get(outcome[0], outcome[0])
             raise rejected("input.data.feedetl_sn", why, NR.FEE_DETAIL_REJECTED)
         return {}
 
@@ -564,8 +687,11 @@ class Translation:
         if (med_type == "21") != (req.infno in ("2303", "2304")):
             raise rejected("infno", "2206/2207 settle outpatient visits, 2303/2304 inpatient stays")
         if text(data, "psn_setlway", "input.data", limit=2) == "02":
-            raise rejected("input.data.psn_setlway", "02 (by fixed quota) is not served: 01 (by item)",
-                           NR.TRANSACTION_UNSUPPORTED)  # fmt: skip
+            raise rejected(
+                "input.data.psn_setlway",
+                "02 (by fixed quota) is not served: 01 (by item)",
+                NR.TRANSACTION_UNSUPPORTED,
+            )
         if visit.meta["status"] != "open":
             raise rejected("input.data.mdtrt_id", "the visit is cancelled", NR.VISIT_CLOSED)
         batch = text(data, "chrg_bchno", "input.data", limit=30)
@@ -573,13 +699,21 @@ class Translation:
             d for d in visit.open_lines() if not batch or d["bch"] == batch or req.infno in ("2303", "2304")
         ]
         if not details:
-            raise rejected("input.data.mdtrt_id", "no fee details to settle: upload them with 2204/2301"
-                           + (f" (charge batch {batch})" if batch else ""), NR.FEE_DETAIL_REJECTED)  # fmt: skip
+            raise rejected(
+                "input.data.mdtrt_id",
+                "no fee details to settle: upload them with 2204/2301"
+                + (f" (charge batch {batch})" if batch else ""),
+                NR.FEE_DETAIL_REJECTED,
+            )
         stated = amount(data, "medfee_sumamt", "input.data")
         total = sum(d["pric"] * d["cnt"] for d in details)
         if stated != total:
-            raise rejected("input.data.medfee_sumamt", f"{yuan(stated or 0).text()} is not the total of the"
-                           f" {len(details)} open fee details, {yuan(total).text()}", NR.AMOUNT_MISMATCH)  # fmt: skip
+            raise rejected(
+                "input.data.medfee_sumamt",
+                f"{yuan(stated or 0).text()} is not the total of the"
+                f" {len(details)} open fee details, {yuan(total).text()}",
+                NR.AMOUNT_MISMATCH,
+            )
         return details, med_type
 
     async def presettle(self, req: Request) -> Any:
@@ -591,8 +725,10 @@ class Translation:
         request = pb.SettleRequest(envelope=self.envelope(req), person=self.person_ref(visit.meta), bill=bill)
         answer = await self.call(self.servicer.PreSettle(request), details)
         split = answer.split
-        return {"setlinfo": outputs.setlinfo(split, visit.meta, None, None, req.msgid, med_type),
-                "setldetail": outputs.setldetail(split)}  # fmt: skip
+        return {
+            "setlinfo": outputs.setlinfo(split, visit.meta, None, None, req.msgid, med_type),
+            "setldetail": outputs.setldetail(split),
+        }
 
     async def settle(self, req: Request) -> Any:
         data = node(req.input, "data") or node(req.input, "mdtrtinfo")
@@ -609,11 +745,18 @@ class Translation:
             sns = [s for s in claimed[1].split("|") if s]
             details = [visit.lines[s] for s in sns if s in visit.lines]
         elif claimed[0] == "busy":
-            raise rejected("input.data.mdtrt_id", f"message {claimed[1]} is settling this visit: resend it"
-                           " with its own msgid, or reverse it with 2601", NR.SETTLEMENT_IN_FLIGHT)  # fmt: skip
+            raise rejected(
+                "input.data.mdtrt_id",
+                f"message {claimed[1]} is settling this visit: resend it"
+                " with its own msgid, or reverse it with 2601",
+                NR.SETTLEMENT_IN_FLIGHT,
+            )
         elif claimed[0] != "ok":
-            raise rejected("input.data.mdtrt_id", f"its details changed meanwhile ({' '.join(claimed)})",
-                           NR.FEE_DETAIL_REJECTED)  # fmt: skip
+            raise rejected(
+                "input.data.mdtrt_id",
+                f"its details changed meanwhile ({' '.join(claimed)})",
+                NR.FEE_DETAIL_REJECTED,
+            )
         interim = text(data, "mid_setl_flag", "input.data", limit=1) == "1"
         bill = self.bill(visit.meta, details, med_type, data, interim)
         request = pb.SettleRequest(envelope=self.envelope(req), person=self.person_ref(visit.meta), bill=bill)
@@ -627,14 +770,18 @@ class Translation:
             raise  # outcome unknown: the claim stays until this msgid is resent or reversed (2601)
         settled = pb.SettleResponse.FromString(raw)
         await self.store.finish_settlement(visit.mdtrt_id, req.msgid, settled.settlement_id)
-        return self.settled_output(settled.split, visit.meta, settled.settlement_id, settled.settled_at,
-                                   settled.message_id, med_type)  # fmt: skip
+        return self.settled_output(
+            settled.split, visit.meta, settled.settlement_id, settled.settled_at, settled.message_id, med_type
+        )
 
-    def settled_output(self, split: Any, meta: dict[str, Any], setl_id: str, at: str, msgid: str,
-                       med_type: str) -> dict[str, Any]:  # fmt: skip
+    def settled_output(
+        self, split: Any, meta: dict[str, Any], setl_id: str, at: str, msgid: str, med_type: str
+    ) -> dict[str, Any]:
         setl_time = at[:19].replace("T", " ") if at else None
-        return {"setlinfo": outputs.setlinfo(split, meta, setl_id, setl_time, msgid, med_type),
-                "setldetail": outputs.setldetail(split)}  # fmt: skip
+        return {
+            "setlinfo": outputs.setlinfo(split, meta, setl_id, setl_time, msgid, med_type),
+            "setldetail": outputs.setldetail(split),
+        }
 
     # ---------------------------------------------------------------- 2101 / 2102 (pharmacy)
 
@@ -642,8 +789,12 @@ class Translation:
         data = node(req.input, "data")
         psn_no = text(data, "psn_no", "input.data", required=True, limit=40)
         record = await self.person_record(psn_no, "input.data.psn_no")
-        ref = self.ref_of(text(data, "mdtrt_cert_type", "input.data", limit=3),
-                          text(data, "mdtrt_cert_no", "input.data", limit=40), record, "input.data")  # fmt: skip
+        ref = self.ref_of(
+            text(data, "mdtrt_cert_type", "input.data", limit=3),
+            text(data, "mdtrt_cert_no", "input.data", limit=40),
+            record,
+            "input.data",
+        )
         med_type = text(data, "med_type", "input.data", limit=6) or "41"
         if med_type != "41":
             raise rejected("input.data.med_type", "a pharmacy sale is 41", NR.TRANSACTION_UNSUPPORTED)
@@ -653,31 +804,50 @@ class Translation:
         stated = amount(data, "medfee_sumamt", "input.data")
         total = sum(d["pric"] * d["cnt"] for d in details)
         if stated != total:
-            raise rejected("input.data.medfee_sumamt", f"{yuan(stated or 0).text()} is not the drug details'"
-                           f" total {yuan(total).text()}", NR.AMOUNT_MISMATCH)  # fmt: skip
-        meta = {"mdtrt_id": text(data, "mdtrt_id", "input.data", limit=30), "psn_no": psn_no,
-                "mdtrt_cert_type": "03" if ref.HasField("card_no") else "02", "begntime":
-                text(data, "begntime", "input.data", limit=19), **self.person_fields(record, self.now().date())}  # fmt: skip
+            raise rejected(
+                "input.data.medfee_sumamt",
+                f"{yuan(stated or 0).text()} is not the drug details' total {yuan(total).text()}",
+                NR.AMOUNT_MISMATCH,
+            )
+        meta = {
+            "mdtrt_id": text(data, "mdtrt_id", "input.data", limit=30),
+            "psn_no": psn_no,
+            "mdtrt_cert_type": "03" if ref.HasField("card_no") else "02",
+            "begntime": text(data, "begntime", "input.data", limit=19),
+            **self.person_fields(record, self.now().date()),
+        }
         bill = pb.Bill(
-            visit_type=pb.VISIT_TYPE_PHARMACY, visit_date=day_text(meta["begntime"]),
+            visit_type=pb.VISIT_TYPE_PHARMACY,
+            visit_date=day_text(meta["begntime"]),
             decline_account=text(data, "acct_used_flag", "input.data", limit=1) == "0",
-            lines=[pb.BillLine(code=d["code"], unit_price_fen=d["pric"], quantity=d["cnt"], line_no=i + 1,
-                               service_date=d["at"]) for i, d in enumerate(details)],
-        )  # fmt: skip
+            lines=[
+                pb.BillLine(
+                    code=d["code"],
+                    unit_price_fen=d["pric"],
+                    quantity=d["cnt"],
+                    line_no=i + 1,
+                    service_date=d["at"],
+                )
+                for i, d in enumerate(details)
+            ],
+        )
         return pb.SettleRequest(envelope=self.envelope(req), person=ref, bill=bill), meta, details
 
     async def pharmacy_presettle(self, req: Request) -> Any:
         request, meta, details = await self.pharmacy(req)
         answer = await self.call(self.servicer.PreSettle(request), details)
-        return {"setlinfo": outputs.setlinfo(answer.split, meta, None, None, req.msgid, "41"),
-                "setldetail": outputs.setldetail(answer.split)}  # fmt: skip
+        return {
+            "setlinfo": outputs.setlinfo(answer.split, meta, None, None, req.msgid, "41"),
+            "setldetail": outputs.setldetail(answer.split),
+        }
 
     async def pharmacy_settle(self, req: Request) -> Any:
         request, meta, details = await self.pharmacy(req)
         settled = pb.SettleResponse.FromString(await self.call(self.servicer.Settle(request), details))
         meta = {**meta, "mdtrt_id": meta["mdtrt_id"] or settled.settlement_id}
-        return self.settled_output(settled.split, meta, settled.settlement_id, settled.settled_at,
-                                   settled.message_id, "41")  # fmt: skip
+        return self.settled_output(
+            settled.split, meta, settled.settlement_id, settled.settled_at, settled.message_id, "41"
+        )
 
     # ---------------------------------------------------------------- 2208 / 2305 / 2103 / 2601
 
@@ -688,24 +858,37 @@ class Translation:
         mdtrt_id = text(data, "mdtrt_id", "input.data", limit=30)
         visit = await self.visit_of(req, data, "input.data") if mdtrt_id and req.infno != "2103" else None
         if visit is not None and setl_id not in visit.parts:
-            raise rejected("input.data.setl_id", f"{setl_id} is not a settlement of visit {mdtrt_id}"
-                           " standing now", NR.VISIT_NOT_FOUND)  # fmt: skip
+            raise rejected(
+                "input.data.setl_id",
+                f"{setl_id} is not a settlement of visit {mdtrt_id} standing now",
+                NR.VISIT_NOT_FOUND,
+            )
         looked = pb.GetSettlementRequest(envelope=self.envelope(req), settlement_id=setl_id)
         found = await self.call(self.servicer.GetSettlement(looked))
         if found.settlement.person_id != psn_no:
-            raise NhsaError(REJECTED, f"input.data.setl_id: no settlement {setl_id} of {psn_no} here"
-                            " (SETTLEMENT_NOT_FOUND 402)")  # fmt: skip
+            raise NhsaError(
+                REJECTED,
+                f"input.data.setl_id: no settlement {setl_id} of {psn_no} here (SETTLEMENT_NOT_FOUND 402)",
+            )
         request = pb.ReverseRequest(envelope=self.envelope(req), settlement_id=setl_id)
         reversed_ = pb.ReverseResponse.FromString(await self.call(self.servicer.Reverse(request)))
         if visit is not None:
             await self.store.unsettle(visit.mdtrt_id, setl_id)
         record = await self.person_record(psn_no, "input.data.psn_no")
-        meta = visit.meta if visit is not None else {
-            "mdtrt_id": mdtrt_id or setl_id, "psn_no": psn_no, "mdtrt_cert_type": "",
-            **self.person_fields(record, self.now().date())}  # fmt: skip
+        meta = (
+            visit.meta
+            if visit is not None
+            else {
+                "mdtrt_id": mdtrt_id or setl_id,
+                "psn_no": psn_no,
+                "mdtrt_cert_type": "",
+                **self.person_fields(record, self.now().date()),
+            }
+        )
         med_type = meta.get("med_type", "41")
-        return self.settled_output(reversed_.split, meta, reversed_.reversal_id, reversed_.reversed_at,
-                                   req.msgid, med_type)  # fmt: skip
+        return self.settled_output(
+            reversed_.split, meta, reversed_.reversal_id, reversed_.reversed_at, req.msgid, med_type
+        )
 
     async def reverse_message(self, req: Request) -> Any:
         data = node(req.input, "data")
@@ -713,11 +896,17 @@ class Translation:
         omsgid = text(data, "omsgid", "input.data", required=True, limit=codec.MESSAGE_ID_LEN_MAX)
         oinfno = text(data, "oinfno", "input.data", required=True, limit=4)
         if oinfno not in REVERSIBLE_BY_2601:
-            raise rejected("input.data.oinfno", f"2601 reverses {', '.join(REVERSIBLE_BY_2601)}; cancel a"
-                           f" {oinfno} with its own transaction", NR.TRANSACTION_UNSUPPORTED)  # fmt: skip
+            raise rejected(
+                "input.data.oinfno",
+                f"2601 reverses {', '.join(REVERSIBLE_BY_2601)}; cancel a {oinfno} with its own transaction",
+                NR.TRANSACTION_UNSUPPORTED,
+            )
         record = await self.person_record(psn_no, "input.data.psn_no")
-        request = pb.ReverseRequest(envelope=self.envelope(req), original_message_id=omsgid,
-                                    person=pb.PersonRef(id_number=record["id_number"]))  # fmt: skip
+        request = pb.ReverseRequest(
+            envelope=self.envelope(req),
+            original_message_id=omsgid,
+            person=pb.PersonRef(id_number=record["id_number"]),
+        )
         reversed_ = pb.ReverseResponse.FromString(await self.call(self.servicer.Reverse(request)))
         mdtrt_id = await self.store.visit_of_message(psn_no, req.institution, omsgid)
         if mdtrt_id is not None:
@@ -735,17 +924,27 @@ class Translation:
         request = pb.GetSettlementRequest(envelope=self.envelope(req), settlement_id=setl_id)
         found = await self.call(self.servicer.GetSettlement(request))
         if found.settlement.person_id != psn_no:
-            raise NhsaError(REJECTED, f"input.data.setl_id: no settlement {setl_id} of {psn_no} here"
-                            " (SETTLEMENT_NOT_FOUND 402)")  # fmt: skip
+            raise NhsaError(
+                REJECTED,
+                f"input.data.setl_id: no settlement {setl_id} of {psn_no} here (SETTLEMENT_NOT_FOUND 402)",
+            )
         mdtrt_id = text(data, "mdtrt_id", "input.data", limit=30)
         visit = await self.store.visit(mdtrt_id) if mdtrt_id else None
         record = await self.person_record(psn_no, "input.data.psn_no")
-        meta = visit.meta if visit is not None and visit.meta["psn_no"] == psn_no else {
-            "mdtrt_id": mdtrt_id, "psn_no": psn_no, "mdtrt_cert_type": "",
-            **self.person_fields(record, self.now().date())}  # fmt: skip
+        meta = (
+            visit.meta
+            if visit is not None and visit.meta["psn_no"] == psn_no
+            else {
+                "mdtrt_id": mdtrt_id,
+                "psn_no": psn_no,
+                "mdtrt_cert_type": "",
+                **self.person_fields(record, self.now().date()),
+            }
+        )
         s = found.settlement
-        out = self.settled_output(found.current, meta, s.settlement_id, s.settled_at, s.message_id,
-                                  meta.get("med_type", "11"))  # fmt: skip
+        out = self.settled_output(
+            found.current, meta, s.settlement_id, s.settled_at, s.message_id, meta.get("med_type", "11")
+        )
         out["setlinfo"]["refd_setl_flag"] = "1" if found.status == pb.SETTLEMENT_STATUS_REVERSED else "0"
         return out
 
@@ -763,8 +962,13 @@ class Translation:
         fund = amount(data, "fund_pay_sumamt", "input.data") or 0
         account = amount(data, "acct_pay", "input.data") or 0
         count = count_of(data.get("fixmedins_setl_cnt", 0), "input.data.fixmedins_setl_cnt")
-        totals = pb.Totals(count=count, total_fen=total, fund_total_fen=fund, account_fen=account,
-                           cash_fen=total - fund - account)  # fmt: skip
+        totals = pb.Totals(
+            count=count,
+            total_fen=total,
+            fund_total_fen=fund,
+            account_fen=account,
+            cash_fen=total - fund - account,
+        )
         request = pb.ReconcileRequest(
             envelope=self.envelope(req), date_from=begin, date_to=end, totals=totals
         )
@@ -772,19 +976,35 @@ class Translation:
         ours = answer.gateway_totals
         optins = text(data, "setl_optins", "input.data", limit=6)
         if answer.matched:
-            return {"stmtinfo": {"setl_optins": optins, "stmt_rslt": "000000", "stmt_rslt_dscr": "平",
-                                 "exp_content": None}}  # fmt: skip
-        return {"stmtinfo": {"setl_optins": optins, "stmt_rslt": "000103", "stmt_rslt_dscr":
-                f"对总账失败: 数据不一致(平台: 笔数{ours.count}/总额{yuan(ours.total_fen).text()}/基金"
+            return {
+                "stmtinfo": {
+                    "setl_optins": optins,
+                    "stmt_rslt": "000000",
+                    "stmt_rslt_dscr": "平",
+                    "exp_content": None,
+                }
+            }
+        return {
+            "stmtinfo": {
+                "setl_optins": optins,
+                "stmt_rslt": "000103",
+                "stmt_rslt_dscr": f"对总账失败: 数据不一致(平台: 笔数{ours.count}/总额"
+                f"{yuan(ours.total_fen).text()}/基金"
                 f"{yuan(ours.fund_total_fen).text()}/个账{yuan(ours.account_fen).text()}; posted through"
-                f" {answer.posted_through})", "exp_content": None}}  # fmt: skip
+                f" {answer.posted_through})",
+                "exp_content": None,
+            }
+        }
 
     async def reconcile_detail(self, req: Request) -> Any:
         """3202 with the detail rows inline (`input.detail[]`), not as a file uploaded with 9101."""
         data = node(req.input, "data")
         if text(data, "file_qury_no", "input.data", limit=30):
-            raise rejected("input.data.file_qury_no", "file upload (9101) is not served: send the rows"
-                           " inline in input.detail[]", NR.TRANSACTION_UNSUPPORTED)  # fmt: skip
+            raise rejected(
+                "input.data.file_qury_no",
+                "file upload (9101) is not served: send the rows inline in input.detail[]",
+                NR.TRANSACTION_UNSUPPORTED,
+            )
         begin, end = self.period(data)
         detail = rows(req.input, "detail", data)
         if len(detail) > self.limits.reconcile_rows_max:
@@ -797,41 +1017,61 @@ class Translation:
                 raise rejected(f"{where}.medins_setl_id", "the settling message's msgid is required")
             if text(row, "refd_setl_flag", where, limit=1) == "1":
                 raise rejected(f"{where}.refd_setl_flag", "send the settlements still standing only (0)")
-            items.append(pb.ReconcileItem(message_id=msgid, total_fen=amount(row, "medfee_sumamt", where),
-                         fund_total_fen=amount(row, "fund_pay_sumamt", where),
-                         account_fen=amount(row, "acct_pay", where)))  # fmt: skip
+            items.append(
+                pb.ReconcileItem(
+                    message_id=msgid,
+                    total_fen=amount(row, "medfee_sumamt", where),
+                    fund_total_fen=amount(row, "fund_pay_sumamt", where),
+                    account_fen=amount(row, "acct_pay", where),
+                )
+            )
             known[msgid] = row
         items.sort(key=lambda item: item.message_id)
         total = amount(data, "medfee_sumamt", "input.data", required=False) or 0
         fund = amount(data, "fund_pay_sumamt", "input.data", required=False) or 0
         cash = amount(data, "cash_payamt", "input.data", required=False) or 0
         count = count_of(data.get("fixmedins_setl_cnt") or 0, "input.data.fixmedins_setl_cnt")
-        totals = pb.Totals(count=count, total_fen=total, fund_total_fen=fund, account_fen=total - fund - cash,
-                           cash_fen=cash)  # fmt: skip
-        request = pb.ReconcileRequest(envelope=self.envelope(req), date_from=begin, date_to=end, totals=totals,
-                                      items=items)  # fmt: skip
+        totals = pb.Totals(
+            count=count, total_fen=total, fund_total_fen=fund, account_fen=total - fund - cash, cash_fen=cash
+        )
+        request = pb.ReconcileRequest(
+            envelope=self.envelope(req), date_from=begin, date_to=end, totals=totals, items=items
+        )
         answer = await self.call(self.ledger.Reconcile(request))
-        codes = {pb.ITEM_STATUS_MATCHED: "000000", pb.ITEM_STATUS_MISSING_ON_GATEWAY: "000102",
-                 pb.ITEM_STATUS_MISSING_AT_INSTITUTION: "000101", pb.ITEM_STATUS_AMOUNTS_DIFFER: "000103"}  # fmt: skip
+        codes = {
+            pb.ITEM_STATUS_MATCHED: "000000",
+            pb.ITEM_STATUS_MISSING_ON_GATEWAY: "000102",
+            pb.ITEM_STATUS_MISSING_AT_INSTITUTION: "000101",
+            pb.ITEM_STATUS_AMOUNTS_DIFFER: "000103",
+        }
         result = []
         for item in answer.items:
             row = known.get(item.message_id, {})
             theirs = item.gateway if item.status != pb.ITEM_STATUS_MISSING_ON_GATEWAY else item.institution
-            result.append({
-                "psn_no": row.get("psn_no", ""), "mdtrt_id": row.get("mdtrt_id", ""),
-                "setl_id": item.settlement_id or row.get("setl_id", ""), "msgid": item.message_id,
-                "stmt_rslt": codes.get(item.status, "000103"), "refd_setl_flag": "0", "memo": item.action,
-                "medfee_sumamt": yuan(theirs.total_fen), "fund_pay_sumamt": yuan(theirs.fund_total_fen),
-                "acct_pay": yuan(theirs.account_fen),
-            })  # fmt: skip
+            result.append(
+                {
+                    "psn_no": row.get("psn_no", ""),
+                    "mdtrt_id": row.get("mdtrt_id", ""),
+                    "setl_id": item.settlement_id or row.get("setl_id", ""),
+                    "msgid": item.message_id,
+                    "stmt_rslt": codes.get(item.status, "000103"),
+                    "refd_setl_flag": "0",
+                    "memo": item.action,
+                    "medfee_sumamt": yuan(theirs.total_fen),
+                    "fund_pay_sumamt": yuan(theirs.fund_total_fen),
+                    "acct_pay": yuan(theirs.account_fen),
+                }
+            )
         matched = answer.matched
         return {
-            "stmtinfo": {"setl_optins": text(data, "setl_optins", "input.data", limit=6),
-                         "stmt_rslt": "000000" if matched else "000103",
-                         "stmt_rslt_dscr": "平" if matched else "对明细账失败: 见 result"},
+            "stmtinfo": {
+                "setl_optins": text(data, "setl_optins", "input.data", limit=6),
+                "stmt_rslt": "000000" if matched else "000103",
+                "stmt_rslt_dscr": "平" if matched else "对明细账失败: 见 result",
+            },
             "result": result,
             "next_page_token": answer.next_page_token or None,
-        }  # fmt: skip
+        }
 
 
 def unknown_outcome(exc: BaseException) -> NhsaError:

@@ -53,23 +53,45 @@ class National:
 
     def envelope(self, infno: str, data: dict[str, Any], message_id: str | None = None, **extra: Any) -> Any:
         return {
-            "infno": infno, "msgid": message_id or msgid(self.institution), "mdtrtarea_admvs": "500103",
-            "insuplc_admdvs": "500103", "recer_sys_code": "YBXT", "dev_no": "", "dev_safe_info": "",
-            "cainfo": "", "signtype": "", "infver": "V1.0", "opter_type": "1", "opter": "1022",
-            "opter_name": "钟某", "inf_time": "2026-06-15 10:30:00", "fixmedins_code": self.institution,
-            "fixmedins_name": "测试医院", "sign_no": self.sign_no, "input": data, **extra,
-        }  # fmt: skip
+            "infno": infno,
+            "msgid": message_id or msgid(self.institution),
+            "mdtrtarea_admvs": "500103",
+            "insuplc_admdvs": "500103",
+            "recer_sys_code": "YBXT",
+            "dev_no": "",
+            "dev_safe_info": "",
+            "cainfo": "",
+            "signtype": "",
+            "infver": "V1.0",
+            "opter_type": "1",
+            "opter": "1022",
+            "opter_name": "钟某",
+            "inf_time": "2026-06-15 10:30:00",
+            "fixmedins_code": self.institution,
+            "fixmedins_name": "测试医院",
+            "sign_no": self.sign_no,
+            "input": data,
+            **extra,
+        }
 
-    async def raw(self, body: bytes, path: str = "/fsi/api/rsfComIfsService/callService",
-                  headers: dict[str, str] | None = None) -> tuple[int, bytes]:  # fmt: skip
+    async def raw(
+        self,
+        body: bytes,
+        path: str = "/fsi/api/rsfComIfsService/callService",
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, bytes]:
         sent = {"Content-Type": "application/json", **(headers or {})}
         if self.headers is not None and headers is None:
             sent.update(self.headers(body))
         async with self.session.post(self.base + path, data=body, headers=sent) as response:
             return response.status, await response.read()
 
-    async def send(self, envelope: Any, path: str = "/fsi/api/rsfComIfsService/callService",
-                   headers: dict[str, str] | None = None) -> Any:  # fmt: skip
+    async def send(
+        self,
+        envelope: Any,
+        path: str = "/fsi/api/rsfComIfsService/callService",
+        headers: dict[str, str] | None = None,
+    ) -> Any:
         status, body = await self.raw(dumps(envelope).encode(), path, headers)
         assert status == 200, body
         answer = loads(body)  # amounts stay text: checked in integers
@@ -97,25 +119,59 @@ class National:
         return str(answer["err_msg"])
 
     async def register(self, card: str = CARD, person: str = PERSON, med_type: str = "11") -> str:
-        data = {"psn_no": person, "insutype": "310", "begntime": "2026-06-15 09:00:00", "mdtrt_cert_type": "03",
-                "mdtrt_cert_no": card, "ipt_otp_no": "OP1", "med_type": med_type}  # fmt: skip
+        data = {
+            "psn_no": person,
+            "insutype": "310",
+            "begntime": "2026-06-15 09:00:00",
+            "mdtrt_cert_type": "03",
+            "mdtrt_cert_no": card,
+            "ipt_otp_no": "OP1",
+            "med_type": med_type,
+        }
         return str((await self.ok("2201", {"data": data}))["data"]["mdtrt_id"])
 
-    async def upload(self, mdtrt_id: str, lines: list[tuple[str, str, int]], person: str = PERSON,
-                     infno: str = "2204", first_sn: int = 1, day: str = "2026-06-15") -> Any:  # fmt: skip
+    async def upload(
+        self,
+        mdtrt_id: str,
+        lines: list[tuple[str, str, int]],
+        person: str = PERSON,
+        infno: str = "2204",
+        first_sn: int = 1,
+        day: str = "2026-06-15",
+    ) -> Any:
         rows = [
-            {"feedetl_sn": str(first_sn + i), "mdtrt_id": mdtrt_id, "psn_no": person, "chrg_bchno": "B1",
-             "med_list_codg": code, "medins_list_codg": f"LOCAL-{code}", "pric": price, "cnt": cnt,
-             "det_item_fee_sumamt": yuan_text(fen(price) * cnt),
-             "fee_ocur_time": f"{day} 09:10:00"}
+            {
+                "feedetl_sn": str(first_sn + i),
+                "mdtrt_id": mdtrt_id,
+                "psn_no": person,
+                "chrg_bchno": "B1",
+                "med_list_codg": code,
+                "medins_list_codg": f"LOCAL-{code}",
+                "pric": price,
+                "cnt": cnt,
+                "det_item_fee_sumamt": yuan_text(fen(price) * cnt),
+                "fee_ocur_time": f"{day} 09:10:00",
+            }
             for i, (code, price, cnt) in enumerate(lines)
-        ]  # fmt: skip
+        ]
         return await self.ok(infno, {"feedetail": rows})
 
     def settle_data(self, mdtrt_id: str, total: str, person: str = PERSON, **extra: Any) -> dict[str, Any]:
-        return {"data": {"psn_no": person, "mdtrt_id": mdtrt_id, "medfee_sumamt": total, "med_type": "11",
-                         "psn_setlway": "01", "acct_used_flag": "1", "insutype": "310", "chrg_bchno": "B1",
-                         "mdtrt_cert_type": "03", "mdtrt_cert_no": CARD, **extra}}  # fmt: skip
+        return {
+            "data": {
+                "psn_no": person,
+                "mdtrt_id": mdtrt_id,
+                "medfee_sumamt": total,
+                "med_type": "11",
+                "psn_setlway": "01",
+                "acct_used_flag": "1",
+                "insutype": "310",
+                "chrg_bchno": "B1",
+                "mdtrt_cert_type": "03",
+                "mdtrt_cert_no": CARD,
+                **extra,
+            }
+        }
 
 
 def yuan_text(amount_fen: int) -> str:
@@ -127,9 +183,15 @@ async def start(redis_server: EmbeddedRedis, tmp_path: Path, **config: Any) -> G
     keys = tmp_path / "secrets" / "nhsa-keys.json"
     write_key_file(keys, KEYS)
     settings: dict[str, Any] = {
-        "listen": "127.0.0.1:0", "redis_url": redis_server.url, "health_interval_ms": 100, "tls": None,
-        "index_key": INDEX_KEY, "nhsa_listen": "127.0.0.1:0", "nhsa_keys_file": keys, **config,
-    }  # fmt: skip
+        "listen": "127.0.0.1:0",
+        "redis_url": redis_server.url,
+        "health_interval_ms": 100,
+        "tls": None,
+        "index_key": INDEX_KEY,
+        "nhsa_listen": "127.0.0.1:0",
+        "nhsa_keys_file": keys,
+        **config,
+    }
     cfg = Config(**settings)
     client = redis_client(redis_server.url, cfg)
     await load_citydata_dir(client, cfg.citydata, index=INDEX)

@@ -9,35 +9,120 @@ from typing import Any
 from gateway.nhsa.amounts import fen
 
 ENVELOPE = ("infcode", "inf_refmsgid", "refmsg_time", "respond_time", "err_msg", "output")
-SETLINFO = (
-    "mdtrt_id setl_id psn_no psn_name psn_cert_type certno gend naty brdy age insutype psn_type"
-    " cvlserv_flag setl_time mdtrt_cert_type med_type medfee_sumamt fulamt_ownpay_amt overlmt_selfpay"
-    " preselfpay_amt inscp_scp_amt act_pay_dedc hifp_pay pool_prop_selfpay cvlserv_pay hifes_pay hifmi_pay"
-    " hifob_pay maf_pay oth_pay fund_pay_sumamt psn_part_amt acct_pay psn_cash_pay hosp_part_amt balc"
-    " acct_mulaid_pay medins_setl_id clr_optins clr_way clr_type"
-).split()
-SETLDETAIL = (
-    "fund_pay_type inscp_scp_amt crt_payb_lmt_amt fund_payamt fund_pay_type_name setl_proc_info".split()
-)
-FEE_RESULT = (
-    "feedetl_sn det_item_fee_sumamt cnt pric pric_uplmt_amt selfpay_prop fulamt_ownpay_amt overlmt_amt"
-    " preselfpay_amt inscp_scp_amt chrgitm_lv med_chrgitm_type"
-).split()
-BASEINFO = "psn_no psn_cert_type certno psn_name gend naty brdy age".split()
-INSUINFO = (
-    "balc insutype psn_type psn_insu_stas psn_insu_date paus_insu_date cvlserv_flag insuplc_admdvs emp_name"
-).split()
-VISIT = "mdtrt_id psn_no ipt_otp_no".split()
-SIGNIN = "sign_time sign_no".split()
-STMTINFO = "setl_optins stmt_rslt stmt_rslt_dscr".split()
-STMT_ROW = (
-    "psn_no mdtrt_id setl_id msgid stmt_rslt refd_setl_flag memo medfee_sumamt fund_pay_sumamt acct_pay"
-).split()
-MONEY = (
-    "medfee_sumamt fulamt_ownpay_amt overlmt_selfpay preselfpay_amt inscp_scp_amt act_pay_dedc hifp_pay"
-    " cvlserv_pay hifes_pay hifmi_pay hifob_pay maf_pay oth_pay fund_pay_sumamt psn_part_amt acct_pay"
-    " psn_cash_pay hosp_part_amt balc acct_mulaid_pay"
-).split()
+SETLINFO = [
+    "mdtrt_id",
+    "setl_id",
+    "psn_no",
+    "psn_name",
+    "psn_cert_type",
+    "certno",
+    "gend",
+    "naty",
+    "brdy",
+    "age",
+    "insutype",
+    "psn_type",
+    "cvlserv_flag",
+    "setl_time",
+    "mdtrt_cert_type",
+    "med_type",
+    "medfee_sumamt",
+    "fulamt_ownpay_amt",
+    "overlmt_selfpay",
+    "preselfpay_amt",
+    "inscp_scp_amt",
+    "act_pay_dedc",
+    "hifp_pay",
+    "pool_prop_selfpay",
+    "cvlserv_pay",
+    "hifes_pay",
+    "hifmi_pay",
+    "hifob_pay",
+    "maf_pay",
+    "oth_pay",
+    "fund_pay_sumamt",
+    "psn_part_amt",
+    "acct_pay",
+    "psn_cash_pay",
+    "hosp_part_amt",
+    "balc",
+    "acct_mulaid_pay",
+    "medins_setl_id",
+    "clr_optins",
+    "clr_way",
+    "clr_type",
+]
+SETLDETAIL = [
+    "fund_pay_type",
+    "inscp_scp_amt",
+    "crt_payb_lmt_amt",
+    "fund_payamt",
+    "fund_pay_type_name",
+    "setl_proc_info",
+]
+FEE_RESULT = [
+    "feedetl_sn",
+    "det_item_fee_sumamt",
+    "cnt",
+    "pric",
+    "pric_uplmt_amt",
+    "selfpay_prop",
+    "fulamt_ownpay_amt",
+    "overlmt_amt",
+    "preselfpay_amt",
+    "inscp_scp_amt",
+    "chrgitm_lv",
+    "med_chrgitm_type",
+]
+BASEINFO = ["psn_no", "psn_cert_type", "certno", "psn_name", "gend", "naty", "brdy", "age"]
+INSUINFO = [
+    "balc",
+    "insutype",
+    "psn_type",
+    "psn_insu_stas",
+    "psn_insu_date",
+    "paus_insu_date",
+    "cvlserv_flag",
+    "insuplc_admdvs",
+    "emp_name",
+]
+VISIT = ["mdtrt_id", "psn_no", "ipt_otp_no"]
+SIGNIN = ["sign_time", "sign_no"]
+STMTINFO = ["setl_optins", "stmt_rslt", "stmt_rslt_dscr"]
+STMT_ROW = [
+    "psn_no",
+    "mdtrt_id",
+    "setl_id",
+    "msgid",
+    "stmt_rslt",
+    "refd_setl_flag",
+    "memo",
+    "medfee_sumamt",
+    "fund_pay_sumamt",
+    "acct_pay",
+]
+MONEY = [
+    "medfee_sumamt",
+    "fulamt_ownpay_amt",
+    "overlmt_selfpay",
+    "preselfpay_amt",
+    "inscp_scp_amt",
+    "act_pay_dedc",
+    "hifp_pay",
+    "cvlserv_pay",
+    "hifes_pay",
+    "hifmi_pay",
+    "hifob_pay",
+    "maf_pay",
+    "oth_pay",
+    "fund_pay_sumamt",
+    "psn_part_amt",
+    "acct_pay",
+    "psn_cash_pay",
+    "hosp_part_amt",
+    "balc",
+    "acct_mulaid_pay",
+]
 YUAN = re.compile(r"^-?\d+\.\d\d$")
 STAMP = re.compile(r"^\d{17}$")
 

@@ -57,10 +57,26 @@ def response_samples() -> list[tuple[str, int, dict[str, Any]]]:
 REQUESTS = request_samples()
 # region-specific fields of the samples that the national field lists (NHSA.md) do not have
 REGIONAL = {
-    "cashPayamt", "crt_dedc", "dedc_std", "hifdm_pay", "inscp_amt", "insu_admdvs", "mdtrt_cert_no",
-    "othfund_pay", "ownpay_hosp_part", "psn_insu_rlts_id", "psn_pay", "begndate", "enddate", "invono",
-    "setl_type", "exp_content", "expContent", "cardecinfo", "idetinfo",
-}  # fmt: skip
+    "cashPayamt",
+    "crt_dedc",
+    "dedc_std",
+    "hifdm_pay",
+    "inscp_amt",
+    "insu_admdvs",
+    "mdtrt_cert_no",
+    "othfund_pay",
+    "ownpay_hosp_part",
+    "psn_insu_rlts_id",
+    "psn_pay",
+    "begndate",
+    "enddate",
+    "invono",
+    "setl_type",
+    "exp_content",
+    "expContent",
+    "cardecinfo",
+    "idetinfo",
+}
 
 
 @pytest_asyncio.fixture
@@ -97,8 +113,12 @@ def mapped(payload: Any, his: National, values: dict[str, str]) -> dict[str, Any
         if key in values:
             return values[key]
         if isinstance(value, str) and value.startswith("<") and value.endswith(">"):
-            return {"insutype": "310", "stmt_begndate": "2026-06-15", "stmt_enddate": "2026-06-15",
-                    "inf_time": "2026-06-15 10:30:00"}.get(key, "")  # fmt: skip
+            return {
+                "insutype": "310",
+                "stmt_begndate": "2026-06-15",
+                "stmt_enddate": "2026-06-15",
+                "inf_time": "2026-06-15 10:30:00",
+            }.get(key, "")
         if key in ("stmt_begndate", "stmt_enddate") and value == "":
             return "2026-06-15"
         return value
@@ -109,17 +129,34 @@ def mapped(payload: Any, his: National, values: dict[str, str]) -> dict[str, Any
 
 
 def values_of_envelope(his: National) -> dict[str, Any]:
-    return {"fixmedins_code": his.institution, "msgid": msgid(his.institution), "sign_no": his.sign_no,
-            "mdtrtarea_admvs": "500103", "insuplc_admdvs": "500103", "inf_time": "2026-06-15 10:30:00"}  # fmt: skip
+    return {
+        "fixmedins_code": his.institution,
+        "msgid": msgid(his.institution),
+        "sign_no": his.sign_no,
+        "mdtrtarea_admvs": "500103",
+        "insuplc_admdvs": "500103",
+        "inf_time": "2026-06-15 10:30:00",
+    }
 
 
-async def settled_visit(his: National, card: str = CARD, person: str = PERSON, batch: str = "B1",
-                        price: str = "25.00") -> tuple[str, str, str]:  # fmt: skip
+async def settled_visit(
+    his: National, card: str = CARD, person: str = PERSON, batch: str = "B1", price: str = "25.00"
+) -> tuple[str, str, str]:
     """A registered, uploaded and settled outpatient visit: (mdtrt_id, setl_id, msgid of the 2207)."""
     mdtrt_id = await his.register(card, person)
-    rows = [{"feedetl_sn": "1", "mdtrt_id": mdtrt_id, "psn_no": person, "chrg_bchno": batch,
-             "med_list_codg": "T000001", "pric": price, "cnt": 1, "det_item_fee_sumamt": price,
-             "fee_ocur_time": "2026-06-15 09:10:00"}]  # fmt: skip
+    rows = [
+        {
+            "feedetl_sn": "1",
+            "mdtrt_id": mdtrt_id,
+            "psn_no": person,
+            "chrg_bchno": batch,
+            "med_list_codg": "T000001",
+            "pric": price,
+            "cnt": 1,
+            "det_item_fee_sumamt": price,
+            "fee_ocur_time": "2026-06-15 09:10:00",
+        }
+    ]
     await his.ok("2204", {"feedetail": rows})
     message_id = msgid()
     data = his.settle_data(mdtrt_id, price, person, chrg_bchno=batch, mdtrt_cert_no=card)
@@ -139,8 +176,18 @@ async def test_request_sample_is_answered_as_documented(
     elif infno == "2207":  # a resident's 9.00 registration fee, all in scope (Chongqing, 2021)
         mdtrt_id = await his.register(RESIDENT_CARD, RESIDENT, med_type="12")
         batch = payload["input"]["data"]["chrg_bchno"]
-        rows = [{"feedetl_sn": "1", "mdtrt_id": mdtrt_id, "psn_no": RESIDENT, "chrg_bchno": batch,
-                 "med_list_codg": "T000001", "pric": 9, "cnt": 1, "det_item_fee_sumamt": 9}]  # fmt: skip
+        rows = [
+            {
+                "feedetl_sn": "1",
+                "mdtrt_id": mdtrt_id,
+                "psn_no": RESIDENT,
+                "chrg_bchno": batch,
+                "med_list_codg": "T000001",
+                "pric": 9,
+                "cnt": 1,
+                "det_item_fee_sumamt": 9,
+            }
+        ]
         await his.ok("2204", {"feedetail": rows})
         values = {"mdtrt_id": mdtrt_id, "psn_no": RESIDENT, "mdtrt_cert_no": RESIDENT_CARD}
     elif infno == "2208":
@@ -193,14 +240,27 @@ async def our_outputs(his: National) -> dict[str, dict[str, Any]]:
     out["2207"] = await his.ok("2207", his.settle_data(mdtrt_id, total))
     setl_id = out["2207"]["setlinfo"]["setl_id"]
     out["2208"] = await his.ok("2208", {"data": {"psn_no": PERSON, "mdtrt_id": mdtrt_id, "setl_id": setl_id}})
-    stay = (await his.ok("2401", {"mdtrtinfo": {"psn_no": PERSON, "med_type": "21", "begntime": "2026-06-12",
-                                                "mdtrt_cert_type": "03", "mdtrt_cert_no": CARD}}))["result"]["mdtrt_id"]  # fmt: skip
+    stay = (
+        await his.ok(
+            "2401",
+            {
+                "mdtrtinfo": {
+                    "psn_no": PERSON,
+                    "med_type": "21",
+                    "begntime": "2026-06-12",
+                    "mdtrt_cert_type": "03",
+                    "mdtrt_cert_no": CARD,
+                }
+            },
+        )
+    )["result"]["mdtrt_id"]
     out["2301"] = await his.upload(stay, [("T000005", "15.00", 2)], infno="2301", day="2026-06-12")
     data = {"data": {"psn_no": PERSON, "mdtrt_id": stay, "medfee_sumamt": "30.00", "enddate": "2026-06-15"}}
     out["2303"] = await his.ok("2303", data)
     out["2304"] = await his.ok("2304", data)
-    out["2305"] = await his.ok("2305", {"data": {"psn_no": PERSON, "mdtrt_id": stay,
-                                                 "setl_id": out["2304"]["setlinfo"]["setl_id"]}})  # fmt: skip
+    out["2305"] = await his.ok(
+        "2305", {"data": {"psn_no": PERSON, "mdtrt_id": stay, "setl_id": out["2304"]["setlinfo"]["setl_id"]}}
+    )
     return out
 
 

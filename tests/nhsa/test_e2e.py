@@ -1,7 +1,8 @@
 """End to end in national messages only, over real HTTP against a gateway on a real redis-server with a
 real ledger fed by the posting worker: a whole outpatient visit (9001, 1101, 2201, 2203, 2204, 2205,
-2206, 2207 and its resend, 5203, a 2208 the rules refuse), a whole inpatient stay with an interim settlement (2401, 2301,
-2303, 2304 interim, 2301, 2304 final), 2601 of the final part, then 3201 and 3202 against the ledger."""
+2206, 2207 and its resend, 5203, a 2208 the rules refuse), a whole inpatient stay with an interim
+settlement (2401, 2301, 2303, 2304 interim, 2301, 2304 final), 2601 of the final part, then 3201 and
+3202 against the ledger."""
 
 from __future__ import annotations
 
@@ -65,8 +66,16 @@ async def test_outpatient_visit_and_inpatient_stay_in_national_messages(
 
         # ---- an outpatient visit
         mdtrt_id = await his.register()
-        assert await his.ok("2203", {"mdtrtinfo": {"mdtrt_id": mdtrt_id, "psn_no": PERSON, "med_type": "11"},
-                                     "diseinfo": [{"diag_code": "J06.900", "diag_name": "上呼吸道感染"}]}) == {}  # fmt: skip
+        assert (
+            await his.ok(
+                "2203",
+                {
+                    "mdtrtinfo": {"mdtrt_id": mdtrt_id, "psn_no": PERSON, "med_type": "11"},
+                    "diseinfo": [{"diag_code": "J06.900", "diag_name": "上呼吸道感染"}],
+                },
+            )
+            == {}
+        )
         uploaded = await his.upload(
             mdtrt_id,
             [
@@ -113,25 +122,48 @@ async def test_outpatient_visit_and_inpatient_stay_in_national_messages(
         assert check.settlement(queried) == f and queried["setlinfo"]["refd_setl_flag"] == "0"
 
         # ---- an inpatient stay: admission, two days of fees, an interim settlement, more fees, the final
-        admitted = await his.ok("2401", {"mdtrtinfo": {"psn_no": PERSON, "insutype": "310", "med_type": "21",
-                                                       "begntime": "2026-06-10 08:00:00", "mdtrt_cert_type": "03",
-                                                       "mdtrt_cert_no": CARD, "ipt_no": "ZY001"}})  # fmt: skip
+        admitted = await his.ok(
+            "2401",
+            {
+                "mdtrtinfo": {
+                    "psn_no": PERSON,
+                    "insutype": "310",
+                    "med_type": "21",
+                    "begntime": "2026-06-10 08:00:00",
+                    "mdtrt_cert_type": "03",
+                    "mdtrt_cert_no": CARD,
+                    "ipt_no": "ZY001",
+                }
+            },
+        )
         check.has(admitted["result"], check.VISIT, "result")
         stay = admitted["result"]["mdtrt_id"]
         days = [("T000005", "15.00", 1), ("D000075", "32.30", 4), ("D000044", "8.50", 2)]
         check.fee_results(await his.upload(stay, days, infno="2301", day="2026-06-10"))
         check.fee_results(await his.upload(stay, days, infno="2301", first_sn=10, day="2026-06-11"))
         part1_total = yuan_text(2 * (1500 + 4 * 3230 + 2 * 850))
-        stay_data = {"psn_no": PERSON, "mdtrt_id": stay, "medfee_sumamt": part1_total, "psn_setlway": "01",
-                     "insutype": "310", "acct_used_flag": "1", "mid_setl_flag": "1", "enddate": "2026-06-11"}  # fmt: skip
+        stay_data = {
+            "psn_no": PERSON,
+            "mdtrt_id": stay,
+            "medfee_sumamt": part1_total,
+            "psn_setlway": "01",
+            "insutype": "310",
+            "acct_used_flag": "1",
+            "mid_setl_flag": "1",
+            "enddate": "2026-06-11",
+        }
         pre1 = check.settlement(await his.ok("2303", {"data": stay_data}))
         part1 = await his.ok("2304", {"data": stay_data})
         p1 = check.settlement(part1)
         assert p1 == pre1 and p1["act_pay_dedc"] > 0
         check.fee_results(await his.upload(stay, days, infno="2301", first_sn=20, day="2026-06-14"))
         final_id = msgid()
-        final_data = {**stay_data, "medfee_sumamt": yuan_text(1500 + 4 * 3230 + 2 * 850), "mid_setl_flag": "0",
-                      "enddate": "2026-06-15"}  # fmt: skip
+        final_data = {
+            **stay_data,
+            "medfee_sumamt": yuan_text(1500 + 4 * 3230 + 2 * 850),
+            "mid_setl_flag": "0",
+            "enddate": "2026-06-15",
+        }
         final = await his.ok("2304", {"data": final_data}, final_id)
         p2 = check.settlement(final)
         assert p2["medfee_sumamt"] == 1500 + 4 * 3230 + 2 * 850, "the final part settles the new fees only"
@@ -155,10 +187,17 @@ async def test_outpatient_visit_and_inpatient_stay_in_national_messages(
         await post_everything(ledger_gateway, redis_server)
         standing = [f, p1, check.settlement(again_final)]  # the first final part is reversed
         sums = {k: sum(s[k] for s in standing) for k in ("medfee_sumamt", "fund_pay_sumamt", "acct_pay")}
-        totals = {"insutype": "310", "clr_type": "11", "setl_optins": "500103", "stmt_begndate": "2026-06-15",
-                  "stmt_enddate": "2026-06-15", "medfee_sumamt": yuan_text(sums["medfee_sumamt"]),
-                  "fund_pay_sumamt": yuan_text(sums["fund_pay_sumamt"]), "acct_pay": yuan_text(sums["acct_pay"]),
-                  "fixmedins_setl_cnt": 3}  # fmt: skip
+        totals = {
+            "insutype": "310",
+            "clr_type": "11",
+            "setl_optins": "500103",
+            "stmt_begndate": "2026-06-15",
+            "stmt_enddate": "2026-06-15",
+            "medfee_sumamt": yuan_text(sums["medfee_sumamt"]),
+            "fund_pay_sumamt": yuan_text(sums["fund_pay_sumamt"]),
+            "acct_pay": yuan_text(sums["acct_pay"]),
+            "fixmedins_setl_cnt": 3,
+        }
         balanced = await his.ok("3201", {"data": totals})
         check.has(balanced["stmtinfo"], check.STMTINFO, "stmtinfo")
         assert balanced["stmtinfo"]["stmt_rslt"] == "000000", balanced
@@ -166,16 +205,39 @@ async def test_outpatient_visit_and_inpatient_stay_in_national_messages(
         assert off["stmtinfo"]["stmt_rslt"] == "000103" and "笔数3" in off["stmtinfo"]["stmt_rslt_dscr"]
 
         rows = [
-            {"setl_id": part1["setlinfo"]["setl_id"], "mdtrt_id": stay, "psn_no": PERSON,
-             "medins_setl_id": part1["setlinfo"]["medins_setl_id"], "medfee_sumamt": yuan_text(p1["medfee_sumamt"]),
-             "fund_pay_sumamt": yuan_text(p1["fund_pay_sumamt"]), "acct_pay": yuan_text(p1["acct_pay"]),
-             "refd_setl_flag": "0"},
-            {"setl_id": "S000-260615-0000000000000000", "mdtrt_id": stay, "psn_no": PERSON,
-             "medins_setl_id": f"{HOSPITAL}202606150000009999", "medfee_sumamt": "1.00", "fund_pay_sumamt": "0.00",
-             "acct_pay": "1.00", "refd_setl_flag": "0"},
-        ]  # fmt: skip
-        detail = await his.ok("3202", {"data": {"setl_optins": "500103", "stmt_begndate": "2026-06-15",
-                                                "stmt_enddate": "2026-06-15", "file_qury_no": ""}, "detail": rows})  # fmt: skip
+            {
+                "setl_id": part1["setlinfo"]["setl_id"],
+                "mdtrt_id": stay,
+                "psn_no": PERSON,
+                "medins_setl_id": part1["setlinfo"]["medins_setl_id"],
+                "medfee_sumamt": yuan_text(p1["medfee_sumamt"]),
+                "fund_pay_sumamt": yuan_text(p1["fund_pay_sumamt"]),
+                "acct_pay": yuan_text(p1["acct_pay"]),
+                "refd_setl_flag": "0",
+            },
+            {
+                "setl_id": "S000-260615-0000000000000000",
+                "mdtrt_id": stay,
+                "psn_no": PERSON,
+                "medins_setl_id": f"{HOSPITAL}202606150000009999",
+                "medfee_sumamt": "1.00",
+                "fund_pay_sumamt": "0.00",
+                "acct_pay": "1.00",
+                "refd_setl_flag": "0",
+            },
+        ]
+        detail = await his.ok(
+            "3202",
+            {
+                "data": {
+                    "setl_optins": "500103",
+                    "stmt_begndate": "2026-06-15",
+                    "stmt_enddate": "2026-06-15",
+                    "file_qury_no": "",
+                },
+                "detail": rows,
+            },
+        )
         results = {r["msgid"]: r for r in detail["result"]}
         for r in detail["result"]:
             check.has(r, check.STMT_ROW, "result[]")

@@ -42,7 +42,7 @@ async def test_malformed_bodies_are_refused_naming_what_is_wrong(his: National) 
             {"infno": "1101", "msgid": msgid(), "fixmedins_code": HOSPITAL, "opter": {"a": 1}}
         ).encode(): "opter:",
         dumps({"infno": {"x": 1}, "msgid": msgid(), "fixmedins_code": HOSPITAL}).encode(): "infno: text",
-        b'{"infno": "1101", "msgid": "M1", "fixmedins_code": "H1", "input": {"data": {"a": NaN}}}': "body: not JSON",
+        b'{"infno": "1101", "msgid": "M1", "fixmedins_code": "H1", "input": {"a": NaN}}': "body: not JSON",
     }
     for body, expected in cases.items():
         answer = await answer_of(his, body)
@@ -58,8 +58,15 @@ async def test_a_body_beyond_the_limit_is_refused(his: National, national_gatewa
 
 async def test_malformed_business_fields_name_the_national_field(his: National) -> None:
     mdtrt_id = await his.register()
-    row = {"feedetl_sn": "1", "mdtrt_id": mdtrt_id, "psn_no": PERSON, "med_list_codg": "T000001", "pric": "10.00",
-           "cnt": 1, "det_item_fee_sumamt": "10.00"}  # fmt: skip
+    row = {
+        "feedetl_sn": "1",
+        "mdtrt_id": mdtrt_id,
+        "psn_no": PERSON,
+        "med_list_codg": "T000001",
+        "pric": "10.00",
+        "cnt": 1,
+        "det_item_fee_sumamt": "10.00",
+    }
     cases = {
         "input.feedetail[0].pric: yuan with at most two decimals": {**row, "pric": "10.005"},
         "input.feedetail[0].cnt: a whole number": {**row, "cnt": "1.5"},
@@ -76,7 +83,7 @@ async def test_malformed_business_fields_name_the_national_field(his: National) 
         assert expected in err, err
     # the engine's rejection, named by the detail's serial number
     err = await his.refused("2204", {"feedetail": [{**row, "med_list_codg": "X999999"}]})
-    assert err.startswith("feedetail[1]: ") and "ITEM_UNKNOWN" in err or "X999999" in err, err
+    assert (err.startswith("feedetail[1]: ") and "ITEM_UNKNOWN" in err) or "X999999" in err, err
     await his.upload(mdtrt_id, [("T000001", "10.00", 1)])
     err = await his.refused("2206", his.settle_data(mdtrt_id, "abc"))
     assert "input.data.medfee_sumamt: yuan with at most two decimals" in err
@@ -89,8 +96,15 @@ async def test_malformed_business_fields_name_the_national_field(his: National) 
 async def test_a_resend_gets_the_original_answer_and_a_reuse_is_refused(
     his: National, national_gateway: Gateway
 ) -> None:
-    data = {"data": {"psn_no": PERSON, "begntime": "2026-06-15 09:00:00", "mdtrt_cert_type": "03",
-                     "mdtrt_cert_no": CARD, "med_type": "11"}}  # fmt: skip
+    data = {
+        "data": {
+            "psn_no": PERSON,
+            "begntime": "2026-06-15 09:00:00",
+            "mdtrt_cert_type": "03",
+            "mdtrt_cert_no": CARD,
+            "med_type": "11",
+        }
+    }
     message_id = msgid()
     body = dumps(his.envelope("2201", data, message_id)).encode()
     first = await his.raw(body)
@@ -122,8 +136,9 @@ async def test_a_current_sign_in_is_required(his: National) -> None:
         "1101", {"data": {"mdtrt_cert_type": "03", "mdtrt_cert_no": CARD}}
     )
     his.sign_no = signed
-    assert await his.ok("9002", {"signOut": {"sign_no": signed, "opter_no": "1022"}}) == {"signoutoutb": {
-        "sign_time": "2026-06-15 10:30:00"}}  # fmt: skip
+    assert await his.ok("9002", {"signOut": {"sign_no": signed, "opter_no": "1022"}}) == {
+        "signoutoutb": {"sign_time": "2026-06-15 10:30:00"}
+    }
     assert "SIGN_NO_INVALID 433" in await his.refused(
         "1101", {"data": {"mdtrt_cert_type": "03", "mdtrt_cert_no": CARD}}
     )
@@ -133,11 +148,15 @@ async def test_rest_paths_name_their_transaction(his: National) -> None:
     sign_in = his.envelope("9001", {"signIn": {"opter_no": "7"}})
     answer = await his.send(sign_in, "/fsi/api/signInSignOutService/signIn")
     assert answer["infcode"] == 0 and answer["output"]["signinoutb"]["sign_no"]
-    info = await his.send(his.envelope("", {"data": {"mdtrt_cert_type": "03", "mdtrt_cert_no": CARD}}),
-                          "/fsi/api/fsiPsnInfoService/queryPsnInfo")  # fmt: skip
+    info = await his.send(
+        his.envelope("", {"data": {"mdtrt_cert_type": "03", "mdtrt_cert_no": CARD}}),
+        "/fsi/api/fsiPsnInfoService/queryPsnInfo",
+    )
     assert info["infcode"] == 0 and info["output"]["baseinfo"]["psn_no"] == PERSON
-    generic = await his.send(his.envelope("1101", {"data": {"mdtrt_cert_type": "03", "mdtrt_cert_no": CARD}}),
-                             "/fsi/api/trans/1101")  # fmt: skip
+    generic = await his.send(
+        his.envelope("1101", {"data": {"mdtrt_cert_type": "03", "mdtrt_cert_no": CARD}}),
+        "/fsi/api/trans/1101",
+    )
     assert generic["infcode"] == 0
     wrong = await answer_of(
         his, dumps(his.envelope("2207", {})).encode(), "/fsi/api/signInSignOutService/signIn"

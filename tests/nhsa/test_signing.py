@@ -75,8 +75,12 @@ def x_ca(
 
 def x_tif(paasid: str = "paas-h2", token: str = TIF_TOKEN, nonce: str | None = None) -> dict[str, str]:
     ts, nonce = str(int(time.time())), nonce or secrets.token_hex(8)
-    return {"x-tif-paasid": paasid, "x-tif-timestamp": ts, "x-tif-nonce": nonce,
-            "x-tif-signature": tif_signature(ts, token, nonce)}  # fmt: skip
+    return {
+        "x-tif-paasid": paasid,
+        "x-tif-timestamp": ts,
+        "x-tif-nonce": nonce,
+        "x-tif-signature": tif_signature(ts, token, nonce),
+    }
 
 
 async def test_a_client_certificate_proves_its_institution_only(https_gateway: Gateway, pki: Path) -> None:  # noqa: F811

@@ -53,17 +53,53 @@ async def test_details_live_in_the_persons_slot_and_expire(his: National, nation
 
 async def test_limits_on_details(small: National) -> None:
     mdtrt_id = await small.register()
-    err = await small.refused("2204", {"feedetail": [
-        {"feedetl_sn": str(i), "mdtrt_id": mdtrt_id, "med_list_codg": "T000001", "pric": "1.00", "cnt": 1}
-        for i in range(3)]})  # fmt: skip
+    err = await small.refused(
+        "2204",
+        {
+            "feedetail": [
+                {
+                    "feedetl_sn": str(i),
+                    "mdtrt_id": mdtrt_id,
+                    "med_list_codg": "T000001",
+                    "pric": "1.00",
+                    "cnt": 1,
+                }
+                for i in range(3)
+            ]
+        },
+    )
     assert "input.feedetail: at most 2 details per message (FEE_DETAIL_REJECTED 436)" in err
     await small.upload(mdtrt_id, [("T000001", "1.00", 1), ("T000006", "2.00", 1)])
     await small.upload(mdtrt_id, [("T000004", "3.00", 1)], first_sn=3)
-    err = await small.refused("2204", {"feedetail": [
-        {"feedetl_sn": "9", "mdtrt_id": mdtrt_id, "med_list_codg": "T000001", "pric": "1.00", "cnt": 1}]})  # fmt: skip
+    err = await small.refused(
+        "2204",
+        {
+            "feedetail": [
+                {
+                    "feedetl_sn": "9",
+                    "mdtrt_id": mdtrt_id,
+                    "med_list_codg": "T000001",
+                    "pric": "1.00",
+                    "cnt": 1,
+                }
+            ]
+        },
+    )
     assert "a visit holds at most 3 details (3 held)" in err
-    err = await small.refused("2204", {"feedetail": [
-        {"feedetl_sn": "1", "mdtrt_id": mdtrt_id, "med_list_codg": "T000001", "pric": "1.00", "cnt": 1}]})  # fmt: skip
+    err = await small.refused(
+        "2204",
+        {
+            "feedetail": [
+                {
+                    "feedetl_sn": "1",
+                    "mdtrt_id": mdtrt_id,
+                    "med_list_codg": "T000001",
+                    "pric": "1.00",
+                    "cnt": 1,
+                }
+            ]
+        },
+    )
     assert "1 is already uploaded; cancel it first" in err
     dup = [
         {"feedetl_sn": "7", "mdtrt_id": mdtrt_id, "med_list_codg": "T000001", "pric": "1.00", "cnt": 1}
@@ -88,14 +124,27 @@ async def test_settled_details_and_visits_cannot_be_taken_back(his: National) ->
     assert f"1 is settled by {settled['setlinfo']['setl_id']}: cancel that settlement first" in err
     err = await his.refused("2202", {"data": {"mdtrt_id": mdtrt_id, "psn_no": PERSON}})
     assert "cannot cancel" in err and "VISIT_CLOSED 435" in err
-    cancelled = await his.ok("2208", {"data": {"psn_no": PERSON, "mdtrt_id": mdtrt_id,
-                                               "setl_id": settled["setlinfo"]["setl_id"]}})  # fmt: skip
+    cancelled = await his.ok(
+        "2208", {"data": {"psn_no": PERSON, "mdtrt_id": mdtrt_id, "setl_id": settled["setlinfo"]["setl_id"]}}
+    )
     assert fen(cancelled["setlinfo"]["medfee_sumamt"]) == -1000
     # once cancelled, the details are open again: taken off, and the visit cancelled
     assert await his.ok("2205", {"data": {"mdtrt_id": mdtrt_id, "psn_no": PERSON, "feedetl_sn": "1"}}) == {}
     assert await his.ok("2202", {"data": {"mdtrt_id": mdtrt_id, "psn_no": PERSON}}) == {}
-    err = await his.refused("2204", {"feedetail": [
-        {"feedetl_sn": "2", "mdtrt_id": mdtrt_id, "med_list_codg": "T000001", "pric": "1.00", "cnt": 1}]})  # fmt: skip
+    err = await his.refused(
+        "2204",
+        {
+            "feedetail": [
+                {
+                    "feedetl_sn": "2",
+                    "mdtrt_id": mdtrt_id,
+                    "med_list_codg": "T000001",
+                    "pric": "1.00",
+                    "cnt": 1,
+                }
+            ]
+        },
+    )
     assert "the visit is cancelled (VISIT_CLOSED 435)" in err
 
 
@@ -132,15 +181,32 @@ async def test_pharmacy_sale_presettle_settle_cancel(his: National) -> None:
     async with aiohttp.ClientSession() as session:
         shop = National(session, his.base, PHARMACY)
         await shop.sign_in()
-        data = {"data": {"psn_no": PERSON, "mdtrt_cert_type": "03", "mdtrt_cert_no": CARD, "med_type": "41",
-                         "medfee_sumamt": "25.00", "acct_used_flag": "1", "begntime": "2026-06-15 10:00:00"},
-                "drugdetail": [{"feedetl_sn": "1", "med_list_codg": "D000001", "pric": "12.50", "cnt": 2,
-                                "det_item_fee_sumamt": "25.00"}]}  # fmt: skip
+        data = {
+            "data": {
+                "psn_no": PERSON,
+                "mdtrt_cert_type": "03",
+                "mdtrt_cert_no": CARD,
+                "med_type": "41",
+                "medfee_sumamt": "25.00",
+                "acct_used_flag": "1",
+                "begntime": "2026-06-15 10:00:00",
+            },
+            "drugdetail": [
+                {
+                    "feedetl_sn": "1",
+                    "med_list_codg": "D000001",
+                    "pric": "12.50",
+                    "cnt": 2,
+                    "det_item_fee_sumamt": "25.00",
+                }
+            ],
+        }
         pre = check.settlement(await shop.ok("2101", data))
         sale = await shop.ok("2102", data)
         assert check.settlement(sale) == pre and pre["acct_pay"] > 0
         setl_id = sale["setlinfo"]["setl_id"]
         cancel = await shop.ok("2103", {"data": {"psn_no": PERSON, "setl_id": setl_id}})
         assert check.settlement(cancel)["acct_pay"] == -pre["acct_pay"]
-        assert "SETTLEMENT_NOT_FOUND 402" in await shop.refused("2103", {"data": {"psn_no": "PSN500000000002",
-                                                                                     "setl_id": setl_id}})  # fmt: skip
+        assert "SETTLEMENT_NOT_FOUND 402" in await shop.refused(
+            "2103", {"data": {"psn_no": "PSN500000000002", "setl_id": setl_id}}
+        )
