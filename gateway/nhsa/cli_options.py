@@ -1,7 +1,8 @@
 """`medsettle serve --nhsa-listen ADDR`: where the national interface listens. By default it is on in
-the embedded default, on 127.0.0.1:8097 (the port local front-end processors of the national platform
-expose) beside gRPC's default 127.0.0.1:50051, and on a free port when --listen asks for another gRPC
-port (tests start many gateways at once); with --redis (a real deployment) it is off unless asked."""
+the embedded default: on port 8097 of the gRPC host (the port local front-end processors of the
+national platform expose) when gRPC has its default port 50051, on a free port when --listen asks for
+another gRPC port (tests start many gateways at once); with --redis (a real deployment) it is off unless
+asked for."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import argparse
 from pathlib import Path
 
 NATIONAL_PORT = 8097
-GRPC_DEFAULT_LISTEN = "127.0.0.1:50051"
+GRPC_DEFAULT_PORT = "50051"
 KEYS_FILE = "secrets/nhsa-keys.json"
 
 
@@ -44,7 +45,7 @@ def national_listen(args: argparse.Namespace, host: str, embedded: bool) -> str 
         return str(given)
     if not embedded:
         return None
-    port = NATIONAL_PORT if args.listen == GRPC_DEFAULT_LISTEN else 0
+    port = NATIONAL_PORT if args.listen.rpartition(":")[2] == GRPC_DEFAULT_PORT else 0
     return f"{host}:{port}"
 
 
