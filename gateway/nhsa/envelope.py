@@ -86,6 +86,8 @@ def parse(body: Any, infno_of_path: str | None = None) -> Request:
     infno = out["infno"] or (infno_of_path or "")
     if not infno:
         raise rejected("infno", "required")
+    if not infno.isdigit() or len(infno) > 8:
+        raise rejected("infno", "the transaction number, 4 digits", NationalRejection.TRANSACTION_UNSUPPORTED)
     if infno_of_path is not None and infno != infno_of_path:
         raise rejected("infno", f"{infno} sent to the path of transaction {infno_of_path}")
     msgid, institution = out["msgid"], out["fixmedins_code"]
