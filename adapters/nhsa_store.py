@@ -27,6 +27,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from adapters import redis_keys as keys
+from adapters.redis_batch import ScriptBatcher
 
 ADD_LINES = """
 local meta = redis.call('HGET', KEYS[1], 'meta')
@@ -127,6 +128,15 @@ return {'ok'}
 """
 
 
+READ_VISIT = """
+return redis.call('HGETALL', KEYS[1])
+"""
+
+KEEP_ANSWER = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
 CLAIM_ANSWER = """
 local held = redis.call('GET', KEYS[1])
 if held then return held end
@@ -199,6 +209,11 @@ class NhsaStore:
         self.client = client
         self.visit_ttl_ms = visit_retention_ms
         self.answer_ttl_ms = answer_retention_ms
+        # every call a script, through the gateway's coalescing batcher: the calls concurrent requests make
+        # in one event-loop turn go to Redis as one pipeline, as the settlement store's do
+        self._batch = ScriptBatcher(client)
+        self._read = client.register_script(READ_VISIT)
+        self._keep = client.register_script(KEEP_ANSWER)
         self._claim_answer = client.register_script(CLAIM_ANSWER)
         self._add = client.register_script(ADD_LINES)
         self._remove = client.register_script(REMOVE_LINES)
@@ -207,6 +222,9 @@ class NhsaStore:
         self._release = client.register_script(RELEASE)
         self._unsettle = client.register_script(UNSETTLE)
         self._close = client.register_script(CLOSE)
+
+    async def call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        return await self._batch.call(script, keys, args)
 
     # ---------------------------------------------------------------- answers (msgid idempotency)
 
@@ -217,7 +235,7 @@ class NhsaStore:
         answer, {h, p} another request answering it at this moment."""
         key = answer_key(institution, message_id)
         mine = json.dumps({"h": digest, "p": 1})
-        held = await self._claim_answer(keys=[key], args=[mine, pending_ms])
+        held = await self.call(self._claim_answer, keys=[key], args=[mine, pending_ms])
         if held is None:
             return None
         out: dict[str, Any] = json.loads(held)
@@ -226,8 +244,9 @@ class NhsaStore:
         return out
 
     async def keep_answer(self, institution: str, message_id: str, digest: str, answer: str) -> None:
-        await self.client.set(
-            answer_key(institution, message_id), json.dumps({"h": digest, "a": answer}), px=self.answer_ttl_ms
+        text = json.dumps({"h": digest, "a": answer})
+        await self.call(
+            self._keep, keys=[answer_key(institution, message_id)], args=[text, self.answer_ttl_ms]
         )
 
     async def drop_claim(self, institution: str, message_id: str) -> None:
@@ -256,7 +275,8 @@ class NhsaStore:
     async def visit(self, mdtrt_id: str) -> Visit | None:
         if partition_of_visit(mdtrt_id) is None:
             return None
-        raw: dict[Any, Any] = await self.client.hgetall(visit_key(mdtrt_id))
+        flat: list[bytes] = await self.call(self._read, keys=[visit_key(mdtrt_id)], args=[])
+        raw = dict(zip(flat[::2], flat[1::2], strict=True))
         if not raw or b"meta" not in raw:
             return None
         visit = Visit(mdtrt_id, json.loads(raw[b"meta"]), {}, {})
@@ -277,10 +297,12 @@ class NhsaStore:
         args: list[Any] = [self.visit_ttl_ms, lines_max]
         for line in lines:
             args += [line["feedetl_sn"], json.dumps(line, ensure_ascii=False)]
-        return decoded(await self._add(keys=[visit_key(mdtrt_id)], args=args))
+        return decoded(await self.call(self._add, keys=[visit_key(mdtrt_id)], args=args))
 
     async def remove_lines(self, mdtrt_id: str, sns: list[str]) -> list[str]:
-        return decoded(await self._remove(keys=[visit_key(mdtrt_id)], args=[self.visit_ttl_ms, *sns]))
+        return decoded(
+            await self.call(self._remove, keys=[visit_key(mdtrt_id)], args=[self.visit_ttl_ms, *sns])
+        )
 
     async def claim_settlement(
         self, mdtrt_id: str, person_id: str, institution: str, message_id: str, sns: list[str]
@@ -303,11 +325,11 @@ class NhsaStore:
         )
 
     async def release_settlement(self, mdtrt_id: str, message_id: str) -> None:
-        await self._release(keys=[visit_key(mdtrt_id)], args=[message_id])
+        await self.call(self._release, keys=[visit_key(mdtrt_id)], args=[message_id])
 
     async def unsettle(self, mdtrt_id: str, settlement_id: str, meta: dict[str, Any] | None = None) -> None:
         meta_text = json.dumps(meta, ensure_ascii=False) if meta is not None else ""
-        await self._unsettle(keys=[visit_key(mdtrt_id)], args=[settlement_id, meta_text])
+        await self.call(self._unsettle, keys=[visit_key(mdtrt_id)], args=[settlement_id, meta_text])
 
     async def visit_of_message(self, person_id: str, institution: str, message_id: str) -> str | None:
         raw: Any = await self.client.get(visit_message_key(person_id, institution, message_id))
