@@ -6,7 +6,8 @@ in flight per visit) and write.
     ms:{p017}:nhsa:visit:<mdtrt_id>       hash: `meta` (JSON: person, institution, certificate, type,
                                           dates), `l:<feedetl_sn>` a fee detail (JSON), `s:<feedetl_sn>`
                                           the settlement id that settled it, `x:<setl_id>` the details a
-                                          settlement covered, `pend` the settlement in flight (JSON:
+                                          settlement covered, `m:<msgid>` the settlement a msgid made,
+                                          `pend` the settlement in flight (JSON:
                                           msgid, details), `n` details held; in the person's slot (the
                                           mdtrt_id carries the partition), expires visit_retention_days
                                           after its last write
@@ -91,6 +92,7 @@ local p = cjson.decode(pend)
 if p['msgid'] ~= ARGV[2] then return 0 end
 for sn in string.gmatch(p['sns'], '[^|]+') do redis.call('HSET', KEYS[1], 's:' .. sn, ARGV[3]) end
 redis.call('HSET', KEYS[1], 'x:' .. ARGV[3], p['sns'])
+redis.call('HSET', KEYS[1], 'm:' .. ARGV[2], ARGV[3])
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'meta', ARGV[4]) end
 redis.call('HDEL', KEYS[1], 'pend')
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
@@ -190,6 +192,7 @@ class Visit:
     settled: dict[str, str]  # feedetl_sn -> settlement id
     parts: dict[str, list[str]] = field(default_factory=dict)  # settlement id -> its details
     pending: dict[str, Any] | None = None  # {msgid, sns}
+    messages: dict[str, str] = field(default_factory=dict)  # msgid -> the settlement it made here
 
     def open_lines(self) -> list[dict[str, Any]]:
         """Uploaded and not settled, in upload order of their serial numbers' insertion."""
@@ -288,6 +291,8 @@ class NhsaStore:
                 visit.settled[name[2:]] = v.decode()
             elif name.startswith("x:"):
                 visit.parts[name[2:]] = split_joined(v.decode())
+            elif name.startswith("m:"):
+                visit.messages[name[2:]] = v.decode()
             elif name == "pend":
                 p = json.loads(v)
                 visit.pending = {"msgid": p["msgid"], "sns": split_joined(p["sns"])}

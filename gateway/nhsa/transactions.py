@@ -733,6 +733,8 @@ class Translation:
     async def settle(self, req: Request) -> Any:
         data = node(req.input, "data") or node(req.input, "mdtrtinfo")
         visit = await self.visit_of(req, data, "input.data")
+        if req.msgid in visit.messages:  # this msgid settled the visit; its kept answer was lost
+            return await self.original(req, visit, visit.messages[req.msgid], data)
         details, med_type = self.settle_inputs(req, visit, data)
         claimed = await self.store.claim_settlement(
             visit.mdtrt_id,
@@ -773,6 +775,14 @@ class Translation:
         return self.settled_output(
             settled.split, visit.meta, settled.settlement_id, settled.settled_at, settled.message_id, med_type
         )
+
+    async def original(self, req: Request, visit: Visit, setl_id: str, data: dict[str, Any]) -> Any:
+        """The first answer again, from the settlement the service keeps: nothing is settled twice."""
+        request = pb.GetSettlementRequest(envelope=self.envelope(req), settlement_id=setl_id)
+        found = await self.call(self.servicer.GetSettlement(request))
+        s = found.settlement
+        med_type = text(data, "med_type", "input.data", limit=6) or visit.meta["med_type"]
+        return self.settled_output(s.split, visit.meta, s.settlement_id, s.settled_at, s.message_id, med_type)
 
     def settled_output(
         self, split: Any, meta: dict[str, Any], setl_id: str, at: str, msgid: str, med_type: str

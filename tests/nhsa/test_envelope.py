@@ -186,3 +186,19 @@ async def test_a_fault_is_an_unknown_outcome_never_a_500(his: National, national
         dumps(his.envelope("5203", {"data": {"setl_id": "S1", "psn_no": PERSON}})).encode()
     )
     assert status == 200 and json.loads(raw)["infcode"] == -1
+
+
+async def test_a_resend_whose_kept_answer_was_lost_settles_nothing_twice(
+    his: National, national_gateway: Gateway
+) -> None:
+    """The settlement committed, the answer was not kept (Redis failed between them): a resend of the
+    2207 is answered with the same settlement, not a second one, nor a refusal."""
+    mdtrt_id = await his.register()
+    await his.upload(mdtrt_id, [("T000001", "10.00", 1)])
+    message_id = msgid()
+    first = await his.call("2207", his.settle_data(mdtrt_id, "10.00"), message_id)
+    assert first["infcode"] == 0
+    await national_gateway.nhsa.t.store.drop_claim(his.institution, message_id)  # the kept answer, lost
+    again = await his.call("2207", his.settle_data(mdtrt_id, "10.00"), message_id)
+    assert again["infcode"] == 0, again["err_msg"]
+    assert again["output"] == first["output"], "the same settlement, the same amounts"
