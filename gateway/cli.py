@@ -363,10 +363,10 @@ async def serve(args: argparse.Namespace) -> int:
             "gateway-process",
             "--listen",
             f"{host}:{port}",
+            *nhsa_args,
             *tls_args(tls),
             *limit_args,
             *durability_args(args),
-            *nhsa_args,
         ]
         return subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", *cmd, "--log-level", level], env=child_env
@@ -922,6 +922,8 @@ def index_key_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from gateway.nhsa.cli_options import add_process_flags, add_serve_flags
+
     parser = argparse.ArgumentParser(prog="medsettle", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -965,15 +967,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="rotate <data-dir>/audit.log at this size (and at midnight); 0: by day only",
     )  # fmt: skip
     index_key_flags(p)
+    add_serve_flags(p)  # the national interface (gateway/nhsa/cli_options.py)
     p.add_argument("--audit-log", help="the audit log (default <data-dir>/audit.log), e.g. on its own volume")
     durability_flags(p)
     p.add_argument(
         "--appendfsync", choices=["always", "everysec", "no"], default="always",
         help="embedded redis-server: fsync the AOF at every write (default), every second, or never",
     )  # fmt: skip
-    from gateway.nhsa.cli_options import add_process_flags, add_serve_flags
-
-    add_serve_flags(p)
     p.set_defaults(func=lambda a: asyncio.run(serve(a)))
 
     p = sub.add_parser("gateway-process", help=argparse.SUPPRESS)  # one of serve's processes
@@ -982,11 +982,11 @@ def build_parser() -> argparse.ArgumentParser:
     secret_flags(p, "ledger", argparse.SUPPRESS)
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--insecure", action="store_true")
+    add_process_flags(p)
     for flag in ("--tls-cert", "--tls-key", "--tls-client-ca", "--tls-crl"):
         p.add_argument(flag)
     p.add_argument("--limit", action="append")
     durability_flags(p)
-    add_process_flags(p)
     p.set_defaults(func=lambda a: asyncio.run(gateway_process(a)))
 
     p = sub.add_parser("load", help="validate and publish policies, catalogs, institutions and persons")
