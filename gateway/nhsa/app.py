@@ -167,7 +167,7 @@ class NationalFrontend:
             return self.reply(
                 self.error_answer(
                     "",
-                    datetime.now(self.now().tzinfo),
+                    self.now(),
                     NhsaError(
                         REJECTED, f"infno: {infno[:8]} is not served {tagged(NR.TRANSACTION_UNSUPPORTED)}"
                     ),
@@ -251,8 +251,9 @@ class NationalFrontend:
             if admitted is not None and self.limiter is not None:
                 self.limiter.release(admitted)
             logs.request_fields.reset(token)
-        SECONDS.labels(infno).observe(time.perf_counter() - started)
-        return self.reply(text, infno)
+        label = infno if infno in self.t.handlers else "unknown"  # bounded: a sender cannot add labels
+        SECONDS.labels(label).observe(time.perf_counter() - started)
+        return self.reply(text, label)
 
     async def body(self, request: web.Request) -> bytes:
         try:

@@ -10,6 +10,7 @@ import pytest
 
 from adapters.embedded_redis import EmbeddedRedis
 from gateway.nhsa.amounts import dumps
+from gateway.nhsa.app import HANDLED
 from gateway.server import Gateway
 
 from .conftest import CARD, HOSPITAL, PERSON, National, msgid
@@ -25,7 +26,9 @@ async def answer_of(his: National, body: bytes, path: str = "/fsi/api/rsfComIfsS
     return answer
 
 
-async def test_malformed_bodies_are_refused_naming_what_is_wrong(his: National) -> None:
+async def test_malformed_bodies_are_refused_naming_what_is_wrong(
+    his: National, national_gateway: Gateway
+) -> None:
     cases = {
         b"{not json": "body: not JSON",
         b"[1, 2]": "body: a JSON object",
@@ -47,6 +50,9 @@ async def test_malformed_bodies_are_refused_naming_what_is_wrong(his: National) 
     for body, expected in cases.items():
         answer = await answer_of(his, body)
         assert expected in answer["err_msg"], (body, answer["err_msg"])
+    # what a sender puts in infno never becomes a metric label: the labels stay the served transactions
+    served = {*national_gateway.nhsa.t.handlers, "unknown"}
+    assert {labels[0] for labels in HANDLED._metrics} <= served
 
 
 async def test_a_body_beyond_the_limit_is_refused(his: National, national_gateway: Gateway) -> None:
