@@ -86,6 +86,7 @@ return {'ok'}
 """
 
 FINISH = """
+if KEYS[2] then redis.call('SET', KEYS[2], ARGV[5], 'PX', ARGV[6]) end  -- the answer, whatever follows
 local pend = redis.call('HGET', KEYS[1], 'pend')
 if not pend then return 0 end
 local p = cjson.decode(pend)
@@ -208,8 +209,17 @@ def split_joined(text: str) -> list[str]:
 
 
 class NhsaStore:
-    def __init__(self, client: aioredis.Redis, visit_retention_ms: int, answer_retention_ms: int) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        visit_retention_ms: int,
+        answer_retention_ms: int,
+        answers_inline: bool = True,
+    ) -> None:
         self.client = client
+        # one Redis node: a settlement's finish and its kept answer are one script (their keys are in
+        # different slots, which only a cluster minds); on a cluster, two commands in that order
+        self.answers_inline = answers_inline
         self.visit_ttl_ms = visit_retention_ms
         self.answer_ttl_ms = answer_retention_ms
         # every call a script, through the gateway's coalescing batcher: the calls concurrent requests make
@@ -315,19 +325,31 @@ class NhsaStore:
         """One settlement in flight per visit: ['ok'], ['same', sns] (a resend), ['busy', msgid],
         ['settled', sn, setl_id], ['unknown', sn], ['missing'] or ['closed']."""
         return decoded(
-            await self._claim(
+            await self.call(
+                self._claim,
                 keys=[visit_key(mdtrt_id), visit_message_key(person_id, institution, message_id)],
                 args=[self.visit_ttl_ms, message_id, joined(sns), mdtrt_id],
             )
         )
 
     async def finish_settlement(
-        self, mdtrt_id: str, message_id: str, settlement_id: str, meta: dict[str, Any] | None = None
+        self,
+        mdtrt_id: str,
+        message_id: str,
+        settlement_id: str,
+        answer: tuple[str, str, str] | None = None,
     ) -> None:
-        meta_text = json.dumps(meta, ensure_ascii=False) if meta is not None else ""
-        await self._finish(
-            keys=[visit_key(mdtrt_id)], args=[self.visit_ttl_ms, message_id, settlement_id, meta_text]
-        )
+        """The details the settlement covered marked settled by it, then (with `answer`: institution,
+        request hash, answer text) the answer kept under the message id."""
+        args: list[Any] = [self.visit_ttl_ms, message_id, settlement_id, ""]
+        script_keys = [visit_key(mdtrt_id)]
+        if answer is not None and self.answers_inline:
+            institution, digest, text = answer
+            script_keys.append(answer_key(institution, message_id))
+            args += [json.dumps({"h": digest, "a": text}), self.answer_ttl_ms]
+        await self.call(self._finish, keys=script_keys, args=args)
+        if answer is not None and not self.answers_inline:
+            await self.keep_answer(answer[0], message_id, answer[1], answer[2])
 
     async def release_settlement(self, mdtrt_id: str, message_id: str) -> None:
         await self.call(self._release, keys=[visit_key(mdtrt_id)], args=[message_id])
@@ -344,8 +366,10 @@ class NhsaStore:
         """Close (cancel) a visit or change its record; refused while a settlement stands or is in
         flight when meta's status is not open."""
         return decoded(
-            await self._close(
-                keys=[visit_key(mdtrt_id)], args=[self.visit_ttl_ms, json.dumps(meta, ensure_ascii=False)]
+            await self.call(
+                self._close,
+                keys=[visit_key(mdtrt_id)],
+                args=[self.visit_ttl_ms, json.dumps(meta, ensure_ascii=False)],
             )
         )
 

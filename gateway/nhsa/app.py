@@ -36,7 +36,13 @@ from gateway.nhsa.codes import NationalRejection as NR
 from gateway.nhsa.codes import tagged
 from gateway.nhsa.envelope import REJECTED, SYSTEM_ERROR, NhsaError, Request
 from gateway.nhsa.signing import Signatures, lower_headers
-from gateway.nhsa.transactions import DEPENDENCY_ERRORS, Translation, request_hash, unknown_outcome
+from gateway.nhsa.transactions import (
+    AFTER_ANSWER,
+    DEPENDENCY_ERRORS,
+    Translation,
+    request_hash,
+    unknown_outcome,
+)
 from telemetry import metrics
 
 log = logging.getLogger(__name__)
@@ -284,14 +290,21 @@ class NationalFrontend:
                 logs.note(duplicate=True)
                 return str(held["a"])
             raise NhsaError(SYSTEM_ERROR, f"msgid: {req.msgid} is being answered now; {envelope_unknown()}")
+        token = AFTER_ANSWER.set(None)
         try:
             async with asyncio.timeout(self.limits.request_timeout_ms / 1000):
                 output = await self.t.handlers[req.infno](req)
+            after = AFTER_ANSWER.get()
         except BaseException:
             await asyncio.shield(store.drop_claim(req.institution, req.msgid))
             raise
+        finally:
+            AFTER_ANSWER.reset(token)
         text = amounts.dumps(envelope.answer(req.get("mdtrtarea_admvs"), received, self.now(), 0, output))
-        await asyncio.shield(store.keep_answer(req.institution, req.msgid, digest, text))
+        if after is not None:  # a settlement's finish, and the answer kept, in one script
+            await asyncio.shield(after((req.institution, digest, text)))
+        else:
+            await asyncio.shield(store.keep_answer(req.institution, req.msgid, digest, text))
         return text
 
     def error_answer(self, region: str, received: datetime, error: NhsaError) -> str:

@@ -9,6 +9,7 @@ visits (2201/2401) with their fee details (2204/2301), the settlement in flight 
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
 import logging
@@ -39,6 +40,11 @@ from rules_cache.records import QUANTITY_MAX
 from telemetry import metrics
 
 log = logging.getLogger(__name__)
+# What a transaction leaves to be written with its answer (the settlement's finish): set by the handler,
+# run by the front end once the answer's text exists, so both go to Redis in one script.
+AFTER_ANSWER: contextvars.ContextVar[Callable[[tuple[str, str, str]], Awaitable[None]] | None] = (
+    contextvars.ContextVar("nhsa_after_answer", default=None)
+)
 SIGN_IN_CACHE_S = 5.0  # how long a process trusts a sign-in it has seen
 SIGN_INS_CACHED_MAX = 50_000  # sign-ins remembered per process
 
@@ -771,7 +777,12 @@ class Translation:
         except Exception:
             raise  # outcome unknown: the claim stays until this msgid is resent or reversed (2601)
         settled = pb.SettleResponse.FromString(raw)
-        await self.store.finish_settlement(visit.mdtrt_id, req.msgid, settled.settlement_id)
+        mdtrt_id, settlement_id = visit.mdtrt_id, settled.settlement_id
+
+        async def finish(answer: tuple[str, str, str]) -> None:  # with the answer, in one script
+            await self.store.finish_settlement(mdtrt_id, req.msgid, settlement_id, answer)
+
+        AFTER_ANSWER.set(finish)
         return self.settled_output(
             settled.split, visit.meta, settled.settlement_id, settled.settled_at, settled.message_id, med_type
         )

@@ -21,6 +21,7 @@ async def start_frontend(gateway: Any) -> NationalFrontend:
         gateway.store.client,
         limits.visit_retention_days * 86_400_000,
         config.idempotency_retention_days * 86_400_000,
+        answers_inline=gateway.store.claims_inline,
     )
     translation = Translation(
         SettlementServicer(gateway.service, gateway.corrections),

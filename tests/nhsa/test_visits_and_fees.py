@@ -14,7 +14,7 @@ import pytest_asyncio
 from adapters import redis_keys as keys
 from adapters.embedded_redis import EmbeddedRedis
 from adapters.nhsa_store import visit_key
-from gateway.nhsa.amounts import fen
+from gateway.nhsa.amounts import dumps, fen, loads
 from gateway.nhsa.limits import NationalLimits
 from gateway.server import Gateway
 
@@ -210,3 +210,21 @@ async def test_pharmacy_sale_presettle_settle_cancel(his: National) -> None:
         assert "SETTLEMENT_NOT_FOUND 402" in await shop.refused(
             "2103", {"data": {"psn_no": "PSN500000000002", "setl_id": setl_id}}
         )
+
+
+@pytest.mark.parametrize("inline", [True, False])
+async def test_a_settlements_finish_and_kept_answer(
+    his: National, national_gateway: Gateway, inline: bool
+) -> None:
+    """One node: the finish and the kept answer in one script; a cluster: two commands. Either way the
+    details are settled and a resend gets the answer byte for byte."""
+    national_gateway.nhsa.t.store.answers_inline = inline
+    mdtrt_id = await his.register()
+    await his.upload(mdtrt_id, [("T000001", "10.00", 1)])
+    envelope = his.envelope("2207", his.settle_data(mdtrt_id, "10.00"))
+    body = dumps(envelope).encode()
+    first, again = await his.raw(body), await his.raw(body)
+    assert first == again and loads(first[1])["infcode"] == 0
+    visit = await national_gateway.nhsa.t.store.visit(mdtrt_id)
+    assert visit is not None and visit.settled == {"1": loads(first[1])["output"]["setlinfo"]["setl_id"]}
+    assert visit.pending is None and visit.messages == {envelope["msgid"]: visit.settled["1"]}
