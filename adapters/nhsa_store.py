@@ -196,8 +196,10 @@ class Visit:
     messages: dict[str, str] = field(default_factory=dict)  # msgid -> the settlement it made here
 
     def open_lines(self) -> list[dict[str, Any]]:
-        """Uploaded and not settled, in upload order of their serial numbers' insertion."""
-        return [line for sn, line in self.lines.items() if sn not in self.settled]
+        """Uploaded and not settled, in upload order (`seq`, then the serial number): the same bill line
+        numbers for the pre-settlement and the settlement, whatever order Redis lists a hash in."""
+        lines = [line for sn, line in self.lines.items() if sn not in self.settled]
+        return sorted(lines, key=lambda line: (line.get("seq", 0), line["feedetl_sn"]))
 
 
 def joined(sns: list[str]) -> str:

@@ -625,6 +625,9 @@ class Translation:
         if visit.meta["status"] != "open":
             raise rejected("input.feedetail[0].mdtrt_id", "the visit is cancelled", NR.VISIT_CLOSED)
         new = self.details(raw, "input.feedetail", mdtrt_id)
+        first = max((line.get("seq", 0) for line in visit.lines.values()), default=-1) + 1
+        for i, d in enumerate(new):
+            d["seq"] = first + i  # upload order: bill line numbers stay the same from 2206 to 2207
         for i, d in enumerate(new):
             if d["feedetl_sn"] in visit.lines:
                 raise rejected(
