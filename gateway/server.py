@@ -172,6 +172,7 @@ class Gateway:
     durability: Durability = field(default_factory=Durability)
     archive: LedgerArchive | None = None
     state: HealthState = field(default_factory=HealthState)
+    nhsa: Any = None  # gateway.nhsa.app.NationalFrontend when config.nhsa_listen is set
     _facts_at: float = 0.0
 
     async def start(self) -> Gateway:
@@ -264,6 +265,10 @@ class Gateway:
             )
             self.port = self.server.add_insecure_port(self.config.listen)
         await self.server.start()
+        if self.config.nhsa_listen is not None:
+            from gateway.nhsa.wiring import start_frontend  # aiohttp only where the national port is on
+
+            self.nhsa = await start_frontend(self)
         self.tasks = [
             asyncio.create_task(static.follow(self.stopping)),
             asyncio.create_task(self.follow_people(store)),
@@ -344,6 +349,8 @@ class Gateway:
         self.state.serving, self.state.reason = False, "shutting down"
         if self.health is not None:
             await self.health.enter_graceful_shutdown()
+        if self.nhsa is not None:
+            await self.nhsa.stop()
         if self.server is not None:
             await self.server.stop(self.config.shutdown_grace_ms / 1000)
         self.stopping.set()
