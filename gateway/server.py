@@ -31,6 +31,7 @@ from adapters.ledger.store import Ledger
 from adapters.redis_keys import PERSON_CHANNEL, IndexKeys
 from adapters.redis_store import RedisStore
 from adapters.settlement_store import StoreRefused
+from gateway import compiled_engine
 from gateway.config import Config
 from gateway.correction_service import CorrectionService
 from gateway.edge.identity import IdentityReader, Revocations
@@ -51,6 +52,7 @@ from gateway.servicer import (
 )
 from rules_cache.notices import follow_channel
 from rules_cache.static_data import StaticCache
+from telemetry import metrics as telemetry_metrics
 
 log = logging.getLogger(__name__)
 SERVICE_NAMES = (
@@ -176,6 +178,9 @@ class Gateway:
     _facts_at: float = 0.0
 
     async def start(self) -> Gateway:
+        telemetry_metrics.ENGINE_INFO.labels(compiled_engine.kind()).set(
+            1
+        )  # an operator sees a stale build fall back
         client = redis_client(self.redis_url, self.config)
         if not self.config.index_key:
             raise ValueError("Config.index_key is required: card and ID numbers are keyed hashes in Redis")
