@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.machinery
+import importlib.util
 import os
 import sys
 from collections.abc import Sequence
@@ -65,18 +66,52 @@ class SourceOnly:
         return finder.find_spec(fullname, target)
 
 
+def shared_libraries() -> list[Path]:
+    """mypyc's library of the build's shared code (`<hash>__mypyc.<suffix>`), which it writes beside the
+    top-level packages and every compiled module imports by that top-level name."""
+    return sorted(ROOT.glob(f"*__mypyc{importlib.machinery.EXTENSION_SUFFIXES[0]}"))
+
+
+def load_shared_libraries() -> str | None:
+    """Loads the build's shared library from its file, under its module name, before any compiled
+    module asks for it: the project root is on sys.path only for a process started there (the
+    console scripts in .venv/bin are not), so `import <hash>__mypyc` must not depend on it. Returns
+    why it could not, or None."""
+    found = shared_libraries()
+    if not found:
+        return "the build's shared library is missing"
+    for path in found:
+        name = path.name.split(".", 1)[0]
+        if name in sys.modules:
+            continue
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            return f"{path.name} cannot be loaded"
+        try:
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        except ImportError as exc:
+            return f"{path.name}: {exc}"
+        sys.modules[name] = module
+    return None
+
+
 def prepare() -> str:
     """Chooses how the engine is imported; returns "compiled" or "python" (also as `kind()`)."""
     global _kind
     built = extension_modules()
     wanted = os.environ.get(ENGINE_ENV, "") != "python"
+    why = "older than its sources"
     if built and wanted and build_is_fresh():
-        _kind = "compiled"
-        return _kind
+        problem = load_shared_libraries()
+        if problem is None:
+            _kind = "compiled"
+            return _kind
+        why = f"not loadable ({problem})"
     if built and not any(isinstance(f, SourceOnly) for f in sys.meta_path):
-        if wanted:  # sources edited since the build: say so once per process, run the sources
+        if wanted:  # say so once per process, and run the sources
             print(
-                "medsettle: the compiled engine is older than its sources; running the sources "
+                f"medsettle: the compiled engine is {why}; running the sources "
                 "(scripts/build-engine rebuilds it)",
                 file=sys.stderr,
             )
@@ -114,7 +149,7 @@ def build(quiet: bool = False) -> int:
 
 def clean() -> None:
     """Removes the build: the engine runs from its sources again."""
-    for path in [*extension_modules(), *ROOT.glob(f"*__mypyc{importlib.machinery.EXTENSION_SUFFIXES[0]}")]:
+    for path in [*extension_modules(), *shared_libraries()]:
         path.unlink(missing_ok=True)
     STAMP.unlink(missing_ok=True)
 

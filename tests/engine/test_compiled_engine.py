@@ -21,12 +21,12 @@ PROBE = (
 )
 
 
-def engine_kind(cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+def engine_kind(cwd: Path, path: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", compiled_engine.ENGINE_ENV)}
     return subprocess.run(
         [sys.executable, "-c", PROBE],
         cwd=cwd,
-        env={**clean, "PYTHONPATH": str(cwd), **env},
+        env={**clean, **({"PYTHONPATH": str(path)} if path else {}), **env},
         capture_output=True,
         text=True,
         timeout=60,
@@ -35,7 +35,7 @@ def engine_kind(cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_sources_on_request() -> None:
-    assert engine_kind(ROOT, MEDSETTLE_ENGINE="python").stdout.strip() == "python"
+    assert engine_kind(ROOT, ROOT, MEDSETTLE_ENGINE="python").stdout.strip() == "python"
 
 
 def test_a_fresh_build_is_used_and_ci_has_one() -> None:
@@ -44,7 +44,16 @@ def test_a_fresh_build_is_used_and_ci_has_one() -> None:
         assert built, "CI has a C compiler: scripts/bootstrap should have compiled the engine"
     if not built:
         pytest.skip("no fresh build of the engine here (scripts/build-engine)")
-    assert engine_kind(ROOT).stdout.strip() == "compiled"
+    assert engine_kind(ROOT, ROOT).stdout.strip() == "compiled"
+
+
+def test_a_process_started_anywhere_runs_the_build(tmp_path: Path) -> None:
+    # the console scripts (.venv/bin/medsettle) start with .venv/bin, not the checkout, on sys.path:
+    # the build's shared library must load without the checkout on the path (it once did not)
+    if not (compiled_engine.extension_modules() and compiled_engine.build_is_fresh()):
+        pytest.skip("no fresh build of the engine here (scripts/build-engine)")
+    started = engine_kind(tmp_path)
+    assert started.stdout.strip() == "compiled", started.stderr
 
 
 def test_a_build_older_than_its_sources_is_never_run(tmp_path: Path) -> None:
@@ -56,10 +65,10 @@ def test_a_build_older_than_its_sources_is_never_run(tmp_path: Path) -> None:
     )
     for shared in ROOT.glob("*__mypyc*"):
         shutil.copy(shared, copy)
-    fresh = engine_kind(copy)
+    fresh = engine_kind(copy, copy)
     assert fresh.stdout.strip() == ("compiled" if compiled_engine.build_is_fresh() else "python")
     split_py = copy / "gateway" / "engine" / "split.py"
     split_py.write_text(split_py.read_text() + "\n# an edit after the build\n")
-    stale = engine_kind(copy)
+    stale = engine_kind(copy, copy)
     assert stale.stdout.strip() == "python"
     assert "older than its sources" in stale.stderr
