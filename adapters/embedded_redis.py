@@ -174,8 +174,9 @@ class EmbeddedRedis:
         orphan = running_redis(self.dir / "redis.pid")
         if orphan is not None:
             raise RuntimeError(
-                f"a redis-server (pid {orphan}) still serves {self.dir}: two servers on one AOF would corrupt"
-                " it; stop that one first (it outlived the process that started it)"
+                f"a redis-server (pid {orphan}) already serves {self.dir} (a running `medsettle serve` of"
+                " that folder, or one a dead process left behind): two servers on one AOF would corrupt it;"
+                " while it runs, reach it with the URL in secrets/redis-admin.url, or stop it first"
             )
         self.passwords = self._passwords()
         config = self._config()

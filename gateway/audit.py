@@ -142,14 +142,19 @@ async def audit_redis(redis_url: str, ledger_dsn: str | None) -> Report:
             queued = await store.queued_events()  # read before the ledger: booked meanwhile is found there
             ledger = Ledger(ledger_dsn)
             try:
-                net = await asyncio.to_thread(ledger.net_by_settlement)
-                done = await asyncio.to_thread(
-                    ledger.booked_entries, [str(e.get("entry", e["sid"])) for e in queued]
-                )
-                # what retention moved out of Redis is compared with the ledger's own records of it
-                present = {s.settlement_id for s in settlements}
-                gone = sorted(sid for sid in net if sid not in present)
-                archived = await asyncio.to_thread(ledger.archived_settlements, gone)
+                net: dict[str, tuple[int, dict[str, int], int, int]] = {}
+                done: set[str] = set()
+                archived: dict[str, StoredSettlement] = {}
+                # a ledger no worker has opened yet has no tables: nothing is booked in it
+                if await asyncio.to_thread(ledger.schema_version):
+                    net = await asyncio.to_thread(ledger.net_by_settlement)
+                    done = await asyncio.to_thread(
+                        ledger.booked_entries, [str(e.get("entry", e["sid"])) for e in queued]
+                    )
+                    # what retention moved out of Redis is compared with the ledger's own records of it
+                    present = {s.settlement_id for s in settlements}
+                    gone = sorted(sid for sid in net if sid not in present)
+                    archived = await asyncio.to_thread(ledger.archived_settlements, gone)
             finally:
                 ledger.close()
             booked = {sid: Money(t, f, a, c) for sid, (t, f, a, c) in net.items()}

@@ -826,15 +826,18 @@ def audit(args: argparse.Namespace) -> int:
     started for the audit and stopped after it."""
     from adapters.embedded_redis import EmbeddedRedis
     from gateway.audit import audit_redis
+    from gateway.commands.backup_cmd import running_url
 
     url = redis_url_of(args)
     ledger = ledger_dsn_of(args)
     embedded = None
     if url is None:
         data_dir = Path(args.data_dir)
-        embedded = EmbeddedRedis(data_dir).start()
-        url = embedded.url
         ledger = ledger or f"sqlite:///{(data_dir / 'ledger.db').resolve()}"
+        url = running_url(data_dir)  # a serve of that folder is running: audit its Redis as it is
+        if url is None:
+            embedded = EmbeddedRedis(data_dir).start()
+            url = embedded.url
     try:
         report = asyncio.run(audit_redis(url, ledger))
     finally:
@@ -871,7 +874,15 @@ def statement(args: argparse.Namespace) -> int:
     from adapters.ledger.store import Ledger
     from gateway.posting import statements
 
-    ledger = Ledger(args.ledger)
+    dsn = ledger_dsn_of(args)
+    if dsn is None:
+        default = Path(args.data_dir) / "ledger.db"
+        if not default.exists():
+            raise SystemExit(
+                f"medsettle statement: no ledger: --ledger DSN, --ledger-file, ${LEDGER_ENV} or {default}"
+            )
+        dsn = f"sqlite:///{default.resolve()}"
+    ledger = Ledger(dsn)
     rows: list[Any]
     if args.kind == "institutions":
         rows = statements.institution_statements(ledger, args.month, args.institution)
@@ -1088,7 +1099,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("statement", help="institution statements, clearing matrix or fund spend for a month")
     p.add_argument("kind", choices=["institutions", "clearing", "funds"])
-    p.add_argument("--ledger", required=True)
+    secret_flags(
+        p, "ledger", f"ledger DSN (or --ledger-file, ${LEDGER_ENV}; default: --data-dir's ledger.db)"
+    )
+    p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="an embedded default's folder")
     p.add_argument("--month", required=True, help="YYYY-MM")
     p.add_argument("--institution")
     p.add_argument("--csv", action="store_true")

@@ -35,6 +35,11 @@ def test_serve_runs_the_demo_on_embedded_defaults(tmp_path: Path) -> None:
     audited = subprocess.run([*CLI, "audit", "--data-dir", str(tmp_path)], capture_output=True, text=True)
     assert audited.returncode == 0, audited.stdout + audited.stderr
     assert "no differences" in audited.stdout and " 0 live settlements" not in audited.stdout
+    # the statement finds the folder's ledger by itself, like audit, backup and close-month
+    month = next(a["ts"][:7] for a in audit if a["event"] == "settle")
+    shown = subprocess.run([*CLI, "statement", "institutions", "--month", month, "--data-dir", str(tmp_path)],
+                           capture_output=True, text=True)  # fmt: skip
+    assert shown.returncode == 0 and "H50010300001" in shown.stdout, shown.stdout + shown.stderr
 
 
 def test_two_processes_serve_one_port_count_together_and_stop_together(tmp_path: Path) -> None:
@@ -59,6 +64,9 @@ def test_two_processes_serve_one_port_count_together_and_stop_together(tmp_path:
         text=True,
     )
     assert demo.returncode == 0, demo.stdout[-2000:]
+    # the folder's commands while its serve runs: they use its Redis, not a second server on its AOF
+    audited = subprocess.run([*CLI, "audit", "--data-dir", str(tmp_path)], capture_output=True, text=True)
+    assert audited.returncode == 0 and "no differences" in audited.stdout, audited.stdout + audited.stderr
     with urllib.request.urlopen(f"http://127.0.0.1:{found['metrics']}/metrics", timeout=5) as reply:
         text = reply.read().decode()
     handled = sum(
