@@ -8,7 +8,16 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from gateway.engine.model import ApprovalKind, ItemKind, PersonType, Scheme, VisitType
+from gateway.engine.model import (
+    GRADE_OF,
+    GRADES,
+    LEVEL_NAMES,
+    ApprovalKind,
+    ItemKind,
+    PersonType,
+    Scheme,
+    VisitType,
+)
 from gateway.engine.policy import (
     AgeBonus,
     Band,
@@ -22,17 +31,17 @@ from gateway.engine.policy import (
     Level3Rule,
     OutOfRegionRule,
     Penalty,
+    PersonRule,
     Plan,
     Policy,
     Ratio,
+    RatioMeasure,
     StayDate,
     StayRule,
     SupplementaryLayer,
     TierSwitch,
 )
 from rules_cache.reader import DataError, Reader
-
-LEVELS = (0, 1, 2, 3)
 
 
 def load_policy_file(path: Path) -> Policy:
@@ -227,21 +236,74 @@ def parse_benefit(r: Reader, visit: VisitType) -> Benefit:
 
 
 def by_level(r: Reader, minimum: int = 0, maximum: int | None = None) -> dict[int, int]:
+    """Every level 0-8: the grades 0-3 must be given (or `all`); a tier (community, township, county,
+    city, provincial, by name or by its number 4-8) not given takes its grade's value."""
     if r.has("all"):
         amount = r.integer("all", minimum=minimum, maximum=maximum)
         r.done()
-        return dict.fromkeys(LEVELS, amount)
-    missing = [lv for lv in LEVELS if str(lv) not in r.data]
+        return dict.fromkeys(GRADE_OF, amount)
+    missing = [lv for lv in GRADES if str(lv) not in r.data]
     if missing:
         raise r.error(f"missing level(s) {missing}: give every level 0-3, or `all`")
-    result = {lv: r.integer(str(lv), minimum=minimum, maximum=maximum) for lv in LEVELS}
+    result = {lv: r.integer(str(lv), minimum=minimum, maximum=maximum) for lv in GRADES}
+    for code, name in LEVEL_NAMES.items():
+        if r.has(name) and r.has(str(code)):
+            raise r.error(f"level {name} given twice (as {name} and as {code})", name)
+        key = name if r.has(name) else str(code)
+        given = r.has(key)
+        value = r.integer(key, minimum=minimum, maximum=maximum) if given else result[GRADE_OF[code]]
+        result[code] = value
     r.done()
     return result
 
 
+def person_rules(r: Reader, key: str, deductible: bool) -> tuple[PersonRule, ...]:
+    """`[[...person_rules]]`: a person type and/or an age range; the first that matches wins."""
+    rules = []
+    for rule in r.tables(key):
+        min_age = rule.opt_int("min_age", maximum=150)
+        max_age = rule.opt_int("max_age", maximum=150)
+        if min_age is not None and max_age is not None and max_age < min_age:
+            raise rule.error(f"max_age {max_age} is below min_age {min_age}", "max_age")
+        person_type = (
+            rule.to_enum(rule.raw("person_type"), PersonType, "person_type")
+            if rule.has("person_type")
+            else None
+        )
+        if deductible:
+            standard = rule.opt_int("standard_fen")
+            multiplier = rule.opt_int("multiplier_bp", maximum=100_000)
+            if standard is None and multiplier is None:
+                raise rule.error("give standard_fen, multiplier_bp or both")
+            found = PersonRule(person_type, min_age, max_age, standard_fen=standard, multiplier_bp=multiplier)
+        else:
+            found = PersonRule(
+                person_type, min_age, max_age, add_bp=rule.integer("add_bp", minimum=-10_000, maximum=10_000)
+            )
+        if person_type is None and min_age is None and max_age is None:
+            raise rule.error("a rule needs a person_type, a min_age or a max_age")
+        rule.done()
+        rules.append(found)
+    return tuple(rules)
+
+
+def fixed_ratios(r: Reader, key: str) -> dict[str, int]:
+    """`by_group` / `by_kind`: name -> { fund_bp } or { personal_bp } (the fund pays the rest)."""
+    out: dict[str, int] = {}
+    table = r.table(key)
+    for name in table.data:
+        entry = table.table(name)
+        if entry.has("fund_bp") == entry.has("personal_bp"):
+            raise entry.error("give exactly one of fund_bp or personal_bp")
+        out[name] = entry.bp("fund_bp") if entry.has("fund_bp") else 10_000 - entry.bp("personal_bp")
+        entry.done()
+    table.done()
+    return out
+
+
 def parse_basic(r: Reader) -> BasicLayer:
     ded = r.opt_table("deductible")
-    return BasicLayer(
+    layer = BasicLayer(
         fund_code=r.text("fund_code"),
         ratio=parse_ratio(r.table("ratio")),
         fund_key=r.text("fund_key"),
@@ -249,7 +311,16 @@ def parse_basic(r: Reader) -> BasicLayer:
         deductible=parse_deductible(ded) if ded is not None else None,
         annual_max_fen=r.opt_int("annual_max_fen"),
         annual_max_on=r.enum("annual_max_on", CapOn, CapOn.FUND),
+        annual_max_counts_deductible=r.flag("annual_max_counts_deductible", False),
     )
+    if layer.annual_max_counts_deductible and (
+        layer.annual_max_on is not CapOn.COST or layer.annual_max_fen is None or layer.deductible is None
+    ):
+        raise r.error(
+            'needs annual_max_on = "cost", an annual_max_fen and a [deductible]',
+            "annual_max_counts_deductible",
+        )
+    return layer
 
 
 def parse_deductible(r: Reader) -> Deductible:
@@ -275,7 +346,11 @@ def parse_deductible(r: Reader) -> Deductible:
         reduce_each_stay_bp=r.bp("reduce_each_stay_bp", 0),
         floor_fen=r.integer("floor_fen", 0),
         yearly_cap_fen=r.opt_int("yearly_cap_fen"),
+        floor_by_level_fen=by_level(r.table("floor_by_level")) if r.has("floor_by_level") else None,
+        person_rules=person_rules(r, "person_rules", deductible=True),
     )
+    if r.has("floor_by_level") and r.has("floor_fen"):
+        raise r.error("give floor_fen or floor_by_level, not both", "floor_by_level")
     if stay_rule is StayRule.REDUCE and rule.reduce_each_stay_bp == 0:
         raise r.error("stay_rule = reduce needs reduce_each_stay_bp > 0", "reduce_each_stay_bp")
     r.done()
@@ -333,6 +408,14 @@ def parse_ratio(r: Reader) -> Ratio:
         bands_scope=r.enum("bands_scope", BandScope, BandScope.BILL),
         person_type_add_bp=person_add,
         age_bonus=bonus,
+        measured_on=r.enum("bands_measured_on", RatioMeasure, RatioMeasure.ELIGIBLE),
+        person_rules=person_rules(r, "person_rules", deductible=False),
+        group_fund_bp=fixed_ratios(r, "by_group") if r.has("by_group") else {},
+        kind_fund_bp={
+            r.to_enum(k, ItemKind, f"by_kind.{k}"): v for k, v in fixed_ratios(r, "by_kind").items()
+        }
+        if r.has("by_kind")
+        else {},
     )
     r.done()
     return ratio
@@ -361,7 +444,13 @@ def parse_layer(r: Reader) -> SupplementaryLayer:
         annual_max_fen=r.opt_int("annual_max_fen"),
         person_types=r.enums("person_types", PersonType),
         person_tags=frozenset(r.strs("person_tags")),
+        include_first_selfpay=r.flag("include_first_selfpay", False),
+        include_excess=r.flag("include_excess", True),
+        level_add_bp=by_level(r.table("level_add_bp"), -10_000, 10_000) if r.has("level_add_bp") else {},
     )
+    parts = (layer.include_excess, layer.include_copay, layer.include_deductible, layer.include_first_selfpay)
+    if not any(parts):
+        raise r.error("the layer's base would be empty: include at least one part", "include_excess")
     r.done()
     return layer
 

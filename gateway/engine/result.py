@@ -69,6 +69,10 @@ class Split:
     trace: tuple[TraceStep, ...]
     flags: tuple[str, ...]  # bill-level: PENALTY_LEVEL3, PENALTY_OUT_OF_REGION, CROSS_REGION, ...
     stay: StayTotals | None = None  # inpatient and maternity: what this bill adds to its stay
+    # When the basic fund's annual maximum cut its payment: what the ratio would have paid, and the
+    # part above the maximum (both 0 when the maximum cut nothing)
+    basic_uncapped_fen: int = 0
+    basic_over_cap_fen: int = 0
 
 
 SplitOutcome = Split | Rejected

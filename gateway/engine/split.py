@@ -4,6 +4,7 @@ clock, no randomness, no logging."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import date
 
 from gateway.engine.cascade import Visit, run_cascade
@@ -73,6 +74,9 @@ def split(
     )
     lines: list[LineSplit] = []
     used: dict[str, int] = dict(stay.quantities)  # per-visit limits hold across a stay's parts
+    ratio = benefit.basic.ratio if benefit.basic is not None else None
+    fixed = ratio is not None and bool(ratio.group_fund_bp or ratio.kind_fund_bp)
+    grouped: dict[int, int] = {}  # fixed fund ratio -> in-scope cost of the lines it applies to
     for line in bill.lines:
         entry = catalog.entry(line.code, line.service_on or on)
         if entry is None:
@@ -84,6 +88,10 @@ def split(
         before = used.get(line.code, 0)
         lines.append(split_line(line, entry, ctx, before))
         used[line.code] = before + line.quantity
+        if fixed and ratio is not None:
+            line_ratio = ratio.line_ratio(entry.kind, entry.group)
+            if line_ratio is not None:
+                grouped[line_ratio] = grouped.get(line_ratio, 0) + lines[-1].in_scope_fen
 
     penalty, penalty_flag = penalty_for(policy, person, enrolment, institution, bill.visit_type, on)
     flags: list[str] = []
@@ -101,6 +109,7 @@ def split(
     deductible = 0
     counted = 0
     lump_paid = 0
+    uncapped = 0
     funds: list[FundPayment] = []
     if bill.visit_type is VisitType.MATERNITY:
         outcome = pay_lump_sum(benefit, bill, institution.level, in_scope, state, stay, deltas, trace)
@@ -110,8 +119,18 @@ def split(
         lump_paid = payment.amount_fen
         funds.append(payment)
     elif benefit.basic is not None:
-        deductible, funds, counted = run_cascade(
-            benefit.basic, plan.layers, visit, state, stay, in_scope, deltas, trace
+        first_selfpay = sum(line.first_selfpay_fen for line in lines)
+        deductible, funds, counted, uncapped = run_cascade(
+            benefit.basic,
+            plan.layers,
+            visit,
+            state,
+            stay,
+            in_scope,
+            deltas,
+            trace,
+            first_selfpay,
+            tuple(sorted(grouped.items(), reverse=True)),
         )
     part = None
     if bill.visit_type in STAY_VISITS:
@@ -128,9 +147,13 @@ def split(
             quantities,
             int(not bill.interim),
         )
-    return finish(
+    result = finish(
         policy, catalog, plan, benefit, bill, state, lines, deductible, funds, deltas, trace, flags, part
     )
+    over_cap = uncapped - funds[0].amount_fen if benefit.basic is not None and funds else 0
+    if over_cap > 0:  # published examples quote what the cap cut off; 0 when it cut nothing
+        return dataclasses.replace(result, basic_uncapped_fen=uncapped, basic_over_cap_fen=over_cap)
+    return result
 
 
 def pay_lump_sum(
@@ -258,7 +281,8 @@ def check_invariants(s: Split, state: PersonState) -> None:
     for fund in s.funds:
         if fund.amount_fen < 0 or (fund.remaining_max_fen is not None and fund.remaining_max_fen < 0):
             raise InvariantViolation(f"{fund.layer}: negative payment or beyond its annual maximum")
-    if s.fund_total_fen > s.in_scope_fen or s.deductible_fen > s.in_scope_fen:
+    # a layer may include the class-B first self-pay in its base, never more
+    if s.fund_total_fen > s.in_scope_fen + s.first_selfpay_fen or s.deductible_fen > s.in_scope_fen:
         raise InvariantViolation("funds or deductible above the in-scope amount")
     if s.fund_total_fen + s.account_fen + s.cash_fen != s.total_fen:
         raise InvariantViolation("fund + account + cash != total")
