@@ -250,6 +250,8 @@ def encode_split_only(s: Split, insured_region: str, insured_district: str) -> A
         tier=s.tier,
         insured_region=insured_region,
         insured_district=insured_district,
+        basic_uncapped_fen=s.basic_uncapped_fen,
+        basic_over_cap_fen=s.basic_over_cap_fen,
     )
 
 

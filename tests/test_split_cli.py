@@ -34,12 +34,20 @@ def test_example_case_splits_as_expected(path: Path) -> None:
     split = out["split"]
     for key in ("total_fen", "deductible_fen", "fund_total_fen", "account_fen", "cash_fen"):
         assert split[key] == expect[key], key
+    for key in ("basic_uncapped_fen", "basic_over_cap_fen"):
+        assert split[key] == expect.get(key, 0), key
     assert {f["layer"]: f["amount_fen"] for f in split["funds"] if f["amount_fen"]} == expect["funds"]
     assert split["trace"], "the trace says which rule produced each amount"
 
 
+def test_every_policy_construct_has_an_example_case() -> None:
+    """docs/POLICY_LANGUAGE.md section 20: constructs 1-9, each with a case `medsettle split` runs."""
+    numbers = {int(p.stem.split("-")[1]) for p in EXAMPLES if p.stem.startswith("breadth-")}
+    assert numbers == set(range(1, 10))
+
+
 def test_bad_case_names_the_file_and_field(tmp_path: Path) -> None:
-    case = json.loads(EXAMPLES[0].read_text())
+    case = json.loads((EXAMPLES[0].parent / "chongqing-employee-outpatient.json").read_text())
     case["bill"]["lines"][0]["quantity"] = -1
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(case))

@@ -130,7 +130,7 @@ def split(
             deltas,
             trace,
             first_selfpay,
-            tuple(sorted(grouped.items(), reverse=True)),
+            tuple((cost, ratio) for ratio, cost in sorted(grouped.items(), reverse=True)),
         )
     part = None
     if bill.visit_type in STAY_VISITS:
