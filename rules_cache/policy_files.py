@@ -8,6 +8,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from gateway.engine.audit_rules import AuditKind, AuditPolicy, AuditRule, Severity
 from gateway.engine.model import (
     GRADE_OF,
     GRADES,
@@ -16,6 +17,7 @@ from gateway.engine.model import (
     ItemKind,
     PersonType,
     Scheme,
+    Sex,
     VisitType,
 )
 from gateway.engine.policy import (
@@ -42,6 +44,8 @@ from gateway.engine.policy import (
     TierSwitch,
 )
 from rules_cache.reader import DataError, Reader
+
+AUDIT_RULES_MAX = 10_000  # per policy file; rules are indexed by code, so the count bounds memory only
 
 
 def load_policy_file(path: Path) -> Policy:
@@ -87,6 +91,7 @@ def parse_policy(data: dict[str, Any], source: str) -> Policy:
         out_of_region=parse_out_of_region(top.opt_table("out_of_region")),
         corrections=mode,
         stay_date=top.enum("stay_date", StayDate, StayDate.DISCHARGE),
+        audit=parse_audit(top.opt_table("audit")),
         source=source,
     )
     top.done()
@@ -509,3 +514,62 @@ def parse_out_of_region(r: Reader | None) -> OutOfRegionRule | None:
     )
     r.done()
     return rule
+
+
+def parse_audit(r: Reader | None) -> AuditPolicy | None:
+    """`[audit]`: which severities block, and the `[[audit.rules]]` (docs/POLICY_LANGUAGE.md section 21)."""
+    if r is None:
+        return None
+    blocking = r.enums("block", Severity)
+    rules: list[AuditRule] = []
+    ids: set[str] = set()
+    for i, rule in enumerate(r.tables("rules")):
+        if i >= AUDIT_RULES_MAX:
+            raise r.error(f"more than {AUDIT_RULES_MAX} rules", "rules")
+        parsed = parse_audit_rule(rule)
+        if parsed.rule_id in ids:
+            raise rule.error(f"rule id {parsed.rule_id!r} is used twice", "id")
+        ids.add(parsed.rule_id)
+        rules.append(parsed)
+    r.done()
+    return AuditPolicy.of(tuple(rules), blocking)
+
+
+def parse_audit_rule(r: Reader) -> AuditRule:
+    kind = r.enum("kind", AuditKind)
+    codes = frozenset(r.strs("codes"))
+    if not codes and kind is not AuditKind.DUPLICATE:
+        raise r.error(f"a {kind} rule needs the catalog codes it looks at", "codes")
+    common: dict[str, object] = {
+        "rule_id": r.text("id"),
+        "kind": kind,
+        "severity": r.enum("severity", Severity),
+        "codes": codes,
+        "visit_types": r.enums(
+            "visit_types", VisitType, (VisitType.PHARMACY,) if kind is AuditKind.DAYS_SUPPLY else ()
+        ),
+        "description": r.text("description", "-"),
+    }
+    if kind is AuditKind.SEX:
+        common["sex"] = r.enum("sex", Sex)
+    elif kind is AuditKind.AGE:
+        common["min_age"] = r.opt_int("min_age", maximum=150)
+        common["max_age"] = r.opt_int("max_age", maximum=150)
+        if common["min_age"] is None and common["max_age"] is None:
+            raise r.error("an age rule needs min_age, max_age or both", "min_age")
+    elif kind is AuditKind.DAILY_QUANTITY:
+        common["per_day_max"] = r.integer("per_day_max", minimum=1)
+    elif kind is AuditKind.DIAGNOSIS:
+        diagnoses = r.strs("diagnoses")
+        if not diagnoses or not all(diagnoses):
+            raise r.error("list the diagnosis codes (or their prefixes) the item is paid for", "diagnoses")
+        common["diagnoses"] = diagnoses
+    elif kind is AuditKind.VISIT_TYPE:
+        common["allowed_visit_types"] = r.enums("allowed_visit_types", VisitType)
+        if not common["allowed_visit_types"]:
+            raise r.error("list the visit types the item is allowed at", "allowed_visit_types")
+    elif kind is AuditKind.DAYS_SUPPLY:
+        common["units_per_day"] = r.integer("units_per_day", minimum=1)
+        common["days_max"] = r.integer("days_max", minimum=1, maximum=365)
+    r.done()
+    return AuditRule(**common)  # type: ignore[arg-type]

@@ -276,6 +276,7 @@ def bill(data: dict[str, Any], source: str, path: str) -> Bill:
         visit_on=r.opt_day("visit_date"),
         admitted_on=r.opt_day("admission_date"),
         discharged_on=r.opt_day("discharge_date"),
+        diagnoses=r.strs("diagnosis_codes"),
     )
     r.done()
     return result

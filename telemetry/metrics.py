@@ -93,6 +93,12 @@ CASH_FEN = Counter(
     "medsettle_cash_paid_fen_total", "Cash paid by persons at the counter, in fen.", ["region"]
 )
 REJECTIONS = Counter("medsettle_rejections_total", "Business rejections, by code name.", ["code"])
+AUDIT_FLAGS = Counter(
+    "medsettle_audit_flags_total",
+    "Pre-settlement audit rule hits (3101/3102), by insured region, rule, severity and outcome"
+    " (flagged: settled with the flag; blocked: the bill was rejected).",
+    ["region", "rule", "severity", "outcome"],
+)
 
 # ---------------------------------------------------------------- caches, Redis, commits
 CACHE = Counter(

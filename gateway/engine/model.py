@@ -272,6 +272,7 @@ class Bill:
     visit_on: date | None = None  # outpatient, special, pharmacy: the day of the visit
     admitted_on: date | None = None  # inpatient, maternity: begndate
     discharged_on: date | None = None  # inpatient, maternity: enddate (an interim part: the day it runs to)
+    diagnoses: tuple[str, ...] = ()  # the visit's diagnosis codes (ICD-10), for the audit rules
 
     def care_date(self, by_admission: bool) -> date | None:
         """The date of care that chooses the policy version and the plan-year: the visit date, or for a

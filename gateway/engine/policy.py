@@ -9,6 +9,7 @@ from datetime import date
 from enum import StrEnum
 from typing import NamedTuple
 
+from gateway.engine.audit_rules import AuditPolicy
 from gateway.engine.model import ApprovalKind, ItemKind, PersonType, Scheme, VisitType
 
 
@@ -251,6 +252,7 @@ class Policy:
     out_of_region: OutOfRegionRule | None = None
     corrections: Corrections = Corrections.REFUSE
     stay_date: StayDate = StayDate.DISCHARGE
+    audit: AuditPolicy | None = None  # pre-settlement audit rules (3101/3102)
     source: str = ""  # the file it was loaded from, for error messages and audit
 
     def in_force(self, on: date) -> bool:

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from gateway.engine.audit_rules import AuditFlag
 from gateway.engine.codes import Rejection
 from gateway.engine.model import ItemClass, StayTotals
 
@@ -17,6 +18,7 @@ class Rejected:
     code: Rejection
     reason: str  # human readable, names the line or the rule
     line_no: int | None = None
+    audit_flags: tuple[AuditFlag, ...] = ()  # AUDIT_BLOCKED: every flag the rules raised
 
 
 class LineSplit(NamedTuple):
@@ -73,6 +75,7 @@ class Split:
     # part above the maximum (both 0 when the maximum cut nothing)
     basic_uncapped_fen: int = 0
     basic_over_cap_fen: int = 0
+    audit_flags: tuple[AuditFlag, ...] = ()  # the pre-settlement audit rules' flags (none blocking)
 
 
 SplitOutcome = Split | Rejected

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 from datetime import date
 
+from gateway.engine.audit_rules import AuditFlag, audit_bill, blocking_flag
 from gateway.engine.cascade import Visit, run_cascade
 from gateway.engine.codes import Rejection
 from gateway.engine.eligibility import covered, penalty_for
@@ -62,6 +63,18 @@ def split(
             )
 
     age = person.age_on(on)
+    audit_flags: tuple[AuditFlag, ...] = ()
+    if policy.audit is not None:
+        audit_flags = audit_bill(policy.audit, bill, on, person.sex, age)
+        blocked = blocking_flag(policy.audit, audit_flags)
+        if blocked is not None:
+            return Rejected(
+                Rejection.AUDIT_BLOCKED,
+                f"audit rule {blocked.rule_id} ({blocked.severity}) on line {blocked.line_no}:"
+                f" {blocked.detail}",
+                blocked.line_no,
+                audit_flags,
+            )
     ctx = LineContext(
         on,
         enrolment.scheme,
@@ -152,7 +165,9 @@ def split(
     )
     over_cap = uncapped - funds[0].amount_fen if benefit.basic is not None and funds else 0
     if over_cap > 0:  # published examples quote what the cap cut off; 0 when it cut nothing
-        return dataclasses.replace(result, basic_uncapped_fen=uncapped, basic_over_cap_fen=over_cap)
+        result = dataclasses.replace(result, basic_uncapped_fen=uncapped, basic_over_cap_fen=over_cap)
+    if audit_flags:
+        result = dataclasses.replace(result, audit_flags=audit_flags)
     return result
 
 
