@@ -112,7 +112,12 @@ def audit_bill(audit: AuditPolicy, bill: Bill, on: date, sex: Sex, age: int) -> 
                 if (rule.min_age is not None and age < rule.min_age) or (
                     rule.max_age is not None and age > rule.max_age
                 ):
-                    hit = amount, f"{line.code} is for ages {rule.min_age}-{rule.max_age}, not {age}"
+                    ages = (
+                        f"{rule.min_age or 0}-{rule.max_age}"
+                        if rule.max_age is not None
+                        else f"{rule.min_age}+"
+                    )
+                    hit = amount, f"{line.code} is for ages {ages}, not {age}"
             elif kind is AuditKind.DUPLICATE:
                 key = (rule.rule_id, line.code, line.unit_price_fen, day)
                 first = seen.setdefault(key, line.line_no)

@@ -112,7 +112,9 @@ def split(
         flags.append("CROSS_REGION")
     if penalty_flag is not None:
         flags.append(penalty_flag)
-    trace: list[TraceStep] = []
+    trace = [
+        TraceStep(f"audit.{f.rule_id}", f"line {f.line_no}: {f.detail}", f.amount_fen) for f in audit_flags
+    ]
     deltas: dict[str, int] = {}
     in_scope = sum(line.in_scope_fen for line in lines)
     visit = Visit(
