@@ -258,6 +258,8 @@ def encode_split_only(s: Split, insured_region: str, insured_district: str) -> A
         insured_district=insured_district,
         basic_uncapped_fen=s.basic_uncapped_fen,
         basic_over_cap_fen=s.basic_over_cap_fen,
+        per_disease=s.per_disease,
+        institution_fen=s.institution_fen,
         audit_flags=[
             pb.AuditFlag(
                 rule_id=f.rule_id, severity=f.severity.value, line_no=f.line_no, amount_fen=f.amount_fen,
@@ -270,6 +272,7 @@ def encode_split_only(s: Split, insured_region: str, insured_district: str) -> A
 
 MONEY_FIELDS = (
     "total_fen",
+    "institution_fen",
     "full_selfpay_fen",
     "over_limit_fen",
     "first_selfpay_fen",

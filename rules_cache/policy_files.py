@@ -30,6 +30,7 @@ from gateway.engine.policy import (
     Corrections,
     Deductible,
     DeductibleScope,
+    DiseasePayment,
     Level3Rule,
     OutOfRegionRule,
     Penalty,
@@ -225,8 +226,9 @@ def parse_benefit(r: Reader, visit: VisitType) -> Benefit:
     if visit is VisitType.MATERNITY and not lump_sums:
         raise r.error("a maternity benefit needs lump_sums_fen", "lump_sums_fen")
     pooled = r.flag("pooled", visit is not VisitType.MATERNITY)
+    basic = parse_basic(r) if pooled else None
     benefit = Benefit(
-        basic=parse_basic(r) if pooled else None,
+        basic=basic,
         account_allowed=r.flag("account", True),
         account_excludes_full_selfpay="full_selfpay" in excludes,
         account_excludes_over_limit="over_limit" in excludes,
@@ -235,9 +237,34 @@ def parse_benefit(r: Reader, visit: VisitType) -> Benefit:
         lump_sum_key=r.text("lump_sum_key", "fund.maternity"),
         lump_sums_per_year=r.integer("lump_sums_per_year", 1, minimum=1, maximum=12),
         requires_registration=r.flag("requires_registration", visit is VisitType.SPECIAL),
+        per_disease=tuple(
+            parse_disease_payment(d, basic.fund_code if basic is not None else None)
+            for d in r.tables("per_disease")
+        ),
     )
     r.done()
     return benefit
+
+
+def parse_disease_payment(r: Reader, default_fund: str | None) -> DiseasePayment:
+    """`[[plans.<visit>.per_disease]]`: a fixed fund payment per stay for listed diagnoses."""
+    diagnoses = r.strs("diagnoses")
+    if not diagnoses or not all(diagnoses):
+        raise r.error("list the diagnosis codes (or their prefixes) the payment is for", "diagnoses")
+    if r.has("personal_fen") == r.has("personal_max_fen"):
+        raise r.error("give exactly one of personal_fen (fixed) or personal_max_fen (capped)")
+    fund_code = r.text("fund_code", default_fund) if default_fund else r.text("fund_code")
+    rule = DiseasePayment(
+        name=r.text("name"),
+        diagnoses=diagnoses,
+        fund_fen=r.integer("fund_fen"),
+        fund_code=fund_code,
+        fund_key=r.text("fund_key", "fund.per_disease"),
+        personal_fen=r.opt_int("personal_fen"),
+        personal_max_fen=r.opt_int("personal_max_fen"),
+    )
+    r.done()
+    return rule
 
 
 def by_level(r: Reader, minimum: int = 0, maximum: int | None = None) -> dict[int, int]:

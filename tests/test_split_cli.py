@@ -35,8 +35,9 @@ def test_example_case_splits_as_expected(path: Path) -> None:
     for key in ("total_fen", "deductible_fen", "fund_total_fen", "account_fen", "cash_fen"):
         assert split[key] == expect[key], key
     assert [f["rule_id"] for f in split["audit_flags"]] == expect.get("audit_flags", [])
-    for key in ("basic_uncapped_fen", "basic_over_cap_fen"):
+    for key in ("basic_uncapped_fen", "basic_over_cap_fen", "institution_fen"):
         assert split[key] == expect.get(key, 0), key
+    assert split["per_disease"] == expect.get("per_disease", "")
     assert {f["layer"]: f["amount_fen"] for f in split["funds"] if f["amount_fen"]} == expect["funds"]
     assert split["trace"], "the trace says which rule produced each amount"
 

@@ -159,6 +159,25 @@ class SupplementaryLayer:
 
 
 @dataclass(frozen=True, slots=True)
+class DiseasePayment:
+    """Per-disease payment (单病种定额): a stay whose principal diagnosis (the bill's first diagnosis
+    code) starts with one of `diagnoses` is settled at a fixed fund payment, whatever its lines; the
+    person pays a fixed share, or the rest of the bill up to a cap; the institution bears the
+    difference (hosp_part_amt; negative when the quota exceeds the bill: it keeps the surplus)."""
+
+    name: str
+    diagnoses: tuple[str, ...]
+    fund_fen: int
+    fund_code: str
+    fund_key: str = "fund.per_disease"
+    personal_fen: int | None = None  # fixed personal share
+    personal_max_fen: int | None = None  # capped: min(cap, bill - fund payment)
+
+    def matches(self, principal: str) -> bool:
+        return any(principal.startswith(d) for d in self.diagnoses)
+
+
+@dataclass(frozen=True, slots=True)
 class Benefit:
     """What a plan pays for one visit type."""
 
@@ -172,6 +191,7 @@ class Benefit:
     lump_sum_key: str = "fund.maternity"
     lump_sums_per_year: int = 1  # how often one event's lump sum may be paid in a plan-year
     requires_registration: bool = False  # special diseases: bill's disease must be registered
+    per_disease: tuple[DiseasePayment, ...] = ()  # first match by the principal diagnosis
 
     def lump_sum_count_key(self, event: str) -> str:
         """The counter of lump sums paid for `event` this plan-year."""

@@ -76,6 +76,11 @@ class Split:
     basic_uncapped_fen: int = 0
     basic_over_cap_fen: int = 0
     audit_flags: tuple[AuditFlag, ...] = ()  # the pre-settlement audit rules' flags (none blocking)
+    # Per-disease payment: the rule's name, and what the institution bears (hosp_part_amt): the bill's
+    # total minus the fund's fixed payment and the person's share; negative when it keeps a surplus.
+    # Then fund + account + cash + institution = total.
+    per_disease: str = ""
+    institution_fen: int = 0
 
 
 SplitOutcome = Split | Rejected

@@ -17,3 +17,26 @@ def test_the_cap_figures_travel_in_the_split_message() -> None:
     free = encode_split_only(settle(5, 2, ("A1", 100_000, 1)), "999800", "999801")
     assert (free.basic_uncapped_fen, free.basic_over_cap_fen) == (0, 0)
     assert b"\xa0\x06" not in free.SerializeToString()  # field 100 absent: unchanged bytes
+
+
+def test_a_per_disease_split_carries_its_rule_and_the_institution_share() -> None:
+    from datetime import date
+
+    from gateway.codec import mirror
+    from gateway.engine import Split, split
+    from gateway.engine.model import Bill, BillLine, VisitType
+    from tests.engine.builders import ON, catalog, entry, institution, person
+    from tests.engine.test_golden_breadth import BR, breadth
+
+    b = Bill(VisitType.INPATIENT, (BillLine("A1", 800_000, 1, 1),), diagnoses=("K35.8",))
+    who = person(BR, "999801", "employee", ((1, date(2020, 1, 1)),))
+    s = split(
+        b, breadth(), catalog(BR, entry("A1", "A", "item")), institution(BR, "999801", 2), who, state(), ON
+    )
+    assert isinstance(s, Split)
+    wire = encode_split_only(s, BR, "999801")
+    assert (wire.per_disease, wire.institution_fen, wire.fund_total_fen, wire.cash_fen) == (
+        "appendicitis", 50_000, 600_000, 150_000,
+    )  # fmt: skip
+    reversal = mirror(wire, 0)  # a reversal negates the institution's share with the rest
+    assert (reversal.institution_fen, reversal.total_fen) == (-50_000, -800_000)
