@@ -169,6 +169,18 @@ FUND_BUDGET_MONTH = Gauge(
     ["region", "district", "fund_code"],
     multiprocess_mode="max",
 )
+INSTITUTION_SPEND_YEAR = Gauge(
+    "medsettle_institution_fund_spend_year_fen",
+    "Fund payments booked to an institution this year, in fen (the spend of its annual global budget).",
+    ["institution"],
+    multiprocess_mode="max",
+)
+INSTITUTION_BUDGET_YEAR = Gauge(
+    "medsettle_institution_budget_year_fen",
+    "An institution's configured annual global budget (总额预算) of fund payments, in fen.",
+    ["institution"],
+    multiprocess_mode="max",
+)
 RETENTION_REMOVED = Counter(
     "medsettle_retention_removed_total",
     "Settlements of plan-years past the correction window removed from Redis (the ledger keeps them).",
