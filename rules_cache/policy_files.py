@@ -27,6 +27,8 @@ from gateway.engine.policy import (
     BasicLayer,
     Benefit,
     CapOn,
+    ClaimCase,
+    ClaimRule,
     Corrections,
     Deductible,
     DeductibleScope,
@@ -93,6 +95,7 @@ def parse_policy(data: dict[str, Any], source: str) -> Policy:
         corrections=mode,
         stay_date=top.enum("stay_date", StayDate, StayDate.DISCHARGE),
         audit=parse_audit(top.opt_table("audit")),
+        claims=parse_claims(top.opt_table("claims")),
         source=source,
     )
     top.done()
@@ -600,3 +603,21 @@ def parse_audit_rule(r: Reader) -> AuditRule:
         common["days_max"] = r.integer("days_max", minimum=1, maximum=365)
     r.done()
     return AuditRule(**common)  # type: ignore[arg-type]
+
+
+def parse_claims(r: Reader | None) -> dict[ClaimCase, ClaimRule]:
+    """`[claims]`: one table per case that may be claimed after the fact (docs/POLICY_LANGUAGE.md
+    section 23): `deductible_bp` (x the deductible), `ratio_minus_bp` (points off), `ratio_bp` (a fixed
+    basic ratio instead of the plan's)."""
+    if r is None:
+        return {}
+    out: dict[ClaimCase, ClaimRule] = {}
+    for key in r.data:
+        case = r.to_enum(key, ClaimCase, key)
+        t = r.table(key)
+        penalty = Penalty(t.integer("deductible_bp", 10_000, 10_000, 100_000), t.bp("ratio_minus_bp", 0))
+        ratio = t.opt_int("ratio_bp", maximum=10_000)
+        t.done()
+        out[case] = ClaimRule(penalty, ratio)
+    r.done()
+    return out

@@ -93,6 +93,11 @@ CASH_FEN = Counter(
     "medsettle_cash_paid_fen_total", "Cash paid by persons at the counter, in fen.", ["region"]
 )
 REJECTIONS = Counter("medsettle_rejections_total", "Business rejections, by code name.", ["code"])
+CLAIMS = Counter(
+    "medsettle_claims_total",
+    "Claims after the fact (手工报销) committed, by insured region and case.",
+    ["region", "case"],
+)
 AUDIT_FLAGS = Counter(
     "medsettle_audit_flags_total",
     "Pre-settlement audit rule hits (3101/3102), by insured region, rule, severity and outcome"

@@ -52,6 +52,7 @@ class Rejection(IntEnum):
 
     # 42x: the policy's rules beyond the split (returned by split())
     AUDIT_BLOCKED = 420  # a pre-settlement audit rule of a blocking severity hit the bill (3101/3102)
+    CLAIM_CASE_NOT_COVERED = 421  # the policy pays no claims after the fact of this case
 
     @property
     def reason(self) -> str:

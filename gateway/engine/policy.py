@@ -214,6 +214,23 @@ class Penalty:
     ratio_minus_bp: int  # percentage points off the ratio: 500 = -5 points
 
 
+class ClaimCase(StrEnum):
+    """Care claimed after the fact (手工报销) because it could not be settled at the counter."""
+
+    NON_DESIGNATED = "non_designated"  # at a non-designated institution (非定点)
+    EMERGENCY = "emergency"  # an emergency (急诊抢救)
+    OUT_OF_CITY = "out_of_city"  # outside the city, without direct settlement (异地就医)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRule:
+    """What the policy does with one case of claim: a penalty (deductible multiplier, ratio points off)
+    and optionally a fixed basic ratio in place of the plan's."""
+
+    penalty: Penalty
+    ratio_bp: int | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Level3Rule:
     """Chongqing: an inpatient stay at a level-3 hospital outside the insured district needs the insured
@@ -273,6 +290,7 @@ class Policy:
     corrections: Corrections = Corrections.REFUSE
     stay_date: StayDate = StayDate.DISCHARGE
     audit: AuditPolicy | None = None  # pre-settlement audit rules (3101/3102)
+    claims: Mapping[ClaimCase, ClaimRule] = field(default_factory=dict)  # a case not listed: no claims
     source: str = ""  # the file it was loaded from, for error messages and audit
 
     def in_force(self, on: date) -> bool:
