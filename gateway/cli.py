@@ -1116,9 +1116,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--table", action="store_true", help="print readable tables instead of JSON")
     p.set_defaults(func=cmd_split)
 
-    from gateway.commands import backup_cmd, month_end_cmd, rebuild_cmd
+    from gateway.commands import backup_cmd, claim_cmd, month_end_cmd, rebuild_cmd
 
     month_end_cmd.register(sub)
+    claim_cmd.register(sub)
     rebuild_cmd.register(sub)
     backup_cmd.register(sub)
     return parser

@@ -7,7 +7,10 @@ claimed with deductible +5% and ratio -5 points; care at a non-designated instit
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -145,3 +148,44 @@ async def test_bad_claims_name_the_field(stub: Any, changes: dict[str, Any], fie
     code, bad = error_of(caught.value)
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert [v.field for v in bad.field_violations] == fields
+
+
+CLAIM_FILE = Path(__file__).resolve().parents[2] / "examples" / "claims" / "cq-out-of-city-inpatient.json"
+
+
+async def medsettle(*args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_the_claim_command_submits_a_claim_file(claims_gateway: Gateway, tmp_path: Path) -> None:
+    target = f"127.0.0.1:{claims_gateway.port}"
+    code, out, err = await medsettle("claim", str(CLAIM_FILE), "--target", target, "--insecure")
+    assert code == 0, err
+    reply = json.loads(out)
+    assert (reply["claim_no"], reply["person_id"]) == ("CQ-CLAIM-2026-000001", PERSON)
+    assert (reply["split"]["fund_total_fen"], reply["split"]["cash_fen"]) == ("1292800", "707200")
+    again = await medsettle("claim", str(CLAIM_FILE), "--target", target, "--insecure")
+    assert (again[0], json.loads(again[1])) == (0, reply)  # idempotent by claim number
+
+    bad = json.loads(CLAIM_FILE.read_text(encoding="utf-8"))
+    bad["case"] = "abroad"
+    path = tmp_path / "bad-claim.json"
+    path.write_text(json.dumps(bad), encoding="utf-8")
+    code, out, err = await medsettle("claim", str(path), "--target", target, "--insecure")
+    assert (code, out) == (2, "")
+    assert "bad-claim.json: case: 'abroad' is not one of: non_designated, emergency, out_of_city" in err
+
+    bad = json.loads(CLAIM_FILE.read_text(encoding="utf-8")) | {"total_fen": 1000, "claim_no": "CQ-X-1"}
+    path.write_text(json.dumps(bad), encoding="utf-8")
+    code, out, err = await medsettle("claim", str(path), "--target", target, "--insecure")
+    assert code == 1 and "INVALID_ARGUMENT" in err and "total_fen:" in err
