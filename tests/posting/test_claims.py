@@ -24,7 +24,7 @@ from gateway.config import Config
 from gateway.data_loading import load_citydata_dir
 from gateway.posting import statements
 from gateway.posting.worker import PostingWorker, WorkerConfig
-from gateway.protos import claims_grpc, claims_pb, pb
+from gateway.protos import claims_grpc, claims_pb, pb, pb_grpc
 from gateway.server import Gateway, redis_client
 
 from ..conftest import INDEX, INDEX_KEY, NOW
@@ -189,3 +189,29 @@ async def test_the_claim_command_submits_a_claim_file(claims_gateway: Gateway, t
     path.write_text(json.dumps(bad), encoding="utf-8")
     code, out, err = await medsettle("claim", str(path), "--target", target, "--insecure")
     assert code == 1 and "INVALID_ARGUMENT" in err and "total_fen:" in err
+
+
+async def test_a_booked_claim_reconciles_by_claim_number(
+    claims_gateway: Gateway, stub: Any, redis_server: EmbeddedRedis, ledger_dsn: str
+) -> None:
+    await stub.SubmitClaim(claim("CQ-CLAIM-2026-000010"))
+    sync = redis.Redis.from_url(redis_server.url)
+    ledger = Ledger(ledger_dsn)
+    await asyncio.to_thread(
+        run_until_caught_up, PostingWorker(sync, ledger, WorkerConfig(consumer="w")), sync
+    )
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{claims_gateway.port}") as channel:
+        ledger_stub = pb_grpc.LedgerServiceStub(channel)
+        envelope = pb.Envelope(
+            institution_code=PAYEE, terminal_id="agency", operator_id="clerk", message_id="REC-C1"
+        )
+        item = pb.ReconcileItem(
+            message_id="CQ-CLAIM-2026-000010", total_fen=2_000_000, fund_total_fen=1_292_800
+        )
+        answer = await ledger_stub.Reconcile(
+            pb.ReconcileRequest(envelope=envelope, date_from="2026-06-15", date_to="2026-06-15", items=[item])
+        )
+    assert answer.gateway_totals.count == 1 and answer.gateway_totals.fund_total_fen == 1_292_800
+    assert [(i.message_id, i.status) for i in answer.items] == [
+        ("CQ-CLAIM-2026-000010", pb.ITEM_STATUS_MATCHED)
+    ]
