@@ -16,6 +16,7 @@ from datetime import date
 from functools import partial
 
 from adapters.citydata_files import load_citydata
+from gateway import compiled_engine
 from gateway.engine import Split, split
 from gateway.engine.audit_rules import AuditKind, AuditPolicy, AuditRule, Severity
 from gateway.engine.model import Bill, BillLine, Sex, VisitType
@@ -68,7 +69,10 @@ def main() -> None:
     ]
     audited = dataclasses.replace(policy, audit=audit_rules(codes))
     assert audited.audit is not None
-    print(f"python {platform.python_version()} on {platform.machine()}, {platform.processor() or 'cpu'}")
+    print(
+        f"python {platform.python_version()} on {platform.machine()}, {platform.processor() or 'cpu'};"
+        f" engine: {compiled_engine.kind()}"
+    )
     print(f"audit rules: {len(audited.audit.rules)} over {len(codes)} codes (none blocks)")
     head = f"{'bill':<22}{'median µs':>11}{'p99 µs':>9}{'µs/line':>9}{'baseline µs':>13}{'ratio':>7}"
     print(f"{head}{'audit µs':>10}{'audit p99':>11}{'flags':>7}{'audit ratio':>13}")
