@@ -206,6 +206,14 @@ def counters_and_caps(
                 None,
                 f"{where}.lump_sum_key",
             )
+    for visit, benefit in benefits.items():  # per-disease payments: their own, uncapped counters
+        for i, disease in enumerate(benefit.per_disease):
+            key, where = disease.fund_key, f"{visit.value}.per_disease[{i}].fund_key"
+            if key in owner and owner[key][0] != "per-disease fund":
+                raise r.error(
+                    f"counter {key!r} is already the {owner[key][0]} counter of {owner[key][1]}", where
+                )
+            owner[key] = ("per-disease fund", f"per-disease {disease.name}")
     for i, layer in enumerate(layers):
         who = f"layer {layer.name}"
         claim(layer.fund_key, "fund", who, False, layer.annual_max_fen, f"layers[{i}].fund_key")

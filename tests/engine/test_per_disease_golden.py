@@ -117,3 +117,14 @@ def test_per_disease_errors_name_the_file_and_the_field(
 
     error = edited_policy(old, new, tmp_path)
     assert message in error, error
+
+
+def test_a_per_disease_payment_may_not_share_a_capped_counter(tmp_path: Path) -> None:
+    # counted in the basic fund's capped counter, the fixed payment could pass its annual maximum
+    from .test_audit_rules_golden import edited_policy
+
+    error = edited_policy("personal_fen = 150000", 'personal_fen = 150000\nfund_key = "fund.basic"', tmp_path)
+    assert (
+        "plans[0].inpatient.per_disease[0].fund_key: counter 'fund.basic' is already the fund counter"
+        in error
+    )

@@ -22,6 +22,7 @@ from adapters.embedded_redis import EmbeddedRedis
 from adapters.ledger.store import Ledger
 from gateway.config import Config
 from gateway.data_loading import load_citydata_dir
+from gateway.posting import month_end as me
 from gateway.posting import statements
 from gateway.posting.worker import PostingWorker, WorkerConfig
 from gateway.protos import claims_grpc, claims_pb, pb, pb_grpc
@@ -30,6 +31,7 @@ from gateway.server import Gateway, redis_client
 from ..conftest import INDEX, INDEX_KEY, NOW
 from ..gateway.conftest import CARD, PERSON, error_of
 from ..redis_state import accumulators
+from .test_month_end import ACCOUNTS, AFTER, JULY
 from .test_worker import run_until_caught_up
 
 pytestmark = pytest.mark.asyncio
@@ -102,6 +104,9 @@ async def test_a_claim_is_split_booked_to_the_person_and_shows_in_a_statement(
         "SELECT debit, credit, amount_fen FROM transfers WHERE credit = ?", [f"payable:500000/500103:{PAYEE}"]
     )
     assert [(str(d), int(a)) for d, _, a in payable] == [("fund:500000/500103:employee:310100", 1_292_800)]
+    # month end closes institutions: the person's claim is not a clearing application, and does not
+    # stop the month from closing (it has no bank account in the institutions' file)
+    assert me.close_month(ledger, "2026-06", None, JULY, AFTER, ACCOUNTS) == []
 
 
 async def test_a_claim_number_is_idempotent_and_reuse_is_refused(
