@@ -57,3 +57,17 @@ def test_bad_case_names_the_file_and_field(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "bad.json: bill.lines[0].quantity: -1 is out of range" in result.stderr
     assert result.stdout == ""
+
+
+def test_the_table_shows_audit_flags_per_disease_and_the_cap() -> None:
+    cases = EXAMPLES[0].parent
+    names = (
+        "audit-rules-flagged.json",
+        "per-disease-appendicitis.json",
+        "breadth-9-uncapped-and-over-cap.json",
+    )
+    result = medsettle("split", "--table", *(str(cases / n) for n in names))
+    assert result.returncode == 0, result.stderr
+    assert "audit DX-01 (warning) line 1: STAT is paid only for diagnoses I10, E78 [67.50]" in result.stdout
+    assert "per disease appendicitis institution bears 500.00" in result.stdout
+    assert "(above the annual maximum 600.00)" in result.stdout
