@@ -281,3 +281,34 @@ def test_grouped_lines_never_pay_above_their_fixed_ratio(case) -> None:  # type:
         ceiling += line.in_scope_fen * ratio
     basic = sum(f.amount_fen for f in s.funds if f.layer == "basic")
     assert basic * 10_000 <= ceiling + 5_000
+
+
+def without_audit(pol: Policy) -> Policy:
+    return dataclasses.replace(pol, audit=None)
+
+
+@SETTINGS
+@given(cases(), st.sampled_from(["", "DUPLICATE"]))
+def test_audit_flags_never_change_money(case, duplicate: str) -> None:  # type: ignore[no-untyped-def]
+    """Audit rules (the breadth file's, which flag duplicates of every item) either block the bill or
+    flag it: a settled bill pays exactly what it pays without the rules, and every flag names a line of
+    the bill with an amount no larger than the line's."""
+    b, pol, cat, inst, who, s = case
+    if duplicate and b.lines:  # charge the first line twice, so the duplicate rule has something to find
+        first = b.lines[0]
+        b = dataclasses.replace(
+            b, lines=(*b.lines, BillLine(first.code, first.unit_price_fen, first.quantity, 99))
+        )
+    with_rules = split(b, pol, cat, inst, who, s, ON)  # type: ignore[arg-type]
+    plain = split(b, without_audit(pol), cat, inst, who, s, ON)  # type: ignore[arg-type]
+    if not isinstance(with_rules, Split):
+        return
+    assert isinstance(plain, Split)
+    assert (with_rules.funds, with_rules.account_fen, with_rules.cash_fen, with_rules.deltas) == (
+        plain.funds, plain.account_fen, plain.cash_fen, plain.deltas,
+    )  # fmt: skip
+    amounts = {line.line_no: line.unit_price_fen * line.quantity for line in b.lines}
+    for flag in with_rules.audit_flags:
+        assert 0 <= flag.amount_fen <= amounts[flag.line_no]
+    if duplicate and pol.audit is not None and b.visit_type in (VisitType.OUTPATIENT, VisitType.INPATIENT):
+        assert any(f.rule_id == "DUP-01" and f.line_no == 99 for f in with_rules.audit_flags)
