@@ -40,3 +40,15 @@ def test_a_per_disease_split_carries_its_rule_and_the_institution_share() -> Non
     )  # fmt: skip
     reversal = mirror(wire, 0)  # a reversal negates the institution's share with the rest
     assert (reversal.institution_fen, reversal.total_fen) == (-50_000, -800_000)
+
+
+def test_a_bills_diagnosis_codes_are_recorded_and_read_back() -> None:
+    # the recorded inputs re-split a settlement for corrections and the auditor: the audit rules and the
+    # per-disease payment need its diagnosis codes; a bill without any records exactly what it did
+    from adapters.settlement_records import bill_from, bill_json
+    from gateway.engine.model import Bill, BillLine, VisitType
+
+    with_dx = Bill(VisitType.INPATIENT, (BillLine("A1", 100, 1, 1),), diagnoses=("K35.8", "I10"))
+    assert bill_from(bill_json(with_dx)) == with_dx
+    plain = Bill(VisitType.INPATIENT, (BillLine("A1", 100, 1, 1),))
+    assert "dx" not in bill_json(plain) and bill_from(bill_json(plain)) == plain
