@@ -18,6 +18,7 @@ import pytest
 import pytest_asyncio
 import redis
 
+from adapters import redis_keys as keys
 from adapters.embedded_redis import EmbeddedRedis
 from adapters.ledger.store import Ledger
 from gateway.config import Config
@@ -220,3 +221,37 @@ async def test_a_booked_claim_reconciles_by_claim_number(
     assert [(i.message_id, i.status) for i in answer.items] == [
         ("CQ-CLAIM-2026-000010", pb.ITEM_STATUS_MATCHED)
     ]
+
+
+async def test_the_auditor_splits_a_claim_again_and_finds_the_ledger_agrees(
+    claims_gateway: Gateway, stub: Any, redis_server: EmbeddedRedis, ledger_dsn: str
+) -> None:
+    """A claim and a settlement after it in the same plan-year (it sees the claim's deductible and
+    stay): the auditor re-splits both from their recorded inputs, folds the plan-year and checks the
+    ledger: no difference. A claim's recorded split altered is found."""
+    from gateway.audit import audit_redis
+
+    from ..gateway.conftest import Terminal
+
+    submitted = await stub.SubmitClaim(claim("CQ-CLAIM-2026-000020"))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{claims_gateway.port}") as channel:
+        settled = await pb_grpc.SettlementServiceStub(channel).Settle(
+            Terminal().settle([("T000006", 2_000, 1)])
+        )
+    assert settled.settlement_id
+    sync = redis.Redis.from_url(redis_server.url)
+    ledger = Ledger(ledger_dsn)
+    await asyncio.to_thread(
+        run_until_caught_up, PostingWorker(sync, ledger, WorkerConfig(consumer="w")), sync
+    )
+    report = await audit_redis(redis_server.url, ledger_dsn)
+    assert report.differences == [] and report.settlements == 2, report.lines()
+
+    record = keys.settlement_key(submitted.claim_id)  # the claim now records 1 fen more from the fund
+    original = sync.hget(record, "m")
+    money = json.loads(original)
+    money["f"]["310100"] += 1
+    money["c"] -= 1
+    sync.hset(record, "m", json.dumps(money))
+    found = (await audit_redis(redis_server.url, None)).differences
+    assert any(submitted.claim_id in line and "split again" in line for line in found), found
