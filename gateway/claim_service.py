@@ -211,11 +211,28 @@ def decode_claim(request: Any, today: date) -> tuple[Claim, str]:
 
 
 class ClaimServicer:
-    """ClaimService.SubmitClaim: decode, validate, call the service. The edge has already checked the
-    caller's role (bureau: agency staff)."""
+    """ClaimService: decode, validate, call the service. The edge has already checked the caller's role
+    (bureau: agency staff)."""
 
-    def __init__(self, service: ClaimService) -> None:
+    def __init__(self, service: ClaimService, corrections: Any) -> None:
         self.service = service
+        self.corrections = corrections  # gateway.correction_service.CorrectionService
+
+    async def ReverseClaim(self, request: Any, context: Any = None) -> bytes:
+        """A reversal like a terminal's, under the claims' own institution (CLAIMS): the reversal number
+        is its message id, the claim number the original one."""
+        from gateway.correction_service import Target
+
+        out = codec.text_violation(request.reversal_no, "reversal_no", True, codec.CODE_LEN_MAX)
+        out += codec.text_violation(request.claim_no, "claim_no", True, codec.CODE_LEN_MAX)
+        out += codec.person_violations(request.person)
+        out += codec.text_violation(request.operator_id, "operator_id", False, codec.CODE_LEN_MAX)
+        if out:
+            raise InvalidInput(out)
+        env = Envelope(CLAIMS_INSTITUTION, "", request.operator_id, request.reversal_no)
+        target = Target("", request.claim_no, codec.decode_person(request.person))
+        digest = codec.payload_hash(pb.ReverseRequest(original_message_id=request.claim_no))
+        return bytes(await self.corrections.reverse(env, target, digest))
 
     async def SubmitClaim(self, request: Any, context: Any = None) -> bytes:
         ctx = self.service.ctx

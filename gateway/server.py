@@ -244,7 +244,7 @@ class Gateway:
                 SettlementServicer(self.service, self.corrections),
                 LedgerServicer(self.ledger_service),
                 DiagnosticsServicer(),
-                ClaimServicer(ClaimService(ctx)),
+                ClaimServicer(ClaimService(ctx), self.corrections),
             )
         )
         self.health = health.aio.HealthServicer()

@@ -255,3 +255,37 @@ async def test_the_auditor_splits_a_claim_again_and_finds_the_ledger_agrees(
     sync.hset(record, "m", json.dumps(money))
     found = (await audit_redis(redis_server.url, None)).differences
     assert any(submitted.claim_id in line and "split again" in line for line in found), found
+
+
+async def test_a_claim_is_reversed_back_out_of_the_persons_payable(
+    stub: Any, redis_server: EmbeddedRedis, ledger_dsn: str
+) -> None:
+    submitted = await stub.SubmitClaim(claim("CQ-CLAIM-2026-000030"))
+    reverse = claims_pb.ReverseClaimRequest(
+        reversal_no="CQ-REV-2026-000001", claim_no="CQ-CLAIM-2026-000030", person=pb.PersonRef(card_no=CARD)
+    )
+    mirror = await stub.ReverseClaim(reverse)
+    assert mirror.settlement_id == submitted.claim_id
+    assert (mirror.split.total_fen, mirror.split.fund_total_fen, mirror.split.cash_fen) == (
+        -2_000_000, -1_292_800, -707_200,
+    )  # fmt: skip
+    assert (await stub.ReverseClaim(reverse)).SerializeToString() == mirror.SerializeToString()  # idempotent
+    sync = redis.Redis.from_url(redis_server.url)
+    acc = accumulators(sync, PERSON)
+    assert (acc.get("ded.inpatient", 0), acc.get("fund.basic", 0), acc.get("stays.inpatient", 0)) == (0, 0, 0)
+
+    ledger = Ledger(ledger_dsn)
+    await asyncio.to_thread(
+        run_until_caught_up, PostingWorker(sync, ledger, WorkerConfig(consumer="w")), sync
+    )
+    (month,) = statements.institution_statements(ledger, "2026-06", PAYEE)
+    assert (month.settlements, month.total_fen, month.fund_total_fen, month.cash_fen) == (0, 0, 0, 0)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:  # a reversal number names one reversal
+        await stub.ReverseClaim(
+            claims_pb.ReverseClaimRequest(
+                reversal_no="CQ-REV-2026-000001",
+                claim_no="CQ-CLAIM-2026-000001",
+                person=pb.PersonRef(card_no=CARD),
+            )
+        )
+    assert error_of(caught.value)[1].reason == "MESSAGE_ID_REUSED"
