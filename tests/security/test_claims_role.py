@@ -38,6 +38,12 @@ async def test_only_the_bureau_may_submit_claims(
             await claims_grpc.ClaimServiceStub(connect(gw, name)).SubmitClaim(claim())
         code, details = status_of(refused.value)
         assert (code, details["reason"]) == (grpc.StatusCode.PERMISSION_DENIED, "ROLE_NOT_ALLOWED")
+        reverse = claims_pb.ReverseClaimRequest(
+            reversal_no="R1", claim_no="C1", person=pb.PersonRef(card_no=CARD)
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await claims_grpc.ClaimServiceStub(connect(gw, name)).ReverseClaim(reverse)
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     reply = await claims_grpc.ClaimServiceStub(connect(gw, "bureau")).SubmitClaim(claim())
     assert reply.split.fund_total_fen == 20_000  # 600.00 at level 2: deductible 200.00, 50% of 400.00
 
