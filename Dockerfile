@@ -23,11 +23,23 @@ COPY gateway gateway
 COPY rules_cache rules_cache
 COPY adapters adapters
 COPY loadtest loadtest
+COPY telemetry telemetry
 # Stubs at build time, into gateway/_proto, so the installed package carries them.
 RUN pip install "grpcio-tools>=1.62" "protobuf>=4.25" \
     && python -c "from gateway.protos import generate; generate(force=True)" \
     && pip install . \
     && python -c "from gateway.protos import pb; assert pb.SettleRequest"
+# The engine compiled with mypyc (gateway/compiled_engine.py; about three times faster per split): built
+# here in /src, where the sources and the mypy configuration are, then its extension modules and the
+# digest of the sources they were built from copied beside the installed package's identical sources
+# (building inside site-packages would make mypy take the libraries there for our own modules). The
+# runtime stage needs no compiler: the extension modules link against libpython only.
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/* \
+    && pip install "mypy>=1.10" \
+    && python -c "import sys; from gateway.compiled_engine import build; sys.exit(build())" \
+    && SP=$(python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") \
+    && cp gateway/engine/*.so gateway/engine/.compiled-from "$SP/gateway/engine/" && cp ./*__mypyc*.so "$SP/" \
+    && cd / && python -c "from gateway import compiled_engine as c; assert c.kind() == 'compiled', c.kind()"
 
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --create-home --home-dir /app medsettle \

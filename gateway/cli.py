@@ -198,6 +198,8 @@ async def gateway_process(args: argparse.Namespace) -> int:
     config = Config(
         listen=args.listen, redis_url=redis_url, ledger_dsn=ledger_dsn_of(args), tls=tls,
         limits=limits_of(args.limit), index_key=resolve(None, Path(DEFAULT_DATA_DIR), create=False),
+        nhsa_listen=args.nhsa_listen,
+        nhsa_keys_file=Path(args.nhsa_keys_file) if args.nhsa_keys_file else None,
     )  # fmt: skip
     stop = stop_event()
     try:
@@ -335,6 +337,12 @@ async def serve(args: argparse.Namespace) -> int:
             if server is not None:
                 server.stop()
         return 2
+    from gateway.nhsa import cli_options as national
+
+    nhsa_listen = national.national_listen(args, host, embedded is not None)
+    if nhsa_listen is not None and nhsa_listen.endswith(":0"):
+        nhsa_listen = f"{nhsa_listen[:-2]}:{free_port()}"  # one port for every process, chosen here
+    nhsa_args = national.process_args(nhsa_listen, national.keys_file(args))
     stop = stop_event()
     children: list[subprocess.Popen[bytes]] = []
     posting: subprocess.Popen[bytes] | None = None
@@ -355,6 +363,7 @@ async def serve(args: argparse.Namespace) -> int:
             "gateway-process",
             "--listen",
             f"{host}:{port}",
+            *nhsa_args,
             *tls_args(tls),
             *limit_args,
             *durability_args(args),
@@ -390,6 +399,15 @@ async def serve(args: argparse.Namespace) -> int:
             f" {workers} processes",
             flush=True,
         )
+        if nhsa_listen is not None:
+            scheme = "https" if tls is not None else "http"
+            nhsa_host, _, nhsa_port = nhsa_listen.rpartition(":")
+            print(
+                f"medsettle: national interface on {scheme}://{client_host(nhsa_host)}:{nhsa_port}"
+                "/fsi/api/rsfComIfsService/callService (NHSA JSON; client certificate or x-ca/x-tif"
+                " signature: docs/NATIONAL_MAPPING.md)",
+                flush=True,
+            )
         backlog_client = client_for(admin_url)  # embedded: admin, so CONFIG GET appendfsync is seen
         if args.metrics_port >= 0:
 
@@ -925,6 +943,8 @@ def run_loop(kind: str, main: Coroutine[Any, Any, int]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from gateway.nhsa.cli_options import add_process_flags, add_serve_flags
+
     parser = argparse.ArgumentParser(prog="medsettle", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -968,6 +988,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="rotate <data-dir>/audit.log at this size (and at midnight); 0: by day only",
     )  # fmt: skip
     index_key_flags(p)
+    add_serve_flags(p)  # the national interface (gateway/nhsa/cli_options.py)
     p.add_argument("--audit-log", help="the audit log (default <data-dir>/audit.log), e.g. on its own volume")
     durability_flags(p)
     p.add_argument(
@@ -983,6 +1004,7 @@ def build_parser() -> argparse.ArgumentParser:
     secret_flags(p, "ledger", argparse.SUPPRESS)
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--insecure", action="store_true")
+    add_process_flags(p)
     for flag in ("--tls-cert", "--tls-key", "--tls-client-ca", "--tls-crl"):
         p.add_argument(flag)
     p.add_argument("--limit", action="append")

@@ -8,6 +8,7 @@ from pathlib import Path
 from adapters.citydata_files import citydata_dir
 from gateway.edge.limits import EdgeLimits
 from gateway.edge.tls import ServerTls
+from gateway.nhsa.limits import NationalLimits
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,3 +38,11 @@ class Config:
     # The deployment's index key: card and ID numbers are keyed hashes in Redis (gateway/index_key.py
     # says where the CLI finds it). Required to serve: a gateway without it can look no card up.
     index_key: bytes = b""
+    # The national interface over HTTP (gateway/nhsa/): None off. TLS with the gRPC server's certificate
+    # when `tls` is set (a client certificate is optional: signatures prove the institution otherwise),
+    # plaintext HTTP trusting fixmedins_code when it is not (--insecure).
+    nhsa_listen: str | None = None
+    nhsa_keys_file: Path | None = None  # per-institution signing keys (gateway/nhsa/signing.py)
+    nhsa_limits: NationalLimits = field(default_factory=NationalLimits)
+    nhsa_sign_in_required: bool = True  # every transaction but 9001 names a current sign_no
+    nhsa_unsigned_allowed: bool | None = None  # None: only on a plaintext (--insecure) gateway

@@ -31,6 +31,7 @@ from adapters.ledger.store import Ledger
 from adapters.redis_keys import PERSON_CHANNEL, IndexKeys
 from adapters.redis_store import RedisStore
 from adapters.settlement_store import StoreRefused
+from gateway import compiled_engine
 from gateway.claim_service import ClaimService, ClaimServicer
 from gateway.config import Config
 from gateway.correction_service import CorrectionService
@@ -52,6 +53,7 @@ from gateway.servicer import (
 )
 from rules_cache.notices import follow_channel
 from rules_cache.static_data import StaticCache
+from telemetry import metrics as telemetry_metrics
 
 log = logging.getLogger(__name__)
 SERVICE_NAMES = (
@@ -174,9 +176,13 @@ class Gateway:
     durability: Durability = field(default_factory=Durability)
     archive: LedgerArchive | None = None
     state: HealthState = field(default_factory=HealthState)
+    nhsa: Any = None  # gateway.nhsa.app.NationalFrontend when config.nhsa_listen is set
     _facts_at: float = 0.0
 
     async def start(self) -> Gateway:
+        telemetry_metrics.ENGINE_INFO.labels(compiled_engine.kind()).set(
+            1
+        )  # an operator sees a stale build fall back
         client = redis_client(self.redis_url, self.config)
         if not self.config.index_key:
             raise ValueError("Config.index_key is required: card and ID numbers are keyed hashes in Redis")
@@ -267,6 +273,10 @@ class Gateway:
             )
             self.port = self.server.add_insecure_port(self.config.listen)
         await self.server.start()
+        if self.config.nhsa_listen is not None:
+            from gateway.nhsa.wiring import start_frontend  # aiohttp only where the national port is on
+
+            self.nhsa = await start_frontend(self)
         self.tasks = [
             asyncio.create_task(static.follow(self.stopping)),
             asyncio.create_task(self.follow_people(store)),
@@ -347,6 +357,8 @@ class Gateway:
         self.state.serving, self.state.reason = False, "shutting down"
         if self.health is not None:
             await self.health.enter_graceful_shutdown()
+        if self.nhsa is not None:
+            await self.nhsa.stop()
         if self.server is not None:
             await self.server.stop(self.config.shutdown_grace_ms / 1000)
         self.stopping.set()

@@ -71,6 +71,7 @@ def running_stack(
     limits: list[str] = LOAD_LIMITS,
     wrapper: list[str] | None = None,
     stop_signal: int = signal.SIGTERM,
+    extra_args: list[str] | None = None,
 ) -> Iterator[Stack]:
     """`wrapper` runs serve under another command (a profiler: stop it with SIGINT so it writes its
     output). The Redis URL reaches serve in its environment: it holds the admin password."""
@@ -84,7 +85,8 @@ def running_stack(
         server = subprocess.Popen(
             [*(wrapper or []), *CLI, "serve", "--listen", "127.0.0.1:0",
              "--workers", str(workers), "--metrics-port", "-1", "--log-level", "WARNING",
-             "--data-dir", str(tmp / "serve"), *limit_flags(limits), *(["--insecure"] if insecure else [])],
+             "--data-dir", str(tmp / "serve"), *limit_flags(limits), *(["--insecure"] if insecure else []),
+             *(extra_args or [])],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
         )  # fmt: skip
         try:

@@ -117,6 +117,12 @@ STATIC_VERSION = Gauge(
     ["kind", "region", "version"],
     multiprocess_mode="max",
 )
+ENGINE_INFO = Gauge(
+    "medsettle_engine_info",
+    "How this gateway's engine runs (value 1): compiled (a fresh mypyc build) or python (its sources).",
+    ["kind"],
+    multiprocess_mode="max",
+)
 POLICY_COVERED_UNTIL = Gauge(
     "medsettle_policy_covered_until_timestamp_seconds",
     "End of the last day a published policy version covers, by insured region (+Inf: open-ended).",

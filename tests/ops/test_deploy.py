@@ -127,3 +127,16 @@ def test_dashboard_panels_query_what_their_titles_say() -> None:
     for expr in exprs:
         if "medsettle_settlements_total" in expr or "medsettle_fund_paid_fen_total" in expr:
             assert 'region=~"$region"' in expr, expr
+
+
+def test_the_image_copies_every_package_the_project_installs() -> None:
+    # the build stage installs what it copied: a package left out (telemetry/ once was) makes an image
+    # whose every command fails on import
+    import tomllib
+
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    copied = {
+        line.split()[1] for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("COPY ")
+    }
+    missing = [p.rstrip("*") for p in packages["include"] if p.rstrip("*") not in copied]
+    assert not missing, f"Dockerfile does not COPY {missing}"
