@@ -63,6 +63,8 @@ def bill_json(b: Bill) -> dict[str, Any]:
         "na": (not b.use_account) or None, "st": b.stay_id, "i": b.interim or None,
     }  # fmt: skip
     out.update({k: v for k, v in optional.items() if v is not None})
+    if b.diagnoses:  # absent when none, so earlier records read and write the same
+        out["dx"] = list(b.diagnoses)
     return out
 
 
@@ -76,6 +78,7 @@ def bill_from(v: Mapping[str, Any]) -> Bill:
         use_account=not v.get("na", False),
         stay_id=v.get("st"),
         interim=bool(v.get("i", False)),
+        diagnoses=tuple(str(d) for d in v.get("dx", ())),
     )
 
 

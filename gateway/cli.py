@@ -625,7 +625,7 @@ def worker(args: argparse.Namespace) -> int:
     from adapters.ledger.store import Ledger
     from adapters.secret_files import mask_url
     from gateway.ops.lifeline import die_with_supervisor
-    from gateway.posting.budgets import load_budgets
+    from gateway.posting.budgets import load_budgets, load_institution_budgets
     from gateway.posting.worker import PostingWorker, WorkerConfig, redis_client
     from telemetry.metrics import serve_metrics
 
@@ -646,6 +646,7 @@ def worker(args: argparse.Namespace) -> int:
     posting = PostingWorker(redis_client(redis_url), Ledger(ledger_dsn), config)
     if args.budgets:
         posting.budgets = load_budgets(Path(args.budgets))
+        posting.institution_budgets = load_institution_budgets(Path(args.budgets))
     print(f"medsettle worker {config.consumer}: {mask_url(redis_url)} -> {mask_url(ledger_dsn)}", flush=True)
     if args.metrics_port >= 0:
         http = serve_metrics(args.metrics_port, posting.health, args.metrics_host)
@@ -1061,7 +1062,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-port", type=int, default=9465, help="/metrics and /healthz; 0 any free port, -1 off"
     )
     p.add_argument("--metrics-host", default="127.0.0.1", help="address the metrics listen on")
-    p.add_argument("--budgets", help="monthly fund budgets (TOML) to export beside the spend")
+    p.add_argument(
+        "--budgets",
+        help="monthly fund budgets and institutions' annual budgets (TOML) to export beside the spend",
+    )
     p.set_defaults(func=worker)
 
     p = sub.add_parser("deadletters", help="list, show, replay or discard posting dead letters (audited)")
@@ -1148,9 +1152,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--table", action="store_true", help="print readable tables instead of JSON")
     p.set_defaults(func=cmd_split)
 
-    from gateway.commands import backup_cmd, month_end_cmd, rebuild_cmd
+    from gateway.commands import backup_cmd, claim_cmd, month_end_cmd, rebuild_cmd
 
     month_end_cmd.register(sub)
+    claim_cmd.register(sub)
     rebuild_cmd.register(sub)
     backup_cmd.register(sub)
     return parser

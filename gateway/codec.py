@@ -21,6 +21,7 @@ from rules_cache.records import LINES_MAX, QUANTITY_MAX, UNIT_PRICE_MAX_FEN
 
 MESSAGE_ID_LEN_MAX = 40
 CODE_LEN_MAX = 40
+DIAGNOSES_MAX = 20  # diagnosis codes on one bill
 
 VISIT_FROM_PB = {
     pb.VISIT_TYPE_OUTPATIENT: VisitType.OUTPATIENT,
@@ -112,6 +113,10 @@ def bill_violations(bill: Any) -> list[tuple[str, str]]:
             out.append(("bill.stay_id", "only an inpatient or maternity bill belongs to a stay"))
     if bill.interim and not bill.stay_id:
         out.append(("bill.interim", "an interim settlement needs the stay_id its later parts will name"))
+    if len(bill.diagnosis_codes) > DIAGNOSES_MAX:
+        out.append(("bill.diagnosis_codes", f"at most {DIAGNOSES_MAX} diagnosis codes"))
+    for i, code in enumerate(bill.diagnosis_codes[:DIAGNOSES_MAX]):
+        out += text_violation(code, f"bill.diagnosis_codes[{i}]", True, CODE_LEN_MAX)
     if bill.visit_type == pb.VISIT_TYPE_SPECIAL and not bill.disease_code:
         out.append(("bill.disease_code", "required for a special-disease visit"))
     if bill.visit_type == pb.VISIT_TYPE_MATERNITY and not bill.maternity_event:
@@ -132,6 +137,7 @@ def decode_bill(bill: Any) -> Bill:
         use_account=not bill.decline_account,
         stay_id=bill.stay_id or None,
         interim=bill.interim,
+        diagnoses=tuple(bill.diagnosis_codes),
     )
 
 
@@ -250,11 +256,23 @@ def encode_split_only(s: Split, insured_region: str, insured_district: str) -> A
         tier=s.tier,
         insured_region=insured_region,
         insured_district=insured_district,
-    )
+        basic_uncapped_fen=s.basic_uncapped_fen,
+        basic_over_cap_fen=s.basic_over_cap_fen,
+        per_disease=s.per_disease,
+        institution_fen=s.institution_fen,
+        audit_flags=[
+            pb.AuditFlag(
+                rule_id=f.rule_id, severity=f.severity.value, line_no=f.line_no, amount_fen=f.amount_fen,
+                kind=f.kind.value, detail=f.detail,
+            )
+            for f in s.audit_flags
+        ],
+    )  # fmt: skip
 
 
 MONEY_FIELDS = (
     "total_fen",
+    "institution_fen",
     "full_selfpay_fen",
     "over_limit_fen",
     "first_selfpay_fen",

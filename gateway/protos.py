@@ -10,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "proto"
 OUT_DIR = Path(__file__).resolve().parent / "_proto"
-SOURCES = ("medsettle/v1/settlement.proto",)
+SOURCES = ("medsettle/v1/settlement.proto", "medsettle/v1/claims.proto")
 
 
 def generate(force: bool = False) -> None:
@@ -37,10 +37,12 @@ if (PROTO_DIR / SOURCES[0]).exists():  # in a checkout; an installed image gener
 if str(OUT_DIR) not in sys.path:
     sys.path.insert(0, str(OUT_DIR))
 
+from medsettle.v1 import claims_pb2 as claims_pb  # type: ignore[import-not-found,unused-ignore]  # noqa: E402
+from medsettle.v1 import claims_pb2_grpc as claims_grpc  # type: ignore[import-not-found,unused-ignore]  # noqa: E402
 from medsettle.v1 import settlement_pb2 as pb  # type: ignore[import-not-found,unused-ignore]  # noqa: E402
 from medsettle.v1 import settlement_pb2_grpc as pb_grpc  # type: ignore[import-not-found,unused-ignore]  # noqa: E402
 
-__all__ = ["generate", "pb", "pb_grpc"]
+__all__ = ["claims_grpc", "claims_pb", "generate", "pb", "pb_grpc"]
 
 if __name__ == "__main__":
     generate(force=True)

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from adapters.settlement_store import SettlementStore
 from gateway.engine import Rejected, Rejection, SplitOutcome, split
+from gateway.engine.claims import parse_claim_institution, split_claim
 from gateway.engine.corrections import Resplit, SettlementInputs
 from gateway.engine.model import Catalog, Institution, Person, PersonState, StayTotals
 from gateway.engine.policy import Policy
@@ -37,6 +38,12 @@ class RecordedRules:
 
     def resplit(self, inputs: SettlementInputs, state: PersonState, stay: StayTotals) -> SplitOutcome:
         policy = self.policies.get(inputs.policy_version)
+        claim = parse_claim_institution(inputs.institution)
+        if claim is not None:  # a claim after the fact: its receipts are its lines, no catalog
+            person = self.persons.get(inputs.person_digest)
+            if policy is None or person is None:
+                return Rejected(Rejection.REGION_NOT_SERVED, f"the rules of a claim are gone: {self.missing}")
+            return split_claim(inputs.bill, *claim, policy, person, state, inputs.on, stay)
         registry = self.institutions.get(inputs.institutions_version, {})
         inst = registry.get(inputs.institution)
         person = self.persons.get(inputs.person_digest)

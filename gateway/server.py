@@ -32,6 +32,7 @@ from adapters.redis_keys import PERSON_CHANNEL, IndexKeys
 from adapters.redis_store import RedisStore
 from adapters.settlement_store import StoreRefused
 from gateway import compiled_engine
+from gateway.claim_service import ClaimService, ClaimServicer
 from gateway.config import Config
 from gateway.correction_service import CorrectionService
 from gateway.edge.identity import IdentityReader, Revocations
@@ -59,6 +60,7 @@ SERVICE_NAMES = (
     "medsettle.v1.SettlementService",
     "medsettle.v1.LedgerService",
     "medsettle.v1.ClearingService",
+    "medsettle.v1.ClaimService",
     "medsettle.v1.DiagnosticsService",
 )
 
@@ -248,6 +250,7 @@ class Gateway:
                 SettlementServicer(self.service, self.corrections),
                 LedgerServicer(self.ledger_service),
                 DiagnosticsServicer(),
+                ClaimServicer(ClaimService(ctx), self.corrections),
             )
         )
         self.health = health.aio.HealthServicer()

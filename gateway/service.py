@@ -34,6 +34,7 @@ from gateway.codec import Envelope, PersonRef
 from gateway.edge import privacy
 from gateway.engine import Rejected as EngineRejected
 from gateway.engine import Rejection, Split, split
+from gateway.engine.audit_rules import AuditFlag
 from gateway.engine.corrections import LiveSettlement, Money, SettlementInputs, admit, classify
 from gateway.engine.eligibility import covered, tier_in_force
 from gateway.engine.model import Bill, Enrolment, Institution, StayTotals
@@ -252,6 +253,7 @@ class SettlementService:
         state = year.state(person.balance_fen)
         outcome = split(bill, care.policy, catalog, inst, person.person, state, on, stay)
         if isinstance(outcome, EngineRejected):
+            count_audit_flags(care.policy.region, outcome.audit_flags, "blocked")
             raise Rejected(outcome.code, outcome.reason, outcome.line_no)
         return Computed(outcome, care.enrolment, year, stay)
 
@@ -338,6 +340,7 @@ class SettlementService:
                 outcome = await self.ctx.commit(commit)
                 if outcome.status == "OK":
                     count_settlement(c.enrolment, bill, c.split)
+                    count_audit_flags(c.enrolment.region, c.split.audit_flags, "flagged")
                     logs.note(settlement_id=sid)
                     audit("settle", env, sid, live.money, c.split.policy_version, c.split.catalog_version)
                     return Settled(response, False, sid, c.split)
@@ -530,6 +533,13 @@ def count_settlement(enrolment: Enrolment, bill: Bill, result: Split) -> None:
         metrics.child(metrics.ACCOUNT_FEN, region).inc(result.account_fen)
     if result.cash_fen:
         metrics.child(metrics.CASH_FEN, region).inc(result.cash_fen)
+
+
+def count_audit_flags(region: str, flags: tuple[AuditFlag, ...], outcome: str) -> None:
+    """medsettle_audit_flags_total per rule: committed settlements count their flags once; a blocked
+    bill counts the flags that rejected it (a pre-settlement counts nothing: it commits nothing)."""
+    for flag in flags:
+        metrics.AUDIT_FLAGS.labels(region, flag.rule_id, flag.severity.value, outcome).inc()
 
 
 def resent(env: Envelope, response: bytes) -> Settled:

@@ -28,7 +28,7 @@ from gateway.edge.limits import REFUSALS, EdgeLimits, Limiter
 from gateway.edge.refusals import Refused, Undecodable
 from gateway.engine import Rejection
 from gateway.errors import InvalidInput, Rejected, Unavailable
-from gateway.protos import pb
+from gateway.protos import claims_pb, pb
 from gateway.service import SettlementService
 from telemetry import metrics
 
@@ -489,9 +489,27 @@ def unary_handler(edge: Edge, route: Route, serializer: Callable[[Any], bytes]) 
 
 
 def handlers(
-    edge: Edge, servicer: SettlementServicer, ledger: LedgerServicer, diagnostics: DiagnosticsServicer
+    edge: Edge,
+    servicer: SettlementServicer,
+    ledger: LedgerServicer,
+    diagnostics: DiagnosticsServicer,
+    claims: Any = None,  # gateway.claim_service.ClaimServicer
 ) -> list[grpc.GenericRpcHandler]:
     out = []
+    if claims is not None:  # agency staff (role bureau) submit claims after the fact
+        methods = claims_pb.DESCRIPTOR.services_by_name["ClaimService"].methods_by_name
+        full = f"{DOMAIN}.ClaimService"
+        routes = {
+            name: Route(
+                full, name, getattr(claims_pb, methods[name].input_type.name), getattr(claims, name), BUREAU
+            )
+            for name in methods
+        }
+        out.append(
+            grpc.method_handlers_generic_handler(
+                full, {name: unary_handler(edge, r, passthrough) for name, r in routes.items()}
+            )
+        )
     services = (("SettlementService", servicer), ("LedgerService", ledger), ("ClearingService", ledger))
     for service_name, target in services:
         methods = pb.DESCRIPTOR.services_by_name[service_name].methods_by_name

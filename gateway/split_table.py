@@ -45,10 +45,18 @@ def render_split(s: Any, title: str = "") -> str:
         left = "" if f.remaining_max_fen < 0 else f"   (left this year {yuan(f.remaining_max_fen)})"
         out.append(f"  fund {f.fund_code} {f.layer:<18}{yuan(f.amount_fen):>12}{left}")
     out.append(f"  funds total            {yuan(s.fund_total_fen):>12}")
+    if s.basic_over_cap_fen:
+        uncapped, over = yuan(s.basic_uncapped_fen), yuan(s.basic_over_cap_fen)
+        out.append(f"  basic before its max  {uncapped:>13}   (above the annual maximum {over})")
+    if s.per_disease:
+        out.append(f"  per disease {s.per_disease:<10} institution bears {yuan(s.institution_fen)}")
     after = yuan(s.account_balance_after_fen)
     out.append(f"  personal account       {yuan(s.account_fen):>12}   (balance after {after})")
     out.append(f"  cash                   {yuan(s.cash_fen):>12}")
     scheme = {pb.SCHEME_EMPLOYEE: "employee", pb.SCHEME_RESIDENT: "resident"}.get(s.scheme, "?")
     tags = f"  policy {s.policy_version}, catalog {s.catalog_version}, {scheme} tier {s.tier}"
     out.append(tags + (f", {', '.join(s.flags)}" if s.flags else ""))
+    for flag in s.audit_flags:
+        where = f"  audit {flag.rule_id} ({flag.severity}) line {flag.line_no}"
+        out.append(f"{where}: {flag.detail} [{yuan(flag.amount_fen)}]")
     return "\n".join(out)

@@ -8,7 +8,18 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from gateway.engine.model import ApprovalKind, ItemKind, PersonType, Scheme, VisitType
+from gateway.engine.audit_rules import AuditKind, AuditPolicy, AuditRule, Severity
+from gateway.engine.model import (
+    GRADE_OF,
+    GRADES,
+    LEVEL_NAMES,
+    ApprovalKind,
+    ItemKind,
+    PersonType,
+    Scheme,
+    Sex,
+    VisitType,
+)
 from gateway.engine.policy import (
     AgeBonus,
     Band,
@@ -16,15 +27,20 @@ from gateway.engine.policy import (
     BasicLayer,
     Benefit,
     CapOn,
+    ClaimCase,
+    ClaimRule,
     Corrections,
     Deductible,
     DeductibleScope,
+    DiseasePayment,
     Level3Rule,
     OutOfRegionRule,
     Penalty,
+    PersonRule,
     Plan,
     Policy,
     Ratio,
+    RatioMeasure,
     StayDate,
     StayRule,
     SupplementaryLayer,
@@ -32,7 +48,7 @@ from gateway.engine.policy import (
 )
 from rules_cache.reader import DataError, Reader
 
-LEVELS = (0, 1, 2, 3)
+AUDIT_RULES_MAX = 10_000  # per policy file; rules are indexed by code, so the count bounds memory only
 
 
 def load_policy_file(path: Path) -> Policy:
@@ -78,6 +94,8 @@ def parse_policy(data: dict[str, Any], source: str) -> Policy:
         out_of_region=parse_out_of_region(top.opt_table("out_of_region")),
         corrections=mode,
         stay_date=top.enum("stay_date", StayDate, StayDate.DISCHARGE),
+        audit=parse_audit(top.opt_table("audit")),
+        claims=parse_claims(top.opt_table("claims")),
         source=source,
     )
     top.done()
@@ -188,6 +206,14 @@ def counters_and_caps(
                 None,
                 f"{where}.lump_sum_key",
             )
+    for visit, benefit in benefits.items():  # per-disease payments: their own, uncapped counters
+        for i, disease in enumerate(benefit.per_disease):
+            key, where = disease.fund_key, f"{visit.value}.per_disease[{i}].fund_key"
+            if key in owner and owner[key][0] != "per-disease fund":
+                raise r.error(
+                    f"counter {key!r} is already the {owner[key][0]} counter of {owner[key][1]}", where
+                )
+            owner[key] = ("per-disease fund", f"per-disease {disease.name}")
     for i, layer in enumerate(layers):
         who = f"layer {layer.name}"
         claim(layer.fund_key, "fund", who, False, layer.annual_max_fen, f"layers[{i}].fund_key")
@@ -211,8 +237,9 @@ def parse_benefit(r: Reader, visit: VisitType) -> Benefit:
     if visit is VisitType.MATERNITY and not lump_sums:
         raise r.error("a maternity benefit needs lump_sums_fen", "lump_sums_fen")
     pooled = r.flag("pooled", visit is not VisitType.MATERNITY)
+    basic = parse_basic(r) if pooled else None
     benefit = Benefit(
-        basic=parse_basic(r) if pooled else None,
+        basic=basic,
         account_allowed=r.flag("account", True),
         account_excludes_full_selfpay="full_selfpay" in excludes,
         account_excludes_over_limit="over_limit" in excludes,
@@ -221,27 +248,105 @@ def parse_benefit(r: Reader, visit: VisitType) -> Benefit:
         lump_sum_key=r.text("lump_sum_key", "fund.maternity"),
         lump_sums_per_year=r.integer("lump_sums_per_year", 1, minimum=1, maximum=12),
         requires_registration=r.flag("requires_registration", visit is VisitType.SPECIAL),
+        per_disease=tuple(
+            parse_disease_payment(d, basic.fund_code if basic is not None else None)
+            for d in r.tables("per_disease")
+        ),
     )
     r.done()
     return benefit
 
 
+def parse_disease_payment(r: Reader, default_fund: str | None) -> DiseasePayment:
+    """`[[plans.<visit>.per_disease]]`: a fixed fund payment per stay for listed diagnoses."""
+    diagnoses = r.strs("diagnoses")
+    if not diagnoses or not all(diagnoses):
+        raise r.error("list the diagnosis codes (or their prefixes) the payment is for", "diagnoses")
+    if r.has("personal_fen") == r.has("personal_max_fen"):
+        raise r.error("give exactly one of personal_fen (fixed) or personal_max_fen (capped)")
+    fund_code = r.text("fund_code", default_fund) if default_fund else r.text("fund_code")
+    rule = DiseasePayment(
+        name=r.text("name"),
+        diagnoses=diagnoses,
+        fund_fen=r.integer("fund_fen"),
+        fund_code=fund_code,
+        fund_key=r.text("fund_key", "fund.per_disease"),
+        personal_fen=r.opt_int("personal_fen"),
+        personal_max_fen=r.opt_int("personal_max_fen"),
+    )
+    r.done()
+    return rule
+
+
 def by_level(r: Reader, minimum: int = 0, maximum: int | None = None) -> dict[int, int]:
+    """Every level 0-8: the grades 0-3 must be given (or `all`); a tier (community, township, county,
+    city, provincial, by name or by its number 4-8) not given takes its grade's value."""
     if r.has("all"):
         amount = r.integer("all", minimum=minimum, maximum=maximum)
         r.done()
-        return dict.fromkeys(LEVELS, amount)
-    missing = [lv for lv in LEVELS if str(lv) not in r.data]
+        return dict.fromkeys(GRADE_OF, amount)
+    missing = [lv for lv in GRADES if str(lv) not in r.data]
     if missing:
         raise r.error(f"missing level(s) {missing}: give every level 0-3, or `all`")
-    result = {lv: r.integer(str(lv), minimum=minimum, maximum=maximum) for lv in LEVELS}
+    result = {lv: r.integer(str(lv), minimum=minimum, maximum=maximum) for lv in GRADES}
+    for code, name in LEVEL_NAMES.items():
+        if r.has(name) and r.has(str(code)):
+            raise r.error(f"level {name} given twice (as {name} and as {code})", name)
+        key = name if r.has(name) else str(code)
+        given = r.has(key)
+        value = r.integer(key, minimum=minimum, maximum=maximum) if given else result[GRADE_OF[code]]
+        result[code] = value
     r.done()
     return result
 
 
+def person_rules(r: Reader, key: str, deductible: bool) -> tuple[PersonRule, ...]:
+    """`[[...person_rules]]`: a person type and/or an age range; the first that matches wins."""
+    rules = []
+    for rule in r.tables(key):
+        min_age = rule.opt_int("min_age", maximum=150)
+        max_age = rule.opt_int("max_age", maximum=150)
+        if min_age is not None and max_age is not None and max_age < min_age:
+            raise rule.error(f"max_age {max_age} is below min_age {min_age}", "max_age")
+        person_type = (
+            rule.to_enum(rule.raw("person_type"), PersonType, "person_type")
+            if rule.has("person_type")
+            else None
+        )
+        if deductible:
+            standard = rule.opt_int("standard_fen")
+            multiplier = rule.opt_int("multiplier_bp", maximum=100_000)
+            if standard is None and multiplier is None:
+                raise rule.error("give standard_fen, multiplier_bp or both")
+            found = PersonRule(person_type, min_age, max_age, standard_fen=standard, multiplier_bp=multiplier)
+        else:
+            found = PersonRule(
+                person_type, min_age, max_age, add_bp=rule.integer("add_bp", minimum=-10_000, maximum=10_000)
+            )
+        if person_type is None and min_age is None and max_age is None:
+            raise rule.error("a rule needs a person_type, a min_age or a max_age")
+        rule.done()
+        rules.append(found)
+    return tuple(rules)
+
+
+def fixed_ratios(r: Reader, key: str) -> dict[str, int]:
+    """`by_group` / `by_kind`: name -> { fund_bp } or { personal_bp } (the fund pays the rest)."""
+    out: dict[str, int] = {}
+    table = r.table(key)
+    for name in table.data:
+        entry = table.table(name)
+        if entry.has("fund_bp") == entry.has("personal_bp"):
+            raise entry.error("give exactly one of fund_bp or personal_bp")
+        out[name] = entry.bp("fund_bp") if entry.has("fund_bp") else 10_000 - entry.bp("personal_bp")
+        entry.done()
+    table.done()
+    return out
+
+
 def parse_basic(r: Reader) -> BasicLayer:
     ded = r.opt_table("deductible")
-    return BasicLayer(
+    layer = BasicLayer(
         fund_code=r.text("fund_code"),
         ratio=parse_ratio(r.table("ratio")),
         fund_key=r.text("fund_key"),
@@ -249,7 +354,16 @@ def parse_basic(r: Reader) -> BasicLayer:
         deductible=parse_deductible(ded) if ded is not None else None,
         annual_max_fen=r.opt_int("annual_max_fen"),
         annual_max_on=r.enum("annual_max_on", CapOn, CapOn.FUND),
+        annual_max_counts_deductible=r.flag("annual_max_counts_deductible", False),
     )
+    if layer.annual_max_counts_deductible and (
+        layer.annual_max_on is not CapOn.COST or layer.annual_max_fen is None or layer.deductible is None
+    ):
+        raise r.error(
+            'needs annual_max_on = "cost", an annual_max_fen and a [deductible]',
+            "annual_max_counts_deductible",
+        )
+    return layer
 
 
 def parse_deductible(r: Reader) -> Deductible:
@@ -275,7 +389,11 @@ def parse_deductible(r: Reader) -> Deductible:
         reduce_each_stay_bp=r.bp("reduce_each_stay_bp", 0),
         floor_fen=r.integer("floor_fen", 0),
         yearly_cap_fen=r.opt_int("yearly_cap_fen"),
+        floor_by_level_fen=by_level(r.table("floor_by_level")) if r.has("floor_by_level") else None,
+        person_rules=person_rules(r, "person_rules", deductible=True),
     )
+    if r.has("floor_by_level") and r.has("floor_fen"):
+        raise r.error("give floor_fen or floor_by_level, not both", "floor_by_level")
     if stay_rule is StayRule.REDUCE and rule.reduce_each_stay_bp == 0:
         raise r.error("stay_rule = reduce needs reduce_each_stay_bp > 0", "reduce_each_stay_bp")
     r.done()
@@ -333,6 +451,14 @@ def parse_ratio(r: Reader) -> Ratio:
         bands_scope=r.enum("bands_scope", BandScope, BandScope.BILL),
         person_type_add_bp=person_add,
         age_bonus=bonus,
+        measured_on=r.enum("bands_measured_on", RatioMeasure, RatioMeasure.ELIGIBLE),
+        person_rules=person_rules(r, "person_rules", deductible=False),
+        group_fund_bp=fixed_ratios(r, "by_group") if r.has("by_group") else {},
+        kind_fund_bp={
+            r.to_enum(k, ItemKind, f"by_kind.{k}"): v for k, v in fixed_ratios(r, "by_kind").items()
+        }
+        if r.has("by_kind")
+        else {},
     )
     r.done()
     return ratio
@@ -361,7 +487,13 @@ def parse_layer(r: Reader) -> SupplementaryLayer:
         annual_max_fen=r.opt_int("annual_max_fen"),
         person_types=r.enums("person_types", PersonType),
         person_tags=frozenset(r.strs("person_tags")),
+        include_first_selfpay=r.flag("include_first_selfpay", False),
+        include_excess=r.flag("include_excess", True),
+        level_add_bp=by_level(r.table("level_add_bp"), -10_000, 10_000) if r.has("level_add_bp") else {},
     )
+    parts = (layer.include_excess, layer.include_copay, layer.include_deductible, layer.include_first_selfpay)
+    if not any(parts):
+        raise r.error("the layer's base would be empty: include at least one part", "include_excess")
     r.done()
     return layer
 
@@ -420,3 +552,80 @@ def parse_out_of_region(r: Reader | None) -> OutOfRegionRule | None:
     )
     r.done()
     return rule
+
+
+def parse_audit(r: Reader | None) -> AuditPolicy | None:
+    """`[audit]`: which severities block, and the `[[audit.rules]]` (docs/POLICY_LANGUAGE.md section 21)."""
+    if r is None:
+        return None
+    blocking = r.enums("block", Severity)
+    rules: list[AuditRule] = []
+    ids: set[str] = set()
+    for i, rule in enumerate(r.tables("rules")):
+        if i >= AUDIT_RULES_MAX:
+            raise r.error(f"more than {AUDIT_RULES_MAX} rules", "rules")
+        parsed = parse_audit_rule(rule)
+        if parsed.rule_id in ids:
+            raise rule.error(f"rule id {parsed.rule_id!r} is used twice", "id")
+        ids.add(parsed.rule_id)
+        rules.append(parsed)
+    r.done()
+    return AuditPolicy.of(tuple(rules), blocking)
+
+
+def parse_audit_rule(r: Reader) -> AuditRule:
+    kind = r.enum("kind", AuditKind)
+    codes = frozenset(r.strs("codes"))
+    if not codes and kind is not AuditKind.DUPLICATE:
+        raise r.error(f"a {kind} rule needs the catalog codes it looks at", "codes")
+    common: dict[str, object] = {
+        "rule_id": r.text("id"),
+        "kind": kind,
+        "severity": r.enum("severity", Severity),
+        "codes": codes,
+        "visit_types": r.enums(
+            "visit_types", VisitType, (VisitType.PHARMACY,) if kind is AuditKind.DAYS_SUPPLY else ()
+        ),
+        "description": r.text("description", "-"),
+    }
+    if kind is AuditKind.SEX:
+        common["sex"] = r.enum("sex", Sex)
+    elif kind is AuditKind.AGE:
+        common["min_age"] = r.opt_int("min_age", maximum=150)
+        common["max_age"] = r.opt_int("max_age", maximum=150)
+        if common["min_age"] is None and common["max_age"] is None:
+            raise r.error("an age rule needs min_age, max_age or both", "min_age")
+    elif kind is AuditKind.DAILY_QUANTITY:
+        common["per_day_max"] = r.integer("per_day_max", minimum=1)
+    elif kind is AuditKind.DIAGNOSIS:
+        diagnoses = r.strs("diagnoses")
+        if not diagnoses or not all(diagnoses):
+            raise r.error("list the diagnosis codes (or their prefixes) the item is paid for", "diagnoses")
+        common["diagnoses"] = diagnoses
+    elif kind is AuditKind.VISIT_TYPE:
+        common["allowed_visit_types"] = r.enums("allowed_visit_types", VisitType)
+        if not common["allowed_visit_types"]:
+            raise r.error("list the visit types the item is allowed at", "allowed_visit_types")
+    elif kind is AuditKind.DAYS_SUPPLY:
+        common["units_per_day"] = r.integer("units_per_day", minimum=1)
+        common["days_max"] = r.integer("days_max", minimum=1, maximum=365)
+    r.done()
+    return AuditRule(**common)  # type: ignore[arg-type]
+
+
+def parse_claims(r: Reader | None) -> dict[ClaimCase, ClaimRule]:
+    """`[claims]`: one table per case that may be claimed after the fact (docs/POLICY_LANGUAGE.md
+    section 23): `deductible_bp` (x the deductible), `ratio_minus_bp` (points off), `ratio_bp` (a fixed
+    basic ratio instead of the plan's)."""
+    if r is None:
+        return {}
+    out: dict[ClaimCase, ClaimRule] = {}
+    for key in r.data:
+        case = r.to_enum(key, ClaimCase, key)
+        t = r.table(key)
+        penalty = Penalty(t.integer("deductible_bp", 10_000, 10_000, 100_000), t.bp("ratio_minus_bp", 0))
+        ratio = t.opt_int("ratio_bp", maximum=10_000)
+        t.done()
+        out[case] = ClaimRule(penalty, ratio)
+    r.done()
+    return out

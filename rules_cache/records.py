@@ -9,6 +9,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from gateway.engine.model import (
+    GRADE_OF,
+    LEVEL_CODES,
+    LEVEL_NAMES,
     Approval,
     ApprovalKind,
     Bill,
@@ -53,7 +56,7 @@ def csv_int(value: Any) -> Any:
 
 def catalog_entry(row: dict[str, Any], source: str, path: str) -> CatalogEntry:
     data = {k: csv_int(v) for k, v in blank_to_none(row).items()}
-    for key in ("name", "unit", "code", "special_diseases", "selfpay_bp_by_scheme"):
+    for key in ("name", "unit", "code", "special_diseases", "selfpay_bp_by_scheme", "group"):
         if key in data:
             data[key] = str(data[key])
     r = Reader(data, source, path)
@@ -66,6 +69,7 @@ def catalog_entry(row: dict[str, Any], source: str, path: str) -> CatalogEntry:
             raise r.error(f"expected scheme=basis_points, got {part!r}", "selfpay_bp_by_scheme")
         by_scheme[r.to_enum(scheme, Scheme, "selfpay_bp_by_scheme")] = int(bp)
     sex = r.text("sex", "-")
+    group = r.text("group", "-")
     entry = CatalogEntry(
         code=r.text("code"),
         name=r.text("name"),
@@ -85,6 +89,7 @@ def catalog_entry(row: dict[str, Any], source: str, path: str) -> CatalogEntry:
         effective_to=r.opt_day("effective_to"),
         unit=r.text("unit", "-"),
         ref_price_fen=r.integer("ref_price_fen", 0),
+        group="" if group == "-" else group,
     )
     r.done()
     return entry
@@ -121,6 +126,17 @@ def catalog(
     return Catalog.of(region, version, (e for found in by_code.values() for e, _ in found))
 
 
+def institution_level(r: Reader) -> int:
+    """A grade 0-3, or a tier 4-8 by number or by name (community, township, county, city, provincial)."""
+    value = r.raw("level")
+    if isinstance(value, str) and value in LEVEL_CODES:
+        return LEVEL_CODES[value]
+    if isinstance(value, str) or value not in GRADE_OF:
+        names = ", ".join(LEVEL_NAMES.values())
+        raise r.error(f"{value!r} is not a level: give 0-3, 4-8 or one of {names}", "level")
+    return r.check_int(value, "level", 0, max(GRADE_OF))
+
+
 def institution(row: dict[str, Any], source: str, path: str) -> Institution:
     data = {k: csv_int(v) for k, v in blank_to_none(row).items()}
     for key in ("code", "name", "region", "district", "visit_types"):
@@ -133,7 +149,7 @@ def institution(row: dict[str, Any], source: str, path: str) -> Institution:
         code=r.text("code"),
         name=r.text("name"),
         type=r.enum("type", InstitutionType),
-        level=r.integer("level", maximum=3),
+        level=institution_level(r),
         region=r.text("region"),
         district=r.text("district"),
         designated=bool(r.integer("designated", maximum=1)),
@@ -260,6 +276,7 @@ def bill(data: dict[str, Any], source: str, path: str) -> Bill:
         visit_on=r.opt_day("visit_date"),
         admitted_on=r.opt_day("admission_date"),
         discharged_on=r.opt_day("discharge_date"),
+        diagnoses=r.strs("diagnosis_codes"),
     )
     r.done()
     return result

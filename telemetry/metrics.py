@@ -93,6 +93,17 @@ CASH_FEN = Counter(
     "medsettle_cash_paid_fen_total", "Cash paid by persons at the counter, in fen.", ["region"]
 )
 REJECTIONS = Counter("medsettle_rejections_total", "Business rejections, by code name.", ["code"])
+CLAIMS = Counter(
+    "medsettle_claims_total",
+    "Claims after the fact (手工报销) committed, by insured region and case.",
+    ["region", "case"],
+)
+AUDIT_FLAGS = Counter(
+    "medsettle_audit_flags_total",
+    "Pre-settlement audit rule hits (3101/3102), by insured region, rule, severity and outcome"
+    " (flagged: settled with the flag; blocked: the bill was rejected).",
+    ["region", "rule", "severity", "outcome"],
+)
 
 # ---------------------------------------------------------------- caches, Redis, commits
 CACHE = Counter(
@@ -167,6 +178,18 @@ FUND_BUDGET_MONTH = Gauge(
     "medsettle_fund_budget_month_fen",
     "Configured monthly budget, in fen, by region, district and fund code.",
     ["region", "district", "fund_code"],
+    multiprocess_mode="max",
+)
+INSTITUTION_SPEND_YEAR = Gauge(
+    "medsettle_institution_fund_spend_year_fen",
+    "Fund payments booked to an institution this year, in fen (the spend of its annual global budget).",
+    ["institution"],
+    multiprocess_mode="max",
+)
+INSTITUTION_BUDGET_YEAR = Gauge(
+    "medsettle_institution_budget_year_fen",
+    "An institution's configured annual global budget (总额预算) of fund payments, in fen.",
+    ["institution"],
     multiprocess_mode="max",
 )
 RETENTION_REMOVED = Counter(

@@ -50,6 +50,10 @@ class Rejection(IntEnum):
     SETTLEMENT_ARCHIVED = 412  # its plan-year has left the correction window: the agency corrects it
     PLAN_YEAR_CLOSED = 413  # the date of care is in a plan-year the gateway no longer settles
 
+    # 42x: the policy's rules beyond the split (returned by split())
+    AUDIT_BLOCKED = 420  # a pre-settlement audit rule of a blocking severity hit the bill (3101/3102)
+    CLAIM_CASE_NOT_COVERED = 421  # the policy pays no claims after the fact of this case
+
     @property
     def reason(self) -> str:
         return self.name

@@ -45,7 +45,9 @@ class Money:
         for f in split.funds:
             if f.amount_fen:
                 funds[f.fund_code] = funds.get(f.fund_code, 0) + f.amount_fen
-        return Money(split.total_fen, funds, split.account_fen, split.cash_fen)
+        # under a per-disease payment the institution is paid the quota, not the bill: the ledger books
+        # what the fund and the person pay it (the bill's cost and its share stay on the settlement)
+        return Money(split.total_fen - split.institution_fen, funds, split.account_fen, split.cash_fen)
 
     @property
     def fund_total_fen(self) -> int:

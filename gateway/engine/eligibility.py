@@ -6,7 +6,15 @@ from datetime import date
 from typing import NamedTuple
 
 from gateway.engine.codes import Rejection
-from gateway.engine.model import ApprovalKind, Enrolment, EnrolmentStatus, Institution, Person, VisitType
+from gateway.engine.model import (
+    ApprovalKind,
+    Enrolment,
+    EnrolmentStatus,
+    Institution,
+    Person,
+    VisitType,
+    grade,
+)
 from gateway.engine.policy import Penalty, Plan, Policy, TierSwitch
 from gateway.engine.result import Rejected
 
@@ -119,7 +127,7 @@ def penalty_for(
     if (
         level3 is None
         or visit_type not in level3.visit_types
-        or institution.level != 3
+        or grade(institution.level) != 3
         or institution.district == enrolment.district
         or has_approval(person, level3.approval_kinds, on, institution.code)
     ):

@@ -13,7 +13,16 @@ from collections.abc import Mapping
 from datetime import date
 from typing import NamedTuple
 
-from gateway.engine.model import BillLine, CatalogEntry, ItemClass, ItemKind, Scheme, Sex, VisitType
+from gateway.engine.model import (
+    BillLine,
+    CatalogEntry,
+    ItemClass,
+    ItemKind,
+    Scheme,
+    Sex,
+    VisitType,
+    grade,
+)
 from gateway.engine.money import apply_bp
 from gateway.engine.result import LineSplit
 
@@ -39,7 +48,7 @@ def coverage_flag(entry: CatalogEntry, ctx: LineContext, day: date) -> str | Non
         return "NOT_EFFECTIVE"
     if entry.item_class is ItemClass.C:
         return "CLASS_C"
-    if entry.min_level is not None and ctx.institution_level < entry.min_level:
+    if entry.min_level is not None and grade(ctx.institution_level) < entry.min_level:
         return "MIN_LEVEL"
     if entry.inpatient_only and ctx.visit_type not in STAY_VISITS:
         return "INPATIENT_ONLY"

@@ -69,6 +69,22 @@ class ApprovalKind(StrEnum):
     LEVEL3 = "level3"  # 参保区县经办机构同意到区外三级医院住院
 
 
+# Institution levels. 0-3 are the grades (0 community/primary/ungraded, 1, 2, 3); 4-8 are the tiers many
+# local tables use instead. A policy's by-level table that does not name a tier gives it the value of
+# the grade in GRADE_OF (docs/POLICY_LANGUAGE.md section 10), so old policy files settle such
+# institutions too; the catalog's min_level and the level-3 rule compare grades.
+GRADES = (0, 1, 2, 3)
+LEVEL_NAMES = {4: "community", 5: "township", 6: "county", 7: "city", 8: "provincial"}
+LEVEL_CODES = {name: code for code, name in LEVEL_NAMES.items()}
+GRADE_OF = {0: 0, 1: 1, 2: 2, 3: 3, 4: 0, 5: 1, 6: 2, 7: 3, 8: 3}
+LEVELS = tuple(GRADE_OF)
+
+
+def grade(level: int) -> int:
+    """The grade (0-3) a level compares as."""
+    return GRADE_OF[level]
+
+
 class Sex(StrEnum):
     MALE = "M"
     FEMALE = "F"
@@ -95,6 +111,7 @@ class CatalogEntry:
     effective_to: date | None = None
     unit: str = ""
     ref_price_fen: int = 0  # reference price for demos and load tests; never used in a split
+    group: str = ""  # a catalog group a policy may give its own ratio (e.g. implant_imported)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +119,7 @@ class Institution:
     code: str
     name: str
     type: InstitutionType
-    level: int  # 0 community/primary/ungraded, 1, 2, 3
+    level: int  # 0 community/primary/ungraded, 1, 2, 3; 4-8 the tiers of LEVEL_NAMES
     region: str  # pooling region (city) code, e.g. 500000
     district: str
     designated: bool
@@ -255,6 +272,7 @@ class Bill:
     visit_on: date | None = None  # outpatient, special, pharmacy: the day of the visit
     admitted_on: date | None = None  # inpatient, maternity: begndate
     discharged_on: date | None = None  # inpatient, maternity: enddate (an interim part: the day it runs to)
+    diagnoses: tuple[str, ...] = ()  # the visit's diagnosis codes (ICD-10), for the audit rules
 
     def care_date(self, by_admission: bool) -> date | None:
         """The date of care that chooses the policy version and the plan-year: the visit date, or for a

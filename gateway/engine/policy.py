@@ -9,6 +9,7 @@ from datetime import date
 from enum import StrEnum
 from typing import NamedTuple
 
+from gateway.engine.audit_rules import AuditPolicy
 from gateway.engine.model import ApprovalKind, ItemKind, PersonType, Scheme, VisitType
 
 
@@ -28,6 +29,13 @@ class CapOn(StrEnum):
     COST = "cost"  # the annual maximum limits the eligible cost the ratio applies to
 
 
+class RatioMeasure(StrEnum):
+    ELIGIBLE = "eligible"  # ratio bands count from zero on the cost above the deductible
+    IN_SCOPE = (
+        "in_scope"  # bands count on the in-scope cost from zero, the deductible filling the first slice
+    )
+
+
 class BandScope(StrEnum):
     BILL = "bill"  # bands are measured on this bill's eligible cost
     YEAR = "year"  # bands are measured on the year's cumulative eligible cost
@@ -41,6 +49,27 @@ class Band(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
+class PersonRule:
+    """A condition on the person (a type, an age range, both) and what it does when it matches: a
+    deductible standard or multiplier, or points added to a ratio. Rules are tried in file order; the
+    first that matches wins (retirees aged 70 or over before retirees)."""
+
+    person_type: PersonType | None = None
+    min_age: int | None = None
+    max_age: int | None = None
+    standard_fen: int | None = None  # deductible: replaces the level's standard
+    multiplier_bp: int | None = None  # deductible: multiplies the standard
+    add_bp: int = 0  # ratio: points added
+
+    def matches(self, person_type: PersonType, age: int) -> bool:
+        return (
+            (self.person_type is None or self.person_type is person_type)
+            and (self.min_age is None or age >= self.min_age)
+            and (self.max_age is None or age <= self.max_age)
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Deductible:
     by_level_fen: Mapping[int, int]
     key: str  # yearly accumulator of deductible paid
@@ -51,6 +80,11 @@ class Deductible:
     reduce_each_stay_bp: int = 0  # REDUCE: share of the standard removed per later stay
     floor_fen: int = 0  # REDUCE: never below this
     yearly_cap_fen: int | None = None  # total deductible paid in a year never exceeds this
+    floor_by_level_fen: Mapping[int, int] | None = None  # REDUCE: a floor per institution level
+    person_rules: tuple[PersonRule, ...] = ()  # first match replaces person_type_bp
+
+    def floor(self, level: int) -> int:
+        return self.floor_fen if self.floor_by_level_fen is None else self.floor_by_level_fen[level]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +103,18 @@ class Ratio:
     bands_scope: BandScope = BandScope.BILL
     person_type_add_bp: Mapping[PersonType, int] = field(default_factory=dict)
     age_bonus: AgeBonus | None = None
+    measured_on: RatioMeasure = RatioMeasure.ELIGIBLE
+    person_rules: tuple[PersonRule, ...] = ()  # first match adds its add_bp
+    # Coinsurance per catalog group or item kind: the fund's ratio on those lines' eligible cost, in place
+    # of the bands (a group named on the catalog entry wins over its kind).
+    group_fund_bp: Mapping[str, int] = field(default_factory=dict)
+    kind_fund_bp: Mapping[ItemKind, int] = field(default_factory=dict)
+
+    def line_ratio(self, kind: ItemKind, group: str) -> int | None:
+        """The fixed fund ratio for a line of this kind and group, None when the bands apply."""
+        if group and group in self.group_fund_bp:
+            return self.group_fund_bp[group]
+        return self.kind_fund_bp.get(kind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +127,7 @@ class BasicLayer:
     annual_max_fen: int | None = None
     annual_max_on: CapOn = CapOn.FUND
     name: str = "basic"
+    annual_max_counts_deductible: bool = False  # CapOn.COST: the deductible paid counts inside the maximum
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +153,28 @@ class SupplementaryLayer:
     annual_max_fen: int | None = None
     person_types: frozenset[PersonType] = frozenset()  # empty: everyone
     person_tags: frozenset[str] = frozenset()  # empty: everyone; else any of these tags
+    include_first_selfpay: bool = False  # the base includes the class-B first self-pay
+    include_excess: bool = True  # the base includes the cost above the basic layer's maximum
+    level_add_bp: Mapping[int, int] = field(default_factory=dict)  # points added to the bands by level
+
+
+@dataclass(frozen=True, slots=True)
+class DiseasePayment:
+    """Per-disease payment (单病种定额): a stay whose principal diagnosis (the bill's first diagnosis
+    code) starts with one of `diagnoses` is settled at a fixed fund payment, whatever its lines; the
+    person pays a fixed share, or the rest of the bill up to a cap; the institution bears the
+    difference (hosp_part_amt; negative when the quota exceeds the bill: it keeps the surplus)."""
+
+    name: str
+    diagnoses: tuple[str, ...]
+    fund_fen: int
+    fund_code: str
+    fund_key: str = "fund.per_disease"
+    personal_fen: int | None = None  # fixed personal share
+    personal_max_fen: int | None = None  # capped: min(cap, bill - fund payment)
+
+    def matches(self, principal: str) -> bool:
+        return any(principal.startswith(d) for d in self.diagnoses)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +191,7 @@ class Benefit:
     lump_sum_key: str = "fund.maternity"
     lump_sums_per_year: int = 1  # how often one event's lump sum may be paid in a plan-year
     requires_registration: bool = False  # special diseases: bill's disease must be registered
+    per_disease: tuple[DiseasePayment, ...] = ()  # first match by the principal diagnosis
 
     def lump_sum_count_key(self, event: str) -> str:
         """The counter of lump sums paid for `event` this plan-year."""
@@ -142,6 +212,23 @@ class Plan:
 class Penalty:
     deductible_bp: int  # multiplier on the deductible standard: 10500 = +5%
     ratio_minus_bp: int  # percentage points off the ratio: 500 = -5 points
+
+
+class ClaimCase(StrEnum):
+    """Care claimed after the fact (手工报销) because it could not be settled at the counter."""
+
+    NON_DESIGNATED = "non_designated"  # at a non-designated institution (非定点)
+    EMERGENCY = "emergency"  # an emergency (急诊抢救)
+    OUT_OF_CITY = "out_of_city"  # outside the city, without direct settlement (异地就医)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRule:
+    """What the policy does with one case of claim: a penalty (deductible multiplier, ratio points off)
+    and optionally a fixed basic ratio in place of the plan's."""
+
+    penalty: Penalty
+    ratio_bp: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +289,8 @@ class Policy:
     out_of_region: OutOfRegionRule | None = None
     corrections: Corrections = Corrections.REFUSE
     stay_date: StayDate = StayDate.DISCHARGE
+    audit: AuditPolicy | None = None  # pre-settlement audit rules (3101/3102)
+    claims: Mapping[ClaimCase, ClaimRule] = field(default_factory=dict)  # a case not listed: no claims
     source: str = ""  # the file it was loaded from, for error messages and audit
 
     def in_force(self, on: date) -> bool:

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from gateway.engine.audit_rules import AuditFlag
 from gateway.engine.codes import Rejection
 from gateway.engine.model import ItemClass, StayTotals
 
@@ -17,6 +18,7 @@ class Rejected:
     code: Rejection
     reason: str  # human readable, names the line or the rule
     line_no: int | None = None
+    audit_flags: tuple[AuditFlag, ...] = ()  # AUDIT_BLOCKED: every flag the rules raised
 
 
 class LineSplit(NamedTuple):
@@ -69,6 +71,16 @@ class Split:
     trace: tuple[TraceStep, ...]
     flags: tuple[str, ...]  # bill-level: PENALTY_LEVEL3, PENALTY_OUT_OF_REGION, CROSS_REGION, ...
     stay: StayTotals | None = None  # inpatient and maternity: what this bill adds to its stay
+    # When the basic fund's annual maximum cut its payment: what the ratio would have paid, and the
+    # part above the maximum (both 0 when the maximum cut nothing)
+    basic_uncapped_fen: int = 0
+    basic_over_cap_fen: int = 0
+    audit_flags: tuple[AuditFlag, ...] = ()  # the pre-settlement audit rules' flags (none blocking)
+    # Per-disease payment: the rule's name, and what the institution bears (hosp_part_amt): the bill's
+    # total minus the fund's fixed payment and the person's share; negative when it keeps a surplus.
+    # Then fund + account + cash + institution = total.
+    per_disease: str = ""
+    institution_fen: int = 0
 
 
 SplitOutcome = Split | Rejected

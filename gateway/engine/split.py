@@ -4,8 +4,10 @@ clock, no randomness, no logging."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import date
 
+from gateway.engine.audit_rules import AuditFlag, audit_bill, blocking_flag
 from gateway.engine.cascade import Visit, run_cascade
 from gateway.engine.codes import Rejection
 from gateway.engine.eligibility import covered, penalty_for
@@ -21,7 +23,7 @@ from gateway.engine.model import (
     VisitType,
 )
 from gateway.engine.money import InvariantViolation, require
-from gateway.engine.policy import Benefit, Plan, Policy
+from gateway.engine.policy import Benefit, DiseasePayment, Plan, Policy
 from gateway.engine.result import FundPayment, LineSplit, Rejected, Split, SplitOutcome, TraceStep
 
 
@@ -61,6 +63,18 @@ def split(
             )
 
     age = person.age_on(on)
+    audit_flags: tuple[AuditFlag, ...] = ()
+    if policy.audit is not None:
+        audit_flags = audit_bill(policy.audit, bill, on, person.sex, age)
+        blocked = blocking_flag(policy.audit, audit_flags)
+        if blocked is not None:
+            return Rejected(
+                Rejection.AUDIT_BLOCKED,
+                f"audit rule {blocked.rule_id} ({blocked.severity}) on line {blocked.line_no}:"
+                f" {blocked.detail}",
+                blocked.line_no,
+                audit_flags,
+            )
     ctx = LineContext(
         on,
         enrolment.scheme,
@@ -73,6 +87,9 @@ def split(
     )
     lines: list[LineSplit] = []
     used: dict[str, int] = dict(stay.quantities)  # per-visit limits hold across a stay's parts
+    ratio = benefit.basic.ratio if benefit.basic is not None else None
+    fixed = ratio is not None and bool(ratio.group_fund_bp or ratio.kind_fund_bp)
+    grouped: dict[int, int] = {}  # fixed fund ratio -> in-scope cost of the lines it applies to
     for line in bill.lines:
         entry = catalog.entry(line.code, line.service_on or on)
         if entry is None:
@@ -84,6 +101,10 @@ def split(
         before = used.get(line.code, 0)
         lines.append(split_line(line, entry, ctx, before))
         used[line.code] = before + line.quantity
+        if fixed and ratio is not None:
+            line_ratio = ratio.line_ratio(entry.kind, entry.group)
+            if line_ratio is not None:
+                grouped[line_ratio] = grouped.get(line_ratio, 0) + lines[-1].in_scope_fen
 
     penalty, penalty_flag = penalty_for(policy, person, enrolment, institution, bill.visit_type, on)
     flags: list[str] = []
@@ -91,7 +112,9 @@ def split(
         flags.append("CROSS_REGION")
     if penalty_flag is not None:
         flags.append(penalty_flag)
-    trace: list[TraceStep] = []
+    trace = [
+        TraceStep(f"audit.{f.rule_id}", f"line {f.line_no}: {f.detail}", f.amount_fen) for f in audit_flags
+    ]
     deltas: dict[str, int] = {}
     in_scope = sum(line.in_scope_fen for line in lines)
     visit = Visit(
@@ -101,6 +124,9 @@ def split(
     deductible = 0
     counted = 0
     lump_paid = 0
+    uncapped = 0
+    institution_fen = 0
+    disease: DiseasePayment | None = None
     funds: list[FundPayment] = []
     if bill.visit_type is VisitType.MATERNITY:
         outcome = pay_lump_sum(benefit, bill, institution.level, in_scope, state, stay, deltas, trace)
@@ -109,9 +135,23 @@ def split(
         payment, counted = outcome
         lump_paid = payment.amount_fen
         funds.append(payment)
+    elif (disease := per_disease_of(benefit, bill, stay)) is not None:
+        payment, institution_fen = pay_per_disease(disease, lines, deltas, trace)
+        funds.append(payment)
+        flags.append("PER_DISEASE")
     elif benefit.basic is not None:
-        deductible, funds, counted = run_cascade(
-            benefit.basic, plan.layers, visit, state, stay, in_scope, deltas, trace
+        first_selfpay = sum(line.first_selfpay_fen for line in lines)
+        deductible, funds, counted, uncapped = run_cascade(
+            benefit.basic,
+            plan.layers,
+            visit,
+            state,
+            stay,
+            in_scope,
+            deltas,
+            trace,
+            first_selfpay,
+            tuple((cost, ratio) for ratio, cost in sorted(grouped.items(), reverse=True)),
         )
     part = None
     if bill.visit_type in STAY_VISITS:
@@ -128,9 +168,58 @@ def split(
             quantities,
             int(not bill.interim),
         )
-    return finish(
-        policy, catalog, plan, benefit, bill, state, lines, deductible, funds, deltas, trace, flags, part
+    result = finish(
+        policy,
+        catalog,
+        plan,
+        benefit,
+        bill,
+        state,
+        lines,
+        deductible,
+        funds,
+        deltas,
+        trace,
+        flags,
+        part,
+        institution_fen,
+        disease.name if disease is not None else "",
     )
+    over_cap = uncapped - funds[0].amount_fen if benefit.basic is not None and funds else 0
+    if over_cap > 0:  # published examples quote what the cap cut off; 0 when it cut nothing
+        result = dataclasses.replace(result, basic_uncapped_fen=uncapped, basic_over_cap_fen=over_cap)
+    if audit_flags:
+        result = dataclasses.replace(result, audit_flags=audit_flags)
+    return result
+
+
+def per_disease_of(benefit: Benefit, bill: Bill, stay: StayTotals) -> DiseasePayment | None:
+    """The per-disease rule for the bill's principal diagnosis. A stay settled in interim parts is
+    settled fee-for-service: a fixed payment per stay cannot be split across parts."""
+    if not benefit.per_disease or not bill.diagnoses or bill.interim or stay.parts:
+        return None
+    principal = bill.diagnoses[0]
+    return next((d for d in benefit.per_disease if d.matches(principal)), None)
+
+
+def pay_per_disease(
+    disease: DiseasePayment, lines: list[LineSplit], deltas: dict[str, int], trace: list[TraceStep]
+) -> tuple[FundPayment, int]:
+    """The fund's fixed payment and what the institution bears (the person pays the rest)."""
+    total = sum(line.amount_fen for line in lines)
+    fund = disease.fund_fen
+    if disease.personal_fen is not None:
+        person = min(disease.personal_fen, total)
+    else:
+        person = min(disease.personal_max_fen or 0, max(0, total - fund))
+    institution = total - fund - person
+    deltas[disease.fund_key] = deltas.get(disease.fund_key, 0) + fund
+    trace.append(TraceStep("per_disease.fund", f"{disease.name}: fixed payment", fund))
+    trace.append(
+        TraceStep("per_disease.person", "fixed" if disease.personal_fen is not None else "capped", person)
+    )
+    trace.append(TraceStep("per_disease.institution", "bill - fund - person", institution))
+    return FundPayment("per_disease", disease.fund_code, fund, None), institution
 
 
 def pay_lump_sum(
@@ -182,6 +271,8 @@ def finish(
     trace: list[TraceStep],
     flags: list[str],
     stay: StayTotals | None = None,
+    institution_fen: int = 0,
+    per_disease: str = "",
 ) -> Split:
     total = full = over = first = in_scope = 0
     for line in lines:
@@ -191,7 +282,7 @@ def finish(
         first += line.first_selfpay_fen
         in_scope += line.in_scope_fen
     fund_total = sum(f.amount_fen for f in funds)
-    person_share = total - fund_total
+    person_share = total - fund_total - institution_fen
 
     account = 0
     balance = state.account_balance_fen
@@ -228,6 +319,8 @@ def finish(
         trace=tuple(trace),
         flags=tuple(flags),
         stay=stay,
+        per_disease=per_disease,
+        institution_fen=institution_fen,
     )
     check_invariants(result, state)
     check_caps(plan, result, state)
@@ -258,10 +351,15 @@ def check_invariants(s: Split, state: PersonState) -> None:
     for fund in s.funds:
         if fund.amount_fen < 0 or (fund.remaining_max_fen is not None and fund.remaining_max_fen < 0):
             raise InvariantViolation(f"{fund.layer}: negative payment or beyond its annual maximum")
-    if s.fund_total_fen > s.in_scope_fen or s.deductible_fen > s.in_scope_fen:
+    # a layer may include the class-B first self-pay in its base, never more; a per-disease payment is
+    # fixed whatever the lines
+    beyond = s.fund_total_fen > s.in_scope_fen + s.first_selfpay_fen and not s.per_disease
+    if beyond or s.deductible_fen > s.in_scope_fen:
         raise InvariantViolation("funds or deductible above the in-scope amount")
-    if s.fund_total_fen + s.account_fen + s.cash_fen != s.total_fen:
-        raise InvariantViolation("fund + account + cash != total")
+    if s.fund_total_fen + s.account_fen + s.cash_fen + s.institution_fen != s.total_fen:
+        raise InvariantViolation("fund + account + cash + institution share != total")
+    if s.institution_fen and not s.per_disease:
+        raise InvariantViolation("an institution share without a per-disease payment")
     if s.account_fen < 0 or s.cash_fen < 0 or s.account_fen > state.account_balance_fen:
         raise InvariantViolation("account or cash payment negative, or account above its balance")
     for value in s.deltas.values():

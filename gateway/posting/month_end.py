@@ -40,6 +40,7 @@ CLEARING_TYPES = {
     "maternity": "51",  # 生育
 }
 CLEARING_WAY = "1"  # 清算方式: by item (按项目), what fee-for-service settlement gives
+PERSON_PAYEE = "person:"  # the payee of a claim after the fact
 ACCOUNT_FIELDS = ("code", "bank_name", "account_name", "account_no")
 CLOSES_LISTED_MAX = 100_000  # one month's applications in one listing
 
@@ -228,7 +229,9 @@ def close_month(
             ledger.sql("SELECT DISTINCT institution FROM journal WHERE month = ? ORDER BY institution"),
             (first,),
         )
-        present = [str(r[0]) for r in cur.fetchall()]
+        # claims after the fact are payables to persons (person:<id>), paid by the agency, not institutions'
+        # clearing applications (gateway/claim_service.py)
+        present = [str(r[0]) for r in cur.fetchall() if not str(r[0]).startswith(PERSON_PAYEE)]
         wanted = list(institutions) if institutions else present
         cur.execute(
             ledger.sql("SELECT institution FROM month_closes WHERE month = ? AND state <> 'undone'"), (first,)

@@ -101,3 +101,17 @@ def fund_spend(ledger: Ledger, month: str) -> list[FundSpend]:
             [month],
         )
     ]
+
+
+def institution_fund_spend(ledger: Ledger, year: int) -> list[tuple[str, int]]:
+    """What the funds have paid each institution in `year` (months booked, reversals netted): the spend
+    an annual global budget is measured against."""
+    return [
+        (str(institution), int(amount))
+        for institution, amount in ledger.query(
+            "SELECT j.institution, SUM(f.amount_fen) FROM journal_funds f"
+            " JOIN journal j ON j.entry_id = f.entry_id WHERE j.month >= ? AND j.month <= ?"
+            " GROUP BY j.institution ORDER BY j.institution",
+            [f"{year}-01", f"{year}-12"],
+        )
+    ]

@@ -35,7 +35,7 @@ from gateway.engine.routing import Journal, PostingError, Transfer, mirror, rout
 from gateway.posting import deadletters
 from gateway.posting.deadletters import DEADLETTER, HELD
 from gateway.posting.retention import Retention, RetentionConfig
-from gateway.posting.statements import fund_spend
+from gateway.posting.statements import fund_spend, institution_fund_spend
 from telemetry import metrics
 
 log = logging.getLogger(__name__)
@@ -143,6 +143,7 @@ class PostingWorker:
         self.config = config
         zone = ZoneInfo(config.timezone)
         clock = today or (lambda: datetime.now(zone).date())
+        self.today = clock
         self.retention = (
             Retention(client, ledger, clock, config.partitions, config.retention)
             if config.retention
@@ -162,6 +163,7 @@ class PostingWorker:
         self._prepared = False
         self._last_observe = 0.0
         self.budgets: dict[tuple[str, str, str], int] = {}
+        self.institution_budgets: dict[tuple[str, int], int] = {}  # (institution, year) -> fen
         self._ack = client.register_script(ACK_AND_DELETE)
         self._dead_letter = client.register_script(deadletters.DEAD_LETTER_LUA)
 
@@ -262,6 +264,13 @@ class PostingWorker:
         self.database.ok()
         for (region, district, fund_code), amount in self.budgets.items():
             metrics.FUND_BUDGET_MONTH.labels(region, district, fund_code).set(amount)
+        if self.institution_budgets:  # spend only of institutions with a budget: bounded label values
+            year = self.today().year
+            budgets = {inst: fen for (inst, y), fen in self.institution_budgets.items() if y == year}
+            spent = dict(institution_fund_spend(self.ledger, year))
+            for institution, fen in budgets.items():
+                metrics.INSTITUTION_SPEND_YEAR.labels(institution).set(spent.get(institution, 0))
+                metrics.INSTITUTION_BUDGET_YEAR.labels(institution).set(fen)
 
     # ---------------------------------------------------------------- reading
 

@@ -1,5 +1,7 @@
 """Property tests of the split's invariants over generated bills, persons, states and institutions,
-settled with the shipped policies of all four cities."""
+settled with the shipped policies of all four cities and with the constructs file
+(examples/cases/policies/999800-breadth.toml: one employee tier per construct), at institutions of every
+level 0-8 and with catalog entries in a group that has its own ratio."""
 
 from __future__ import annotations
 
@@ -14,15 +16,16 @@ from gateway.engine.model import Bill, BillLine, Catalog, PersonState, Scheme, V
 from gateway.engine.policy import Band, CapOn, Policy
 
 from .builders import CQ, JN, ON, YC, ZY, catalog, entry, institution, person, policy
+from .test_golden_breadth import BR, breadth
 
-REGIONS = {CQ: "500107", YC: "320902", ZY: "512002", JN: "370102"}
+REGIONS = {CQ: "500107", YC: "320902", ZY: "512002", JN: "370102", BR: "999801"}
 PROFILES = [  # (scheme, tier by region, person type, tags)
-    ("employee", {CQ: 1, YC: 1, ZY: 1, JN: 1}, "in_service", frozenset[str]()),
-    ("employee", {CQ: 1, YC: 1, ZY: 2, JN: 1}, "retiree", frozenset({"civil_servant"})),
-    ("employee", {CQ: 1, YC: 1, ZY: 1, JN: 1}, "migrant_worker", frozenset[str]()),
+    ("employee", {CQ: 1, YC: 1, ZY: 1, JN: 1, BR: 0}, "in_service", frozenset[str]()),
+    ("employee", {CQ: 1, YC: 1, ZY: 2, JN: 1, BR: 0}, "retiree", frozenset({"civil_servant"})),
+    ("employee", {CQ: 1, YC: 1, ZY: 1, JN: 1, BR: 0}, "migrant_worker", frozenset[str]()),
     ("resident", {CQ: 2, YC: 1, ZY: 3, JN: 1}, "adult", frozenset({"low_income"})),
     ("resident", {CQ: 1, YC: 1, ZY: 4, JN: 1}, "child", frozenset[str]()),
-]
+]  # BR: 0 means any of its tiers 1-8 (one construct each)
 VISITS = [VisitType.OUTPATIENT, VisitType.INPATIENT, VisitType.SPECIAL, VisitType.PHARMACY]
 ACC_KEYS = [
     "ded.inpatient",
@@ -44,6 +47,10 @@ ACC_KEYS = [
     "base.migrant_critical",
     "fund.civil_servant",
     "base.civil_servant",
+    "fund.supplementary",
+    "base.supplementary",
+    "fund.copay_aid",
+    "base.copay_aid",
 ]
 
 
@@ -60,6 +67,7 @@ def catalogs(draw: st.DrawFn, region: str) -> Catalog:
                 selfpay_bp=draw(st.none() | st.integers(0, 10_000)),
                 price_limit_fen=draw(st.none() | st.integers(1, 500_000)),
                 quantity_per_visit_max=draw(st.none() | st.integers(1, 4)),
+                group=draw(st.sampled_from(["", "", "implant_imported"])),
             )
         )
     return catalog(region, *entries)
@@ -68,22 +76,23 @@ def catalogs(draw: st.DrawFn, region: str) -> Catalog:
 @st.composite
 def cases(draw: st.DrawFn) -> tuple[Bill, Policy, Catalog, object, object, PersonState]:
     region = draw(st.sampled_from(sorted(REGIONS)))
-    scheme, tiers, ptype, tags = draw(st.sampled_from(PROFILES))
+    scheme, tiers, ptype, tags = draw(st.sampled_from([p for p in PROFILES if region in p[1]]))
     district = REGIONS[region]
+    tier = tiers[region] or draw(st.integers(1, 8))
     who = person(
         region,
         district,
         scheme,
-        ((tiers[region], date(2020, 1, 1)),),
+        ((tier, date(2020, 1, 1)),),
         ptype,
-        date(1960, 5, 5),
+        draw(st.sampled_from([date(1960, 5, 5), date(1950, 1, 1), date(1990, 7, 1)])),
         tags=tags,
         diseases=("M001",),
     )
-    visit = draw(st.sampled_from(VISITS))
-    level = 0 if visit is VisitType.PHARMACY else draw(st.integers(0, 3))
+    visit = VisitType.INPATIENT if region == BR else draw(st.sampled_from(VISITS))
+    level = 0 if visit is VisitType.PHARMACY else draw(st.integers(0, 8))
     kind = "pharmacy" if visit is VisitType.PHARMACY else "hospital"
-    where = draw(st.sampled_from([region, region, region, *REGIONS]))
+    where = draw(st.sampled_from([region, region, region, *(r for r in REGIONS if r != BR)]))
     inst = institution(
         where,
         REGIONS[where]
@@ -110,7 +119,7 @@ def cases(draw: st.DrawFn) -> tuple[Bill, Policy, Catalog, object, object, Perso
     if "stays.inpatient" in acc:
         acc["stays.inpatient"] %= 8
     s = PersonState(draw(st.integers(0, 2_000_000)), ON.year, acc)
-    return b, policy(region), cat, inst, who, s
+    return b, breadth() if region == BR else policy(region), cat, inst, who, s
 
 
 def run(case: tuple[Bill, Policy, Catalog, object, object, PersonState]) -> Split | None:
@@ -151,7 +160,11 @@ def test_parts_add_up_exactly_and_nothing_is_negative(case) -> None:  # type: ig
     assert s.fund_total_fen + s.account_fen + s.cash_fen == s.total_fen
     assert min(s.fund_total_fen, s.account_fen, s.cash_fen, s.deductible_fen) >= 0
     assert all(f.amount_fen >= 0 for f in s.funds)
-    assert s.fund_total_fen <= s.in_scope_fen
+    # a layer may include the class-B first self-pay in its base (construct 3), nothing else beyond scope
+    assert s.fund_total_fen <= s.in_scope_fen + s.first_selfpay_fen
+    if s.basic_over_cap_fen:
+        basic = next(f.amount_fen for f in s.funds if f.layer == "basic")
+        assert s.basic_uncapped_fen == basic + s.basic_over_cap_fen
     assert s.account_fen <= case[5].account_balance_fen
 
 
@@ -235,3 +248,67 @@ def test_two_settlements_in_sequence_never_pay_more_than_the_combined_bill(case,
     after = carried(carried(s, dict(first.deltas)), dict(second.deltas)).accumulators
     for key, cap in caps(pol, combined).items():
         assert after.get(key, 0) <= max(cap, s.accumulators.get(key, 0)), key
+
+
+@SETTINGS
+@given(cases())
+def test_a_cost_maximum_that_counts_the_deductible_holds_both_together(case) -> None:  # type: ignore[no-untyped-def]
+    """Construct 2: the eligible cost and the deductibles of the year together never pass the maximum
+    (unless they had already passed it before this bill)."""
+    s = run(case)
+    if s is None or case[1] is not breadth() or s.tier != 2:
+        return
+    before = case[5].accumulators
+    used_before = before.get("cost.basic", 0) + before.get("ded.inpatient", 0)
+    used_after = used_before + s.deltas.get("cost.basic", 0) + s.deltas.get("ded.inpatient", 0)
+    cost_delta = s.deltas.get("cost.basic", 0)
+    assert cost_delta == 0 or used_after <= max(2_000_000, used_before + s.deductible_fen)
+
+
+@SETTINGS
+@given(cases())
+def test_grouped_lines_never_pay_above_their_fixed_ratio(case) -> None:  # type: ignore[no-untyped-def]
+    """Construct 4: with a fixed ratio for a group, the basic fund never pays more than the ratio of
+    every line's in-scope cost at the highest ratio that applies to it."""
+    s = run(case)
+    if s is None or case[1] is not breadth() or s.tier != 4:
+        return
+    cat = case[2]
+    ceiling = 0
+    for line in s.lines:
+        e = cat.periods[line.code][0]
+        ratio = 5000 if e.group == "implant_imported" else 6000 if e.kind.value == "facility" else 8000
+        ceiling += line.in_scope_fen * ratio
+    basic = sum(f.amount_fen for f in s.funds if f.layer == "basic")
+    assert basic * 10_000 <= ceiling + 5_000
+
+
+def without_audit(pol: Policy) -> Policy:
+    return dataclasses.replace(pol, audit=None)
+
+
+@SETTINGS
+@given(cases(), st.sampled_from(["", "DUPLICATE"]))
+def test_audit_flags_never_change_money(case, duplicate: str) -> None:  # type: ignore[no-untyped-def]
+    """Audit rules (the breadth file's, which flag duplicates of every item) either block the bill or
+    flag it: a settled bill pays exactly what it pays without the rules, and every flag names a line of
+    the bill with an amount no larger than the line's."""
+    b, pol, cat, inst, who, s = case
+    if duplicate and b.lines:  # charge the first line twice, so the duplicate rule has something to find
+        first = b.lines[0]
+        b = dataclasses.replace(
+            b, lines=(*b.lines, BillLine(first.code, first.unit_price_fen, first.quantity, 99))
+        )
+    with_rules = split(b, pol, cat, inst, who, s, ON)  # type: ignore[arg-type]
+    plain = split(b, without_audit(pol), cat, inst, who, s, ON)  # type: ignore[arg-type]
+    if not isinstance(with_rules, Split):
+        return
+    assert isinstance(plain, Split)
+    assert (with_rules.funds, with_rules.account_fen, with_rules.cash_fen, with_rules.deltas) == (
+        plain.funds, plain.account_fen, plain.cash_fen, plain.deltas,
+    )  # fmt: skip
+    amounts = {line.line_no: line.unit_price_fen * line.quantity for line in b.lines}
+    for flag in with_rules.audit_flags:
+        assert 0 <= flag.amount_fen <= amounts[flag.line_no]
+    if duplicate and pol.audit is not None and b.visit_type in (VisitType.OUTPATIENT, VisitType.INPATIENT):
+        assert any(f.rule_id == "DUP-01" and f.line_no == 99 for f in with_rules.audit_flags)

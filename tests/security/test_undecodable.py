@@ -19,7 +19,7 @@ from prometheus_client import REGISTRY
 
 from gateway import logs
 from gateway.edge import certs
-from gateway.protos import pb
+from gateway.protos import claims_pb, pb
 from gateway.server import Gateway
 
 from .conftest import HOSPITAL, status_of
@@ -31,8 +31,9 @@ Connect = Callable[..., grpc.aio.Channel]
 def rpcs() -> list[tuple[str, str, Descriptor, str]]:
     """(service, method, request descriptor, kind) of every RPC the gateway serves."""
     out = []
-    for service in pb.DESCRIPTOR.services_by_name.values():
-        out += [(service.full_name, m.name, m.input_type, "unary") for m in service.methods]
+    for module in (pb, claims_pb):
+        for service in module.DESCRIPTOR.services_by_name.values():
+            out += [(service.full_name, m.name, m.input_type, "unary") for m in service.methods]
     for module in (health_pb2, reflection_pb2):
         for service in module.DESCRIPTOR.services_by_name.values():
             for m in service.methods:
