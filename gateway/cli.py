@@ -458,7 +458,7 @@ async def serve(args: argparse.Namespace) -> int:
                 insecure=tls is None,
             )
             if posting is not None:
-                status = status or await show_posted(ledger_dsn, config.timezone)
+                status = status or await show_posted(ledger_dsn, config.timezone, admin_url)
             if args.exit_after_demo:
                 return status
         print("medsettle: serving; Ctrl-C or SIGTERM to stop", flush=True)
@@ -515,27 +515,38 @@ async def wait_serving(
     return False
 
 
-async def show_posted(ledger_dsn: str, timezone: str) -> int:
-    """After the demo: wait for the posting worker to book the day's settlements, print the statement."""
+async def show_posted(ledger_dsn: str, timezone: str, redis_url: str) -> int:
+    """After the demo: wait until the posting worker has booked everything committed (no entry left in
+    the partition streams), then print the month's statement. (Waiting for a first row instead printed
+    a statement without this run's settlements whenever the ledger already had rows, or had booked
+    one institution's before the other's.)"""
     from datetime import datetime
     from zoneinfo import ZoneInfo
 
     from adapters.ledger.store import Ledger, LedgerUnavailable
+    from adapters.redis_store import RedisStore
+    from gateway.config import Config
     from gateway.posting.statements import institution_statements
+    from gateway.server import redis_client
 
     month = datetime.now(ZoneInfo(timezone)).strftime("%Y-%m")
     ledger = Ledger(ledger_dsn)
-    for _ in range(100):
-        try:
-            rows = await asyncio.to_thread(institution_statements, ledger, month)
-            if any(r.institution == "P50010300001" for r in rows):
-                print("== posted to the ledger: monthly institution statement")
-                print(render_statement("institutions", month, rows))
-                return 0
-        except LedgerUnavailable:
-            pass  # the worker has not created the ledger yet
-        await asyncio.sleep(0.1)
-    print("== FAILED: the demo's settlements did not reach the ledger within 10 s")
+    client = redis_client(redis_url, Config())
+    try:
+        store = RedisStore(client)
+        for _ in range(200):
+            try:
+                if not await store.queued_events():
+                    rows = await asyncio.to_thread(institution_statements, ledger, month)
+                    print("== posted to the ledger: monthly institution statement")
+                    print(render_statement("institutions", month, rows))
+                    return 0
+            except LedgerUnavailable:
+                pass  # the worker has not created the ledger yet
+            await asyncio.sleep(0.1)
+    finally:
+        await client.aclose()
+    print("== FAILED: the demo's settlements did not reach the ledger within 20 s")
     return 1
 
 

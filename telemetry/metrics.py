@@ -113,7 +113,8 @@ CACHE = Counter(
 )
 STATIC_VERSION = Gauge(
     "medsettle_static_version_info",
-    "Policy, catalog and institution versions in force (value 1).",
+    "Policy, catalog and institution versions published and kept (value 1); each policy version "
+    "settles bills of the dates it covers (medsettle_policy_covered_until_timestamp_seconds).",
     ["kind", "region", "version"],
     multiprocess_mode="max",
 )
