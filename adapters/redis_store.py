@@ -60,6 +60,8 @@ READ_SECONDS = metrics.REDIS_SECONDS.labels("read_person")
 COMMIT_SECONDS = metrics.REDIS_SECONDS.labels("commit")
 CLAIM_SECONDS = metrics.REDIS_SECONDS.labels("claim")
 REFUSED = metrics.STORE_REFUSED
+# KEYS: a claim. ARGV: the value this request set. Deleted only while it holds that value.
+RELEASE_CLAIM = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 IDEMPOTENCY_RETENTION_DAYS = 7  # a message record stays this long after its last use, then leaves Redis
 
 
@@ -70,6 +72,10 @@ def text(value: Any) -> str:
 
 def lua(name: str) -> str:
     return resources.files("adapters").joinpath("lua", name).read_text(encoding="utf-8")
+
+
+def same_person(claim: str, person_id: str) -> bool:
+    return claim.split("|", 1)[0] == person_id
 
 
 def record_digest(raw: bytes) -> str:
@@ -396,17 +402,24 @@ class RedisStore:
         return ops
 
     async def commit(self, commit: Commit) -> CommitOutcome:
+        made: list[MessageRecord] = []  # claims this commit created (cluster mode)
         if not self.claims_inline:
-            held = await self.claim(commit.messages)
+            held = await self.claim(commit.messages, made)
             if held is not None:
                 return CommitOutcome("CLAIMED", detail=held)
         ops = self.operations(commit, self.claims_inline)
-        with COMMIT_SECONDS.time():
-            if self.wait_replicas:
-                reply, confirmed = await self.commit_and_wait(ops)
-            else:
-                reply, confirmed = await self.script(self._commit, ops.keys, ops.args), 0
+        try:
+            with COMMIT_SECONDS.time():
+                if self.wait_replicas:
+                    reply, confirmed = await self.commit_and_wait(ops)
+                else:
+                    reply, confirmed = await self.script(self._commit, ops.keys, ops.args), 0
+        except StoreRefused:
+            await self.release(made)
+            raise
         status = text(reply[0])
+        if status == "REFUSED":
+            await self.release(made)
         if status == "OK":
             if confirmed < self.wait_replicas:
                 metrics.REPLICA_WAIT_FAILURES.inc()
@@ -482,19 +495,36 @@ class RedisStore:
                 f" confirmed it within {self.wait_timeout_ms} ms: outcome unknown, resend"
             )
 
-    async def claim(self, messages: Sequence[MessageRecord]) -> str | None:
+    async def release(self, made: Sequence[MessageRecord]) -> None:
+        """A commit the store refused writes nothing, so neither does its claim: the claims it created are
+        removed (each only while it still holds our value). Not after CONFLICT or EXISTS: the request goes
+        on (re-read, the stored answer) and its claim with it."""
+        for m in made:
+            await self.client.eval(RELEASE_CLAIM, 1, keys.claim_key(m.institution, m.message_id), m.claim)
+
+    async def claim(self, messages: Sequence[MessageRecord], made: list[MessageRecord]) -> str | None:
         """Cluster mode: claim each message id in its own slot before the commit. Returns the holder of a
-        claim that is not ours, or None."""
+        claim that is another person's, or None. A claim of the same person for another kind (a Settle
+        and the reversal voiding its message id, racing) is left to the commit: the message record in
+        the person's slot (commit.lua's A, checked before the claim inline) decides between them, as it
+        does on one node, and the claim only keeps two persons apart."""
         for m in messages:
             with CLAIM_SECONDS.time():
-                held = await self.client.set(
-                    keys.claim_key(m.institution, m.message_id),
-                    m.claim,
-                    nx=True,
-                    get=True,
-                    px=self.idempotency_ttl_ms,
-                )
-            if held is not None and text(held) != m.claim:
+                try:
+                    held = await self.client.set(
+                        keys.claim_key(m.institution, m.message_id),
+                        m.claim,
+                        nx=True,
+                        get=True,
+                        px=self.idempotency_ttl_ms,
+                    )
+                except redis.exceptions.ResponseError as exc:  # not a string: data that is not ours
+                    REFUSED.inc()
+                    await self.release(made)
+                    raise StoreRefused(str(exc)) from exc
+            if held is None:
+                made.append(m)
+            if held is not None and text(held) != m.claim and not same_person(text(held), m.person_id):
                 return text(held)
         return None
 
