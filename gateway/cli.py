@@ -651,7 +651,12 @@ def worker(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    config = WorkerConfig(batch_max=args.batch_max, claim_idle_ms=args.claim_idle_ms)
+    config = WorkerConfig(
+        batch_max=args.batch_max, claim_idle_ms=args.claim_idle_ms, leases=args.leases,
+        lease_ttl_ms=args.lease_ttl_ms, lease_renew_every_ms=args.lease_renew_every_ms,
+    )  # fmt: skip
+    if config.lease_renew_every_ms * 2 > config.lease_ttl_ms:
+        raise SystemExit("medsettle worker: --lease-renew-every-ms must be at most half of --lease-ttl-ms")
     if args.consumer:
         config = dataclasses.replace(config, consumer=args.consumer)
     posting = PostingWorker(redis_client(redis_url), Ledger(ledger_dsn), config)
@@ -1069,6 +1074,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--consumer", help="consumer name in the posting group (default: <host>-posting)")
     p.add_argument("--batch-max", type=int, default=500, help="entries per database transaction")
     p.add_argument("--claim-idle-ms", type=int, default=30_000, help="reclaim entries pending this long")
+    p.add_argument(
+        "--leases", action="store_true",
+        help="share the partitions with other workers through leases (always on with redis+cluster://)",
+    )  # fmt: skip
+    p.add_argument("--lease-ttl-ms", type=int, default=10_000, help="a dead worker's partitions wait this long")
+    p.add_argument("--lease-renew-every-ms", type=int, default=2_000, help="renew leases and rebalance this often")
     p.add_argument(
         "--metrics-port", type=int, default=9465, help="/metrics and /healthz; 0 any free port, -1 off"
     )
