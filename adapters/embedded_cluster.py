@@ -180,6 +180,20 @@ class EmbeddedCluster:
             for c in clients:
                 c.close()
 
+    def wait_replicas(self, timeout_s: float = FORM_TIMEOUT_S) -> None:
+        """Until every master has its replicas online again (a killed node restarted rejoins as one)."""
+
+        def synced() -> bool:
+            for node in self.nodes:
+                if node.process is None:
+                    continue
+                with admin(node) as c:
+                    if replication(c)["role"] == "master" and online_replicas(c) < self.replicas_each:
+                        return False
+            return True
+
+        wait_for(synced, timeout_s, "every master's replicas to be online")
+
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
@@ -415,6 +429,13 @@ class EmbeddedSentinel:
 
         wait_for(promoted, timeout_s, f"a replica to take over from port {old.port}")
         return found[-1]
+
+    def wait_replicas(self, timeout_s: float = FORM_TIMEOUT_S) -> None:
+        """Until the current master has every replica online (a killed master restarted is made one)."""
+        port = self.current_master_port()
+        master = next(n for n in self.servers if n.port == port)
+        with admin(master) as c:
+            wait_for(lambda: online_replicas(c) >= len(self.replicas), timeout_s, "the replicas to sync")
 
     def stop(self) -> None:
         for p in self.sentinel_processes:
