@@ -1180,6 +1180,9 @@ def build_parser() -> argparse.ArgumentParser:
     claim_cmd.register(sub)
     rebuild_cmd.register(sub)
     backup_cmd.register(sub)
+    from gateway.commands import dev_cluster_cmd
+
+    dev_cluster_cmd.register(sub)
     return parser
 
 
