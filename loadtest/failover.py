@@ -45,6 +45,7 @@ BILL = Bill(
     VisitType.OUTPATIENT, tuple(BillLine(c, p, q, i + 1) for i, (c, p, q) in enumerate(OUTPATIENT_10_LINES))
 )
 HOSPITAL = "H50010300001"
+INDEX_KEY = b"medsettle failover campaign index key"  # a throwaway deployment's
 PERSONS = 400
 RESEND_AFTER_S = 0.05  # a terminal waits this long before resending an unanswered Settle
 RESEND_FOR_S = 60.0  # and gives up after this long (counted as unanswered: never in a passing run)
@@ -205,12 +206,10 @@ async def sentinel_campaign(
 
 
 async def default_gateway(url: str, durability: Durability) -> Gateway:
+    from adapters.redis_keys import IndexKeys
     from gateway.config import Config
     from gateway.data_loading import load_citydata_dir
     from gateway.server import redis_client
-    from loadtest.stack import INDEX_KEY
-
-    from adapters.redis_keys import IndexKeys
 
     config = Config(listen="127.0.0.1:0", redis_url=url, health_interval_ms=200, tls=None, index_key=INDEX_KEY)
     client = redis_client(url, config)
