@@ -40,6 +40,10 @@ SENTINEL_CLIENT_RULES = (
 )
 
 
+def sha256_hex(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def free_ports(n: int) -> list[int]:
     """n free loopback ports, held open together so none is handed out twice."""
     sockets = []
@@ -153,22 +157,22 @@ class EmbeddedCluster:
         masters, replicas = self.nodes[: self.primaries], self.nodes[self.primaries :]
         clients = [admin(n) for n in self.nodes]
         try:
-            if clients[0].execute_command("CLUSTER", "INFO").decode().find("cluster_state:ok") >= 0:
+            if clients[0].execute_command("CLUSTER", "INFO").decode().find("cluster_state:ok") >= 0:  # type: ignore[no-untyped-call]
                 return  # restarted from its nodes.conf: already formed
             per = SLOTS // self.primaries
             for i, c in enumerate(clients[: self.primaries]):
                 last = SLOTS - 1 if i == self.primaries - 1 else (i + 1) * per - 1
-                c.execute_command("CLUSTER", "ADDSLOTSRANGE", i * per, last)
+                c.execute_command("CLUSTER", "ADDSLOTSRANGE", i * per, last)  # type: ignore[no-untyped-call]
             for n, bus in zip(self.nodes[1:], self.bus_ports[1:], strict=True):
-                clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", n.port, bus)
+                clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", n.port, bus)  # type: ignore[no-untyped-call]
             wait_for(
                 lambda: all(known(c) == len(self.nodes) for c in clients),
                 FORM_TIMEOUT_S,
                 "every node to meet",
             )
-            ids = [text(c.execute_command("CLUSTER", "MYID")) for c in clients]
+            ids = [text(c.execute_command("CLUSTER", "MYID")) for c in clients]  # type: ignore[no-untyped-call]
             for j, c in enumerate(clients[self.primaries :]):
-                c.execute_command("CLUSTER", "REPLICATE", ids[j % self.primaries])
+                c.execute_command("CLUSTER", "REPLICATE", ids[j % self.primaries])  # type: ignore[no-untyped-call]
             wait_for(lambda: all(cluster_ok(c) for c in clients), FORM_TIMEOUT_S, "cluster_state:ok")
             if replicas:
                 wait_for(
@@ -249,7 +253,7 @@ def text(value: Any) -> str:
 
 
 def cluster_info(c: redis.Redis) -> dict[str, str]:
-    raw = text(c.execute_command("CLUSTER", "INFO"))
+    raw = text(c.execute_command("CLUSTER", "INFO"))  # type: ignore[no-untyped-call]
     return dict(line.split(":", 1) for line in raw.split() if ":" in line)
 
 
@@ -295,7 +299,7 @@ class EmbeddedSentinel:
                 replica_of=self.master,
                 auth_to_primary=True,
                 outlive_parent=outlive_parent,
-            )  # fmt: skip
+            )
             for i in range(replicas)
         ]
         self.sentinel_ports = free_ports(sentinels)
@@ -330,7 +334,7 @@ class EmbeddedSentinel:
         pw = self.passwords["admin"]
         digest = hashlib.sha256(pw.encode()).hexdigest()
         users = [
-            f"user {u} reset on #{hashlib.sha256(self.passwords[u].encode()).hexdigest()} {SENTINEL_CLIENT_RULES}"
+            f"user {u} reset on #{sha256_hex(self.passwords[u])} {SENTINEL_CLIENT_RULES}"
             for u in ("gateway", "worker")
         ]
         quorum = len(self.sentinel_ports) // 2 + 1
@@ -368,7 +372,7 @@ class EmbeddedSentinel:
                         stdout=subprocess.DEVNULL,
                         stderr=subprocess.DEVNULL,
                         start_new_session=self.outlive_parent,
-                    )  # fmt: skip
+                    )
                 )
             wait_for(self._sentinels_agree, FORM_TIMEOUT_S, "every sentinel to see the master and each other")
         except BaseException:

@@ -31,7 +31,9 @@ async def on_slot_node(client: aioredis.Redis, key: str, *commands: tuple[Any, .
             refresh(client)  # the node may have died: learn the new master before the next command
             raise
         results = [c.result for c in batch]
-        redirected = any(isinstance(r, (redis.exceptions.MovedError, redis.exceptions.AskError)) for r in results)
+        redirected = any(
+            isinstance(r, (redis.exceptions.MovedError, redis.exceptions.AskError)) for r in results
+        )
         if redirected or any(isinstance(r, redis.exceptions.ClusterDownError) for r in results):
             refresh(client)
             if redirected and attempt < MOVED_RETRIES:

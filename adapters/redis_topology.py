@@ -110,7 +110,7 @@ def async_client(url: str, **options: Any) -> aioredis.Redis:
         )
         return cluster  # type: ignore[no-any-return]
     sentinel_options = {k: v for k, v in options.items() if k.startswith("socket_")}
-    sentinel = AsyncSentinel(list(t.nodes), sentinel_kwargs={**_credentials(t), **sentinel_options})
+    sentinel = AsyncSentinel(list(t.nodes), sentinel_kwargs={**_credentials(t), **sentinel_options})  # type: ignore[no-untyped-call]
     return sentinel.master_for(t.master, **_credentials(t), **options)  # type: ignore[no-any-return]
 
 
@@ -122,9 +122,11 @@ def sync_client(url: str, **options: Any) -> redis.Redis:
     if t.kind == CLUSTER:
         options.pop("health_check_interval", None)
         cluster: Any = RedisCluster(
-            startup_nodes=[ClusterNode(h, p) for h, p in t.nodes], **_credentials(t), **options
+            startup_nodes=[ClusterNode(h, p) for h, p in t.nodes],  # type: ignore[no-untyped-call]
+            **_credentials(t),
+            **options,
         )
         return cluster  # type: ignore[no-any-return]
     sentinel_options = {k: v for k, v in options.items() if k.startswith("socket_")}
-    sentinel = Sentinel(list(t.nodes), sentinel_kwargs={**_credentials(t), **sentinel_options})
-    return sentinel.master_for(t.master, **_credentials(t), **options)
+    sentinel = Sentinel(list(t.nodes), sentinel_kwargs={**_credentials(t), **sentinel_options})  # type: ignore[no-untyped-call]
+    return sentinel.master_for(t.master, **_credentials(t), **options)  # type: ignore[no-untyped-call, no-any-return]

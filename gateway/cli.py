@@ -1078,8 +1078,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--leases", action="store_true",
         help="share the partitions with other workers through leases (always on with redis+cluster://)",
     )  # fmt: skip
-    p.add_argument("--lease-ttl-ms", type=int, default=10_000, help="a dead worker's partitions wait this long")
-    p.add_argument("--lease-renew-every-ms", type=int, default=2_000, help="renew leases and rebalance this often")
+    p.add_argument(
+        "--lease-ttl-ms", type=int, default=10_000, help="a dead worker's partitions wait this long"
+    )
+    p.add_argument(
+        "--lease-renew-every-ms", type=int, default=2_000, help="renew leases and rebalance this often"
+    )
     p.add_argument(
         "--metrics-port", type=int, default=9465, help="/metrics and /healthz; 0 any free port, -1 off"
     )

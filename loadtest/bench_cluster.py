@@ -52,7 +52,8 @@ class Figures:
 
     def line(self) -> str:
         return (
-            f"{self.deployment:12s} gateway {self.gateway_cpu_ms:5.2f} ms/Settle  redis {self.redis_cpu_ms:5.3f} ms/Settle"
+            f"{self.deployment:12s} gateway {self.gateway_cpu_ms:5.2f} ms/Settle"
+            f"  redis {self.redis_cpu_ms:5.3f} ms/Settle"
             f"  {self.commands:4.2f} commands/Settle  {self.redis_us_per_command:5.1f} us/command"
             f"  posting {self.posting_cpu_ms:5.3f} ms/entry  {self.throughput:7.0f} Settles/s"
             f"  p50 {self.p50_ms:6.2f} ms  p99 {self.p99_ms:6.2f} ms"
@@ -83,7 +84,13 @@ class Settler:
 
 
 async def measure(
-    name: str, url: str, pids: list[int], admins: list[redis.Redis], count: int, seconds: float, concurrency: int
+    name: str,
+    url: str,
+    pids: list[int],
+    admins: list[redis.Redis],
+    count: int,
+    seconds: float,
+    concurrency: int,
 ) -> Figures:
     gw = await default_gateway(url, Durability())
     fig = Figures(name)
@@ -92,10 +99,18 @@ async def measure(
         settler = Settler(gw)
         for _ in range(200):  # warm caches, scripts and connections
             await settler.one()
-        cpu0, redis0, cmd0 = time.process_time(), sum(cpu_seconds(p) for p in pids), commands_processed(admins)
+        cpu0, redis0, cmd0 = (
+            time.process_time(),
+            sum(cpu_seconds(p) for p in pids),
+            commands_processed(admins),
+        )
         for _ in range(count):
             await settler.one()
-        cpu1, redis1, cmd1 = time.process_time(), sum(cpu_seconds(p) for p in pids), commands_processed(admins)
+        cpu1, redis1, cmd1 = (
+            time.process_time(),
+            sum(cpu_seconds(p) for p in pids),
+            commands_processed(admins),
+        )
         fig.gateway_cpu_ms = (cpu1 - cpu0) * 1000 / count
         fig.redis_cpu_ms = (redis1 - redis0) * 1000 / count
         # the INFO calls themselves are a handful of commands: negligible over thousands of Settles
@@ -150,14 +165,24 @@ def run(count: int, seconds: float, concurrency: int) -> list[Figures]:
         with EmbeddedRedis(Path(tmp) / "single") as single:
             admins = [redis.Redis.from_url(single.url)]
             out.append(
-                asyncio.run(measure("single node", single.url, pids_of([single]), admins, count, seconds, concurrency))
+                asyncio.run(
+                    measure("single node", single.url, pids_of([single]), admins, count, seconds, concurrency)
+                )
             )
         with EmbeddedCluster(Path(tmp) / "cluster") as cluster:
             masters = cluster.nodes[: cluster.primaries]
             admins = [admin(n) for n in masters]
             out.append(
                 asyncio.run(
-                    measure("cluster 3x2", cluster.url, pids_of(cluster.nodes), admins, count, seconds, concurrency)
+                    measure(
+                        "cluster 3x2",
+                        cluster.url,
+                        pids_of(cluster.nodes),
+                        admins,
+                        count,
+                        seconds,
+                        concurrency,
+                    )
                 )
             )
     return out
@@ -166,7 +191,9 @@ def run(count: int, seconds: float, concurrency: int) -> list[Figures]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtest.bench_cluster")
     parser.add_argument("--count", type=int, default=2000, help="sequential Settles for the CPU figures")
-    parser.add_argument("--seconds", type=float, default=10.0, help="of concurrent load for throughput and p99")
+    parser.add_argument(
+        "--seconds", type=float, default=10.0, help="of concurrent load for throughput and p99"
+    )
     parser.add_argument("--concurrency", type=int, default=32)
     args = parser.parse_args(argv)
     for fig in run(args.count, args.seconds, args.concurrency):

@@ -70,8 +70,9 @@ class Report:
     def line(self) -> str:
         takeover = ", ".join(f"{t:.1f}" for t in self.takeover_s)
         return (
-            f"{self.deployment:8s} {self.durability:8s} kills {self.kills}  acknowledged {self.acknowledged}"
-            f"  lost {self.lost}  doubled {self.doubled}  resends {self.unknown}  unanswered {self.unanswered}"
+            f"{self.deployment:8s} {self.durability:8s} kills {self.kills}"
+            f"  acknowledged {self.acknowledged}  lost {self.lost}  doubled {self.doubled}"
+            f"  resends {self.unknown}  unanswered {self.unanswered}"
             f"  takeover s [{takeover}]  audit differences {self.audit_differences}"
         )
 
@@ -132,15 +133,23 @@ async def audit(gw: Gateway, terminals: Terminals, url: str, report: Report) -> 
     by_message = Counter(s.message_id for s in await gw.store.every_settlement())
     report.doubled = sum(1 for count in by_message.values() if count > 1)
     report.acknowledged = len(terminals.acked)
-    report.attempts, report.unknown, report.unanswered = terminals.attempts, terminals.resends, terminals.unanswered
+    report.attempts, report.unknown, report.unanswered = (
+        terminals.attempts,
+        terminals.resends,
+        terminals.unanswered,
+    )
     report.errors = dict(terminals.errors)
     report.audit_differences = len((await audit_redis(url, None)).differences)
 
 
 async def cluster_campaign(
-    cluster: EmbeddedCluster, durability: Durability, seconds: float = 4.0, kills: int = 1, terminals: int = 8,
+    cluster: EmbeddedCluster,
+    durability: Durability,
+    seconds: float = 4.0,
+    kills: int = 1,
+    terminals: int = 8,
     start_gateway: Callable[[str, Durability], Awaitable[Gateway]] | None = None,
-) -> Report:  # fmt: skip
+) -> Report:
     """Kills the master of a busy slot `kills` times (restarting the killed node, which rejoins as a
     replica, before the next kill), under load, spread over `seconds`."""
     url = cluster.url_for("admin")
@@ -175,9 +184,12 @@ async def cluster_campaign(
 
 
 async def sentinel_campaign(
-    deployment: EmbeddedSentinel, durability: Durability, seconds: float = 4.0, terminals: int = 8,
+    deployment: EmbeddedSentinel,
+    durability: Durability,
+    seconds: float = 4.0,
+    terminals: int = 8,
     start_gateway: Callable[[str, Durability], Awaitable[Gateway]] | None = None,
-) -> Report:  # fmt: skip
+) -> Report:
     url = deployment.url_for("admin")
     gw = await (start_gateway or default_gateway)(url, durability)
     report = Report("sentinel", durability.mode)
@@ -211,7 +223,9 @@ async def default_gateway(url: str, durability: Durability) -> Gateway:
     from gateway.data_loading import load_citydata_dir
     from gateway.server import redis_client
 
-    config = Config(listen="127.0.0.1:0", redis_url=url, health_interval_ms=200, tls=None, index_key=INDEX_KEY)
+    config = Config(
+        listen="127.0.0.1:0", redis_url=url, health_interval_ms=200, tls=None, index_key=INDEX_KEY
+    )
     client = redis_client(url, config)
     await load_citydata_dir(client, config.citydata, index=IndexKeys(INDEX_KEY))
     await client.aclose()
@@ -241,7 +255,9 @@ def main(argv: list[str] | None = None) -> int:
                     )
             else:
                 with EmbeddedSentinel(Path(tmp)) as deployment:
-                    report = asyncio.run(sentinel_campaign(deployment, durability, args.seconds, args.terminals))
+                    report = asyncio.run(
+                        sentinel_campaign(deployment, durability, args.seconds, args.terminals)
+                    )
         reports.append(report)
         print(json.dumps(asdict(report)) if args.json else report.line(), flush=True)
     failed = any(r.audit_differences or r.doubled or r.unanswered for r in reports) or any(

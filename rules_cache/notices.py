@@ -75,7 +75,7 @@ async def follow_channel(
                 await asyncio.wait_for(stopping.wait(), timeout=POLL_S)
         finally:
             with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()
 
 
 def text(value: object) -> str:

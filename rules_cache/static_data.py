@@ -26,9 +26,8 @@ import redis.asyncio as aioredis
 
 from gateway.engine.model import Catalog, Institution
 from gateway.engine.policy import Policy, in_force_on
-from rules_cache import catalog_blobs, records
+from rules_cache import catalog_blobs, notices, records
 from rules_cache.keys import STATIC_CHANNEL, STATIC_POINTER, static_key, text
-from rules_cache import notices
 from rules_cache.notices import follow_channel
 from rules_cache.policy_files import parse_policy
 from rules_cache.reader import DataError

@@ -26,8 +26,8 @@ import redis
 
 from adapters.embedded_cluster import EmbeddedCluster, admin
 from adapters.embedded_redis import EmbeddedRedis
-from adapters.redis_topology import sync_client
 from adapters.redis_keys import IndexKeys
+from adapters.redis_topology import sync_client
 from gateway.config import Config
 from gateway.data_loading import load_citydata_dir
 from gateway.server import Gateway, redis_client

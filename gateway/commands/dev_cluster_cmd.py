@@ -42,7 +42,8 @@ def dev_cluster_cmd(args: argparse.Namespace) -> int:
             return 1
         info = json.loads(state.read_text())
         alive = [p for p in sorted(folder.glob("*/*/redis.pid")) if running_redis(p) is not None]
-        print(f"medsettle dev-cluster: {info['kind']} {info['url']}: {len(alive)} of {info['processes']} running")
+        running = f"{len(alive)} of {info['processes']} running"
+        print(f"medsettle dev-cluster: {info['kind']} {info['url']}: {running}")
         return 0 if len(alive) == info["processes"] else 1
     if state.exists() and any(running_redis(p) is not None for p in folder.glob("*/*/redis.pid")):
         print(f"medsettle dev-cluster: already running in {folder} (stop it first)")
@@ -56,6 +57,7 @@ def dev_cluster_cmd(args: argparse.Namespace) -> int:
         processes = len(deployment.servers) + len(deployment.sentinel_ports)
     state.write_text(json.dumps({"kind": args.kind, "url": deployment.public_url, "processes": processes}))
     print(f"medsettle dev-cluster: {args.kind} on {deployment.public_url}")
-    print(f"  URLs with credentials (mode 0600): {folder / 'secrets'}/redis-{args.kind}-{{gateway,worker,admin}}.url")
+    names = f"redis-{args.kind}-{{gateway,worker,admin}}.url"
+    print(f"  URLs with credentials (mode 0600): {folder / 'secrets'}/{names}")
     print(f"  medsettle load --redis-file {folder / 'secrets'}/redis-{args.kind}-admin.url ...")
     return 0

@@ -144,8 +144,10 @@ async def read_facts(client: Any) -> RedisFacts:
         await client.initialize()
         found = []
         for node in client.get_primaries():
-            sections = [await client.info(s, target_nodes=node) for s in ("memory", "persistence", "replication")]
-            found.append(facts_of(*sections, "unknown"))
+            memory, persistence, replication = [
+                await client.info(s, target_nodes=node) for s in ("memory", "persistence", "replication")
+            ]
+            found.append(facts_of(memory, persistence, replication, "unknown"))
         return combined(found)
     memory = await client.info("memory")
     persistence = await client.info("persistence")

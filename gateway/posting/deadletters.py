@@ -49,6 +49,8 @@ MARKER_TTL_MS = 30 * 86_400_000  # an entry redelivered after a crash within thi
 
 def marker_key(stream: str, entry_id: str) -> str:
     return f"ms:{{posting}}:dlof:{stream}:{entry_id}"
+
+
 LIST_MAX = 10_000  # dead letters read at once by `list`; more means something else is badly wrong
 
 # KEYS: deadletter, held, partition stream. ARGV: group, entry id, t0 ms, the hold it replaces (a replayed
@@ -63,7 +65,8 @@ return id
 """
 
 # Cluster, first step. KEYS: deadletter, held, the entry's marker. ARGV: entry id, t0 ms, the hold it
-# replaces ('' if none), the marker's ttl ms, then the record's field/value pairs. Returns the letter's id (the same one if made before).
+# replaces ('' if none), the marker's ttl ms, then the record's field/value pairs. Returns the letter's
+# id (the same one if the entry was dead-lettered before).
 DEAD_LETTER_RECORD_LUA = """
 local seen = redis.call('GET', KEYS[3])
 if seen then return seen end
@@ -208,7 +211,7 @@ def replay(client: redis.Redis, dl_id: str, operator: str) -> str | None:
             if k not in ("dl", "dl_t0"):
                 fields += [k, v]
         fields += ["dl", dl_id, "dl_t0", str(letter.t0_ms)]
-        added = text(client.execute_command("XADD", letter.stream, "*", *fields))
+        added = text(client.execute_command("XADD", letter.stream, "*", *fields))  # type: ignore[no-untyped-call]
         client.eval(
             REPLAYED_LUA, 2, DEADLETTER, HANDLED, dl_id, letter.stream, letter.entry_id, added, operator,
             str(int(time.time() * 1000)),
@@ -254,7 +257,7 @@ def summary(client: redis.Redis) -> Summary:
 def adopt_old_names(client: redis.Redis) -> list[str]:
     """One node that ran a version before the {posting} tag: its dead letters, holds and handling
     records move to the new names (RENAME: same node, atomic). Returns the names moved."""
-    moved = []
+    moved: list[str] = []
     if is_cluster(client):
         return moved  # a cluster never ran the old names (they could not work on one)
     for old, new in OLD_NAMES.items():

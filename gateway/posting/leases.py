@@ -106,15 +106,15 @@ class Leases:
         ask = sorted(wanted)
         pipe = self.client.pipeline(transaction=False)
         for p in gone:
-            pipe.execute_command("EVALSHA", self._release.sha, 1, lease_key(p), self.worker)
+            pipe.execute_command("EVALSHA", self._release.sha, 1, lease_key(p), self.worker)  # type: ignore[no-untyped-call]
         for p in ask:
-            pipe.execute_command("EVALSHA", self._acquire.sha, 1, lease_key(p), self.worker, self.ttl_ms)
+            pipe.execute_command("EVALSHA", self._acquire.sha, 1, lease_key(p), self.worker, self.ttl_ms)  # type: ignore[no-untyped-call]
         replies = pipe.execute(raise_on_error=False) if gone or ask else []
-        if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):  # a fresh or restarted Redis
-            if not reloaded:
-                self.client.script_load(ACQUIRE)
-                self.client.script_load(RELEASE)
-                return self.renew(reloaded=True)
+        unloaded = any(isinstance(r, redis.exceptions.NoScriptError) for r in replies)
+        if unloaded and not reloaded:  # a fresh or restarted Redis
+            self.client.script_load(ACQUIRE)
+            self.client.script_load(RELEASE)
+            return self.renew(reloaded=True)
         for r in replies:
             if isinstance(r, Exception):
                 raise r
@@ -127,7 +127,7 @@ class Leases:
         """A clean stop: the partitions go to the others at their next renewal, not after the TTL."""
         pipe = self.client.pipeline(transaction=False)
         for p in sorted(self.owned):
-            pipe.execute_command("EVALSHA", self._release.sha, 1, lease_key(p), self.worker)
+            pipe.execute_command("EVALSHA", self._release.sha, 1, lease_key(p), self.worker)  # type: ignore[no-untyped-call]
         pipe.zrem(WORKERS, self.worker)
         results = pipe.execute(raise_on_error=False)
         if any(isinstance(r, redis.exceptions.NoScriptError) for r in results):

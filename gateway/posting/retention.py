@@ -163,7 +163,9 @@ class Retention:
             account = rec.money_from(h[b"m"]).account_fen if status == "settled" else 0
             # execute_command: a cluster pipeline blocks its evalsha method (the keys are in one slot)
             archive_keys = [keys.settlement_key(sid), keys.state_key(pid), index]
-            pipe.execute_command("EVALSHA", self._archive.sha, 3, *archive_keys, sid, status, corrections, str(account))
+            pipe.execute_command(  # type: ignore[no-untyped-call]
+                "EVALSHA", self._archive.sha, 3, *archive_keys, sid, status, corrections, str(account)
+            )
             calls.append((sid, pid))
         outcomes = pipe.execute(raise_on_error=False) if calls else []
         if any(isinstance(o, redis.exceptions.NoScriptError) for o in outcomes):  # Redis restarted

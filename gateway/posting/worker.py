@@ -574,7 +574,7 @@ class PostingWorker:
             self.client.zrem(HELD, *released)
         pipe = self.client.pipeline(transaction=False)
         for stream, (ids, _) in by_stream.items():
-            pipe.execute_command("EVALSHA", self._ack.sha, 1, stream, GROUP, len(ids), *ids)
+            pipe.execute_command("EVALSHA", self._ack.sha, 1, stream, GROUP, len(ids), *ids)  # type: ignore[no-untyped-call]
         results = pipe.execute(raise_on_error=False)
         for (stream, (ids, _)), r in zip(by_stream.items(), results, strict=True):
             if isinstance(r, redis.exceptions.NoScriptError):  # Redis restarted

@@ -25,7 +25,9 @@ def cluster(local_cluster: EmbeddedCluster) -> EmbeddedCluster:
 
 
 async def start_gateway(url: str, durability: object | None = None) -> Gateway:
-    config = Config(listen="127.0.0.1:0", redis_url=url, health_interval_ms=100, tls=None, index_key=INDEX_KEY)
+    config = Config(
+        listen="127.0.0.1:0", redis_url=url, health_interval_ms=100, tls=None, index_key=INDEX_KEY
+    )
     client = redis_client(url, config)
     await load_citydata_dir(client, config.citydata, index=INDEX)
     await client.aclose()

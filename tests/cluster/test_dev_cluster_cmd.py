@@ -19,7 +19,9 @@ CLI = [sys.executable, "-m", "gateway.cli", "dev-cluster"]
 @pytest.mark.parametrize("kind", ["cluster", "sentinel"])
 def test_start_status_stop(tmp_path: Path, kind: str) -> None:
     folder = tmp_path / "dev"
-    started = subprocess.run([*CLI, "start", "--dir", str(folder), "--kind", kind], capture_output=True, text=True)
+    started = subprocess.run(
+        [*CLI, "start", "--dir", str(folder), "--kind", kind], capture_output=True, text=True
+    )
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         assert f"redis+{kind}://127.0.0.1:" in started.stdout
@@ -31,7 +33,9 @@ def test_start_status_stop(tmp_path: Path, kind: str) -> None:
         client.close()
         status = subprocess.run([*CLI, "status", "--dir", str(folder)], capture_output=True, text=True)
         processes = 6 if kind == "cluster" else 5  # 3 masters + 3 replicas; a master, a replica, 3 sentinels
-        assert status.returncode == 0 and f"{processes} of {processes} running" in status.stdout, status.stdout
+        assert status.returncode == 0 and f"{processes} of {processes} running" in status.stdout, (
+            status.stdout
+        )
     finally:
         stopped = subprocess.run([*CLI, "stop", "--dir", str(folder)], capture_output=True, text=True)
     assert stopped.returncode == 0
