@@ -223,6 +223,17 @@ class EmbeddedCluster:
                         return next(n for n in self.nodes if n.port == port)
         raise RuntimeError("no live node answers")
 
+    def replica_of(self, master: EmbeddedRedis) -> EmbeddedRedis:
+        """A live replica of `master` (the one its failover will promote)."""
+        for node in self.nodes:
+            if node is master or node.process is None:
+                continue
+            with admin(node) as c:
+                info = replication(c)
+                if info["role"] == "slave" and int(info["master_port"]) == master.port:
+                    return node
+        raise RuntimeError(f"no replica of port {master.port}")
+
     def kill(self, node: EmbeddedRedis) -> None:
         """SIGKILL: no AOF flush, no goodbye; what a crashed machine does."""
         if node.process is not None:
@@ -246,6 +257,24 @@ class EmbeddedCluster:
 
         wait_for(moved, timeout_s, f"a replica to take over from port {old.port}")
         return found[-1]
+
+
+def pause(node: EmbeddedRedis) -> None:
+    """SIGSTOP: a replica that stops keeping up (a stalled disk, a congested link)."""
+    if node.process is not None:
+        os.kill(node.process.pid, signal.SIGSTOP)
+
+
+def cut_replicas(master: EmbeddedRedis) -> None:
+    """The master drops its replicas' links (CLIENT KILL TYPE replica): what it writes from now on reaches
+    no replica until one reconnects (a paused one cannot)."""
+    with admin(master) as c:
+        c.execute_command("CLIENT", "KILL", "TYPE", "replica")  # type: ignore[no-untyped-call]
+
+
+def resume(node: EmbeddedRedis) -> None:
+    if node.process is not None:
+        os.kill(node.process.pid, signal.SIGCONT)
 
 
 def text(value: Any) -> str:

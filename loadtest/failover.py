@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from adapters.embedded_cluster import EmbeddedCluster, EmbeddedSentinel
+from adapters.embedded_cluster import EmbeddedCluster, EmbeddedSentinel, cut_replicas, pause, resume
 from adapters.redis_keys import partition_of, stream_key
 from gateway.audit import audit_redis
 from gateway.codec import Envelope, PersonRef
@@ -149,9 +149,14 @@ async def cluster_campaign(
     kills: int = 1,
     terminals: int = 8,
     start_gateway: Callable[[str, Durability], Awaitable[Gateway]] | None = None,
+    replica_lag_s: float = 0.0,
 ) -> Report:
     """Kills the master of a busy slot `kills` times (restarting the killed node, which rejoins as a
-    replica, before the next kill), under load, spread over `seconds`."""
+    replica, before the next kill), under load, spread over `seconds`. With `replica_lag_s`, the replica
+    that will take over is paused (SIGSTOP) that long before the kill and resumed just after it: a replica
+    behind its master, the case where acknowledging before replication loses money. The master also drops
+    the replica's link when the pause starts, so what it writes during the lag is not even queued in the
+    paused replica's socket buffer (which would otherwise hand it over on resume)."""
     url = cluster.url_for("admin")
     gw = await (start_gateway or default_gateway)(url, durability)
     report = Report("cluster", durability.mode)
@@ -161,19 +166,25 @@ async def cluster_campaign(
         load = Terminals(gw, terminals)
 
         async def kill_masters() -> None:
-            pause = seconds / (kills + 1)
+            interval = seconds / (kills + 1)
             for _ in range(kills):
-                await asyncio.sleep(pause)
+                await asyncio.sleep(interval)
                 key = stream_key(partition_of("PSN500000000000"))
                 victim = await asyncio.to_thread(cluster.node_serving, key)
+                heir = await asyncio.to_thread(cluster.replica_of, victim)
+                if replica_lag_s:
+                    pause(heir)
+                    await asyncio.to_thread(cut_replicas, victim)
+                    await asyncio.sleep(replica_lag_s)
                 t0 = time.monotonic()
                 await asyncio.to_thread(cluster.kill, victim)
+                resume(heir)
                 await asyncio.to_thread(cluster.wait_takeover, key, victim)
                 report.takeover_s.append(time.monotonic() - t0)
                 report.kills += 1
                 await asyncio.to_thread(victim.start)  # back as the new master's replica
                 await asyncio.to_thread(cluster.wait_replicas)
-            await asyncio.sleep(pause)
+            await asyncio.sleep(interval)
 
         await load.run(kill_masters)
         await audit(gw, load, url, report)
@@ -189,7 +200,9 @@ async def sentinel_campaign(
     seconds: float = 4.0,
     terminals: int = 8,
     start_gateway: Callable[[str, Durability], Awaitable[Gateway]] | None = None,
+    replica_lag_s: float = 0.0,
 ) -> Report:
+    """One kill of the master, halfway through; `replica_lag_s` as for cluster_campaign."""
     url = deployment.url_for("admin")
     gw = await (start_gateway or default_gateway)(url, durability)
     report = Report("sentinel", durability.mode)
@@ -200,8 +213,14 @@ async def sentinel_campaign(
 
         async def kill_master() -> None:
             await asyncio.sleep(seconds / 2)
+            heir = deployment.replicas[0]  # the one replica: the master is the first one started
+            if replica_lag_s:
+                pause(heir)
+                await asyncio.to_thread(cut_replicas, deployment.master)
+                await asyncio.sleep(replica_lag_s)
             t0 = time.monotonic()
             victim = await asyncio.to_thread(deployment.kill_master)
+            resume(heir)
             await asyncio.to_thread(deployment.wait_takeover, victim)
             report.takeover_s.append(time.monotonic() - t0)
             report.kills += 1
@@ -241,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--kills", type=int, default=3, help="cluster: masters killed one after another")
     parser.add_argument("--terminals", type=int, default=16)
+    parser.add_argument(
+        "--replica-lag-s", type=float, default=0.0, help="pause the heir replica this long before each kill"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     modes = ("aof", "replica") if args.durability == "both" else (args.durability,)
@@ -251,12 +273,17 @@ def main(argv: list[str] | None = None) -> int:
             if args.deployment == "cluster":
                 with EmbeddedCluster(Path(tmp)) as cluster:
                     report = asyncio.run(
-                        cluster_campaign(cluster, durability, args.seconds, args.kills, args.terminals)
+                        cluster_campaign(
+                            cluster, durability, args.seconds, args.kills, args.terminals,
+                            replica_lag_s=args.replica_lag_s,
+                        )  # fmt: skip
                     )
             else:
                 with EmbeddedSentinel(Path(tmp)) as deployment:
                     report = asyncio.run(
-                        sentinel_campaign(deployment, durability, args.seconds, args.terminals)
+                        sentinel_campaign(
+                            deployment, durability, args.seconds, args.terminals, replica_lag_s=args.replica_lag_s
+                        )
                     )
         reports.append(report)
         print(json.dumps(asdict(report)) if args.json else report.line(), flush=True)
