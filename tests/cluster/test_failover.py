@@ -35,7 +35,9 @@ def check(report: Report, mode: str) -> None:
 
 
 @pytest.mark.parametrize("mode", ["replica", "aof"])
-async def test_a_cluster_master_killed_while_its_replica_lags(fresh_cluster: EmbeddedCluster, mode: str) -> None:
+async def test_a_cluster_master_killed_while_its_replica_lags(
+    fresh_cluster: EmbeddedCluster, mode: str
+) -> None:
     durability = Durability(mode) if mode == "replica" else Durability()
     report = await cluster_campaign(
         fresh_cluster, durability, seconds=4.0, kills=1, terminals=6, start_gateway=start_gateway,
