@@ -28,7 +28,7 @@ import redis
 from adapters.embedded_cluster import EmbeddedCluster, admin
 from adapters.embedded_redis import EmbeddedRedis
 from adapters.ledger.store import Ledger
-from adapters.redis_keys import PARTITIONS, stream_key
+from adapters.redis_keys import PARTITIONS, claim_key, stream_key
 from adapters.redis_topology import sync_client
 from gateway.codec import Envelope, PersonRef
 from gateway.ops.durability import Durability
@@ -36,6 +36,8 @@ from gateway.posting.worker import PostingWorker, WorkerConfig
 from gateway.server import Gateway
 from loadtest.failover import BILL, HOSPITAL, PERSONS, add_persons, default_gateway
 from loadtest.proc_cpu import cpu_seconds
+
+CLAIM_SAMPLES = 500
 
 
 @dataclass
@@ -49,6 +51,7 @@ class Figures:
     throughput: float = 0.0
     p50_ms: float = 0.0
     p99_ms: float = 0.0
+    claim_rtt_us: float = 0.0  # one SET NX GET PX round trip: what the cluster's separate claim adds
 
     def line(self) -> str:
         return (
@@ -57,6 +60,7 @@ class Figures:
             f"  {self.commands:4.2f} commands/Settle  {self.redis_us_per_command:5.1f} us/command"
             f"  posting {self.posting_cpu_ms:5.3f} ms/entry  {self.throughput:7.0f} Settles/s"
             f"  p50 {self.p50_ms:6.2f} ms  p99 {self.p99_ms:6.2f} ms"
+            f"  claim round trip {self.claim_rtt_us:5.0f} us"
         )
 
 
@@ -116,6 +120,14 @@ async def measure(
         # the INFO calls themselves are a handful of commands: negligible over thousands of Settles
         fig.commands = (cmd1 - cmd0) / count
         fig.redis_us_per_command = fig.redis_cpu_ms * 1000 / fig.commands if fig.commands else 0.0
+        assert gw.store is not None
+        client = gw.store.client
+        t_claim = time.perf_counter()
+        for i in range(CLAIM_SAMPLES):
+            await client.set(
+                claim_key(HOSPITAL, f"BENCHCLAIM{i:08d}"), "x|settle|h", nx=True, get=True, px=60_000
+            )
+        fig.claim_rtt_us = (time.perf_counter() - t_claim) * 1e6 / CLAIM_SAMPLES
         latencies: list[float] = []
         stop_at = time.monotonic() + seconds
 

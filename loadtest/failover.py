@@ -274,15 +274,23 @@ def main(argv: list[str] | None = None) -> int:
                 with EmbeddedCluster(Path(tmp)) as cluster:
                     report = asyncio.run(
                         cluster_campaign(
-                            cluster, durability, args.seconds, args.kills, args.terminals,
+                            cluster,
+                            durability,
+                            args.seconds,
+                            args.kills,
+                            args.terminals,
                             replica_lag_s=args.replica_lag_s,
-                        )  # fmt: skip
+                        )
                     )
             else:
                 with EmbeddedSentinel(Path(tmp)) as deployment:
                     report = asyncio.run(
                         sentinel_campaign(
-                            deployment, durability, args.seconds, args.terminals, replica_lag_s=args.replica_lag_s
+                            deployment,
+                            durability,
+                            args.seconds,
+                            args.terminals,
+                            replica_lag_s=args.replica_lag_s,
                         )
                     )
         reports.append(report)
