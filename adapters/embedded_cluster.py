@@ -269,7 +269,7 @@ def cut_replicas(master: EmbeddedRedis) -> None:
     """The master drops its replicas' links (CLIENT KILL TYPE replica): what it writes from now on reaches
     no replica until one reconnects (a paused one cannot)."""
     with admin(master) as c:
-        c.execute_command("CLIENT", "KILL", "TYPE", "replica")  # type: ignore[no-untyped-call]
+        c.execute_command("CLIENT", "KILL", "TYPE", "replica")
 
 
 def resume(node: EmbeddedRedis) -> None:
