@@ -166,10 +166,13 @@ def posting_cost(url: str) -> float:
         cpu0 = time.thread_time()
         idle = 0
         while worker.stats.booked + worker.stats.duplicates < queued and idle < 20:
+            worker.renew_when_due()  # a cluster's worker reads only the partitions it has leased
             idle = idle + 1 if worker.step() == 0 else 0
         used = time.thread_time() - cpu0
         ledger.close()
-    return used * 1000 / max(1, worker.stats.booked)
+    if worker.stats.booked < queued:
+        raise RuntimeError(f"the worker booked {worker.stats.booked} of {queued} entries")
+    return used * 1000 / worker.stats.booked
 
 
 def pids_of(nodes: list[EmbeddedRedis]) -> list[int]:

@@ -98,7 +98,9 @@ class WorkerConfig:
     leases: bool = False
     lease_ttl_ms: int = LEASE_TTL_MS
     lease_renew_every_ms: int = RENEW_EVERY_MS
-    poll_ms: int = 100  # leased partitions are polled (one non-blocking read each): this long when idle
+    # leased partitions are polled (one non-blocking read each): after a poll that found nothing, wait
+    # poll_ms, doubling while nothing comes, up to block_ms
+    poll_ms: int = 50
 
 
 class DeferEntry(Exception):
@@ -188,6 +190,7 @@ class PostingWorker:
         )
         self._last_renew = float("-inf")
         self._pending_parts: set[int] = set()  # leased partitions whose pending entries are read first
+        self._idle_polls = 0  # leases: polls in a row that found nothing
 
     def prepare(self) -> None:
         self.ledger.migrate()
@@ -372,8 +375,11 @@ class PostingWorker:
             replies = replies[len(fresh) :]
         for reply in replies:
             out += flatten(reply)
-        if not out:
-            time.sleep(self.config.poll_ms / 1000)
+        if out:
+            self._idle_polls = 0
+        else:  # nothing anywhere: poll less often, up to block_ms, so an idle worker costs little
+            self._idle_polls = min(self._idle_polls + 1, 16)
+            time.sleep(min(self.config.poll_ms * 2 ** (self._idle_polls - 1), self.config.block_ms) / 1000)
         return unique(out)
 
     def read(self) -> list[tuple[str, str, dict[bytes, bytes]]]:
