@@ -92,27 +92,27 @@ async def test_workers_join_leave_and_die_and_every_settlement_is_booked_once(
     done = len(await settle_many(cluster_gateway, 120, reverse_every=7))
     workers = {name: await asyncio.to_thread(start_worker, url, shared_ledger, name) for name in ("a", "b")}
     try:
-        await wait_for(lambda: every_partition_owned_by(r, {"a", "b"}), 20, lambda: owners(r))
+        await wait_for(lambda: every_partition_owned_by(r, {"a", "b"}), 40, lambda: owners(r))
         split = holders(r)
         assert 80 <= sum(1 for v in split.values() if v == "a") <= 176, "rendezvous hashing shares them out"
         # a third joins under load: it gets about a third, taken from both
         workers["c"] = await asyncio.to_thread(start_worker, url, shared_ledger, "c")
         done += len(await settle_many(cluster_gateway, 120, start=done, reverse_every=7))
-        await wait_for(lambda: every_partition_owned_by(r, {"a", "b", "c"}), 20, lambda: owners(r))
+        await wait_for(lambda: every_partition_owned_by(r, {"a", "b", "c"}), 40, lambda: owners(r))
         moved = holders(r)
         assert all(moved[p] in (split[p], "c") for p in moved), "only the newcomer's share moved"
         # one dies without a word (SIGKILL, entries possibly in hand): its partitions wait out the TTL
         os.kill(workers["a"].pid, signal.SIGKILL)
         workers.pop("a").wait()
-        done += len(await settle_many(cluster_gateway, 120, start=done, reverse_every=7))
         started = time.monotonic()
-        await wait_for(lambda: every_partition_owned_by(r, {"b", "c"}), 20, lambda: owners(r))
+        done += len(await settle_many(cluster_gateway, 120, start=done, reverse_every=7))
+        await wait_for(lambda: every_partition_owned_by(r, {"b", "c"}), 40, lambda: owners(r))
         takeover_s = time.monotonic() - started
         # one leaves cleanly (SIGTERM): its leases are released at once
         workers["b"].terminate()
         workers.pop("b").wait(timeout=30)
         done += len(await settle_many(cluster_gateway, 120, start=done, reverse_every=7))
-        await wait_for(lambda: every_partition_owned_by(r, {"c"}), 10, lambda: owners(r))
+        await wait_for(lambda: every_partition_owned_by(r, {"c"}), 20, lambda: owners(r))
         await wait_for(lambda: backlog(r) == 0, 60, lambda: f"backlog {backlog(r)}")
     finally:
         for proc in workers.values():
@@ -126,7 +126,9 @@ async def test_workers_join_leave_and_die_and_every_settlement_is_booked_once(
     assert r.xlen(DEADLETTER) == 0
     report = await audit_redis(cluster.url_for("admin"), shared_ledger)
     assert report.differences == [], report.lines()
-    assert takeover_s < LEASE_TTL_MS / 1000 + 5, takeover_s
+    # from the kill: the dead worker's leases run out, then the next renewal takes them (the machine is
+    # shared, so the bound is generous; without takeover the wait above would have failed)
+    assert takeover_s < LEASE_TTL_MS / 1000 + 15, takeover_s
 
 
 async def test_a_new_owner_books_what_the_dead_one_left_pending(
