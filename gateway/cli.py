@@ -252,9 +252,10 @@ def refuse_unfit_redis(url: str, durability: Any) -> str:
     answer yet: the gateway processes then report NOT_SERVING until it does), else why not."""
     import redis
 
+    from adapters.redis_topology import sync_client
     from gateway.ops.durability import read_facts_sync
 
-    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    client = sync_client(url, socket_timeout=2, socket_connect_timeout=2)  # one node, Sentinel or cluster
     try:
         return "; ".join(read_facts_sync(client).problems(durability))
     except redis.RedisError:
@@ -720,12 +721,12 @@ def age(ms: int) -> str:
 def deadletters_cmd(args: argparse.Namespace) -> int:
     """`medsettle deadletters`: what the worker could not book, and the operator's decision on each
     (docs/OPERATIONS.md, Dead letters). Every action writes an audit line with who did it."""
-    import redis
 
+    from adapters.redis_topology import sync_client
     from gateway.logs import AUDIT_LOG
     from gateway.posting import deadletters as dl
 
-    client = redis.Redis.from_url(deadletters_url(args), socket_timeout=5, socket_connect_timeout=2)
+    client = sync_client(deadletters_url(args), socket_timeout=5, socket_connect_timeout=2)
     action = args.action or "list"
     operator = operator_of(args)
     try:

@@ -159,6 +159,16 @@ async def read_facts(client: Any) -> RedisFacts:
 
 
 def read_facts_sync(client: Any) -> RedisFacts:
+    from redis.cluster import RedisCluster
+
+    if isinstance(client, RedisCluster):  # every master's, combined (as read_facts)
+        found = []
+        for node in client.get_primaries():  # type: ignore[no-untyped-call]
+            memory, persistence, replication = (
+                client.info(s, target_nodes=node) for s in ("memory", "persistence", "replication")
+            )
+            found.append(facts_of(memory, persistence, replication, "unknown"))
+        return combined(found)
     appendfsync = "unknown"
     with contextlib.suppress(Exception):
         appendfsync = appendfsync_of(client.config_get("appendfsync"))
