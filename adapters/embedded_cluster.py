@@ -17,13 +17,14 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import redis
 
-from adapters.embedded_redis import EmbeddedRedis, cluster_server_binary, running_redis
+from adapters.embedded_redis import DIE_WITH_PARENT, EmbeddedRedis, cluster_server_binary, running_redis
 from adapters.secret_files import write_private
 
 SLOTS = 16384
@@ -395,9 +396,12 @@ class EmbeddedSentinel:
                 )  # fmt: skip
             for i in range(len(self.sentinel_ports)):
                 config = self._sentinel_config(i)
+                command = [cluster_server_binary(), str(config), "--sentinel"]
+                if not self.outlive_parent:  # dies with this process, as every embedded server does
+                    command = [sys.executable, "-c", DIE_WITH_PARENT, str(os.getpid()), *command]
                 self.sentinel_processes.append(
                     subprocess.Popen(
-                        [cluster_server_binary(), str(config), "--sentinel"],
+                        command,
                         stdout=subprocess.DEVNULL,
                         stderr=subprocess.DEVNULL,
                         start_new_session=self.outlive_parent,
