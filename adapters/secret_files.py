@@ -43,6 +43,8 @@ def mask_url(url: str | None) -> str:
     """redis://gateway:s3cret@host:6379/0 -> redis://gateway:***@host:6379/0 (no user: no change)."""
     if not url:
         return str(url)
+    if "," in url.split("@", 1)[-1].split("/", 1)[0]:  # redis+cluster:// or redis+sentinel://: many hosts
+        return mask_urls_in(url)
     parts = urlsplit(url)
     if parts.password is None:
         return url

@@ -252,9 +252,10 @@ def refuse_unfit_redis(url: str, durability: Any) -> str:
     answer yet: the gateway processes then report NOT_SERVING until it does), else why not."""
     import redis
 
+    from adapters.redis_topology import sync_client
     from gateway.ops.durability import read_facts_sync
 
-    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    client = sync_client(url, socket_timeout=2, socket_connect_timeout=2)  # one node, Sentinel or cluster
     try:
         return "; ".join(read_facts_sync(client).problems(durability))
     except redis.RedisError:
@@ -651,7 +652,12 @@ def worker(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    config = WorkerConfig(batch_max=args.batch_max, claim_idle_ms=args.claim_idle_ms)
+    config = WorkerConfig(
+        batch_max=args.batch_max, claim_idle_ms=args.claim_idle_ms, leases=args.leases,
+        lease_ttl_ms=args.lease_ttl_ms, lease_renew_every_ms=args.lease_renew_every_ms,
+    )  # fmt: skip
+    if config.lease_renew_every_ms * 2 > config.lease_ttl_ms:
+        raise SystemExit("medsettle worker: --lease-renew-every-ms must be at most half of --lease-ttl-ms")
     if args.consumer:
         config = dataclasses.replace(config, consumer=args.consumer)
     posting = PostingWorker(redis_client(redis_url), Ledger(ledger_dsn), config)
@@ -715,12 +721,12 @@ def age(ms: int) -> str:
 def deadletters_cmd(args: argparse.Namespace) -> int:
     """`medsettle deadletters`: what the worker could not book, and the operator's decision on each
     (docs/OPERATIONS.md, Dead letters). Every action writes an audit line with who did it."""
-    import redis
 
+    from adapters.redis_topology import sync_client
     from gateway.logs import AUDIT_LOG
     from gateway.posting import deadletters as dl
 
-    client = redis.Redis.from_url(deadletters_url(args), socket_timeout=5, socket_connect_timeout=2)
+    client = sync_client(deadletters_url(args), socket_timeout=5, socket_connect_timeout=2)
     action = args.action or "list"
     operator = operator_of(args)
     try:
@@ -1070,6 +1076,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-max", type=int, default=500, help="entries per database transaction")
     p.add_argument("--claim-idle-ms", type=int, default=30_000, help="reclaim entries pending this long")
     p.add_argument(
+        "--leases", action="store_true",
+        help="share the partitions with other workers through leases (always on with redis+cluster://)",
+    )  # fmt: skip
+    p.add_argument(
+        "--lease-ttl-ms", type=int, default=10_000, help="a dead worker's partitions wait this long"
+    )
+    p.add_argument(
+        "--lease-renew-every-ms", type=int, default=2_000, help="renew leases and rebalance this often"
+    )
+    p.add_argument(
         "--metrics-port", type=int, default=9465, help="/metrics and /healthz; 0 any free port, -1 off"
     )
     p.add_argument("--metrics-host", default="127.0.0.1", help="address the metrics listen on")
@@ -1169,6 +1185,9 @@ def build_parser() -> argparse.ArgumentParser:
     claim_cmd.register(sub)
     rebuild_cmd.register(sub)
     backup_cmd.register(sub)
+    from gateway.commands import dev_cluster_cmd
+
+    dev_cluster_cmd.register(sub)
     return parser
 
 

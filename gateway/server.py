@@ -24,12 +24,14 @@ import redis.exceptions
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 
 from adapters.ledger.archive import LedgerArchive
 from adapters.ledger.store import Ledger
 from adapters.redis_keys import PERSON_CHANNEL, IndexKeys
 from adapters.redis_store import RedisStore
+from adapters.redis_topology import CLUSTER, SINGLE, async_client
+from adapters.redis_topology import parse as parse_topology
 from adapters.settlement_store import StoreRefused
 from gateway import compiled_engine
 from gateway.claim_service import ClaimService, ClaimServicer
@@ -119,7 +121,25 @@ def checked(base: type[Any], epoch: PoolEpoch) -> type[Any]:
     return CheckedConnection
 
 
+CLUSTER_RETRY = Retry(ExponentialBackoff(cap=0.25, base=0.05), 2)
+
+
 def redis_client(url: str, config: Config) -> aioredis.Redis:
+    """One node: a pool whose connections check themselves (CheckedConnection). Cluster and Sentinel
+    (adapters/redis_topology.py): redis-py's own clients, which follow a failover. The cluster client
+    retries a command twice, after re-reading the slot map, when its node fails: what lets a Settle
+    started just before a failover finish on the new master. That is safe for the commit too (see
+    PING_RETRY's comment: a resent commit writes nothing twice)."""
+    topology = parse_topology(url)
+    if topology.kind != SINGLE:
+        return async_client(
+            url,
+            socket_timeout=config.redis_timeout_ms / 1000,
+            socket_connect_timeout=config.redis_connect_timeout_ms / 1000,
+            socket_keepalive=True,
+            max_connections=256,
+            retry=CLUSTER_RETRY if topology.kind == CLUSTER else NO_RETRY,
+        )
     pool = aioredis.ConnectionPool.from_url(
         url,
         socket_timeout=config.redis_timeout_ms / 1000,

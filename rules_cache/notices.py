@@ -1,4 +1,10 @@
-"""Follow a Redis pub/sub channel until asked to stop, reconnecting when Redis goes away."""
+"""Follow a Redis pub/sub channel until asked to stop, reconnecting when Redis goes away.
+
+On Redis Cluster the notices go over sharded pub/sub (SPUBLISH/SSUBSCRIBE, Redis 7): a channel lives in
+its slot's shard, so a notice costs one shard, not a broadcast over the whole cluster bus, and a
+subscriber follows its channel's shard through a failover (redis-py's cluster pub/sub re-routes). A
+notice is only a hint to re-read (on_message(None) resyncs every `resync_s`), so one lost in a failover
+delays a change by at most that long."""
 
 from __future__ import annotations
 
@@ -6,11 +12,24 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 log = logging.getLogger(__name__)
 POLL_S = 1.0  # how often the loop looks at `stopping` even when no message comes
+
+
+MESSAGE_TYPES = ("message", "smessage")
+
+
+async def publish(client: aioredis.Redis, channel: str, data: str) -> None:
+    """One notice: SPUBLISH on a cluster, PUBLISH on one node (or Sentinel's master)."""
+    if isinstance(client, RedisCluster):
+        await client.spublish(channel, data)
+    else:
+        await client.publish(channel, data)
 
 
 async def follow_channel(
@@ -25,14 +44,22 @@ async def follow_channel(
     checks `stopping` at least every second: cancellation alone is not relied on, because a cancel that
     lands inside redis-py's own timeouts can surface as a TimeoutError instead."""
     while not stopping.is_set():
-        pubsub = client.pubsub()
+        sharded = isinstance(client, RedisCluster)
+        pubsub: Any = client.pubsub()
         try:
-            await pubsub.subscribe(channel)
+            if sharded:
+                await pubsub.ssubscribe(channel)
+            else:
+                await pubsub.subscribe(channel)
             await on_message(None)
             quiet_s = 0.0
             while not stopping.is_set():
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=POLL_S)
-                if message is not None and message["type"] == "message":
+                message = (
+                    await pubsub.get_sharded_message(ignore_subscribe_messages=True, timeout=POLL_S)
+                    if sharded
+                    else await pubsub.get_message(ignore_subscribe_messages=True, timeout=POLL_S)
+                )
+                if message is not None and text(message["type"]) in MESSAGE_TYPES:
                     await on_message(message["data"])
                     quiet_s = 0.0
                     continue
@@ -48,4 +75,8 @@ async def follow_channel(
                 await asyncio.wait_for(stopping.wait(), timeout=POLL_S)
         finally:
             with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()
+
+
+def text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 
 from gateway.engine.model import Catalog, Institution
 from gateway.engine.policy import Policy, in_force_on
-from rules_cache import catalog_blobs, records
+from rules_cache import catalog_blobs, notices, records
 from rules_cache.keys import STATIC_CHANNEL, STATIC_POINTER, static_key, text
 from rules_cache.notices import follow_channel
 from rules_cache.policy_files import parse_policy
@@ -89,7 +89,9 @@ async def write_blob(client: aioredis.Redis, key: str, blob: bytes) -> None:
     published is left as it is (the caller has checked it holds the same bytes)."""
     if await client.exists(key):
         return
-    partial = f"{key}:partial"
+    # the whole name as the partial's hash tag: the same slot as the key (which has no tag of its own),
+    # so the RENAMENX stays within one slot on a cluster
+    partial = f"{{{key}}}:partial"
     await client.delete(partial)
     for start in range(0, max(len(blob), 1), BLOB_PIECE_BYTES):
         await client.append(partial, blob[start : start + BLOB_PIECE_BYTES])
@@ -322,5 +324,5 @@ class Publication:
             await write_blob(client, static_key(kind, region, version), blob)
         if pointer:
             await client.hset(STATIC_POINTER, mapping=dict(pointer))  # type: ignore[arg-type]
-            await client.publish(STATIC_CHANNEL, json.dumps(pointer))
+            await notices.publish(client, STATIC_CHANNEL, json.dumps(pointer))
         return pointer

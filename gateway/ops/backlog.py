@@ -17,6 +17,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from adapters import redis_keys as keys
+from adapters.redis_topology import sync_client
 from gateway.ops.durability import Durability, read_facts_sync
 from gateway.posting import deadletters
 from telemetry.metrics import BACKLOG
@@ -110,6 +111,7 @@ def entry_ms(reply: Any) -> float | None:
 
 
 def client_for(url: str) -> redis.Redis:
-    return redis.Redis.from_url(
+    """One node, Sentinel or cluster (adapters/redis_topology.py): the scrape's pipelines go by slot."""
+    return sync_client(
         url, socket_timeout=SCRAPE_TIMEOUT_S, socket_connect_timeout=SCRAPE_TIMEOUT_S, health_check_interval=1
     )

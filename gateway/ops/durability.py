@@ -121,8 +121,34 @@ def appendfsync_of(reply: Any) -> str:
     return "unknown"
 
 
+def combined(per_node: list[RedisFacts]) -> RedisFacts:
+    """A cluster is as fit as its least fit master: any eviction policy but noeviction, any master
+    without AOF, the fewest replicas any master has (replica mode WAITs on each commit's own master)."""
+    policies = [f.maxmemory_policy for f in per_node]
+    roles = {f.role for f in per_node}
+    return RedisFacts(
+        maxmemory_policy=next((p for p in policies if p != NOEVICTION), NOEVICTION),
+        aof_enabled=all(f.aof_enabled for f in per_node),
+        appendfsync=",".join(sorted({f.appendfsync for f in per_node})),
+        replicas_connected=min(f.replicas_connected for f in per_node),
+        role=roles.pop() if len(roles) == 1 else "mixed",
+    )
+
+
 async def read_facts(client: Any) -> RedisFacts:
-    """From a redis.asyncio client. INFO is allowed to the serving ACL users; CONFIG GET only to admin."""
+    """From a redis.asyncio client. INFO is allowed to the serving ACL users; CONFIG GET only to admin.
+    On a cluster: every master's, combined."""
+    from redis.asyncio.cluster import RedisCluster
+
+    if isinstance(client, RedisCluster):
+        await client.initialize()
+        found = []
+        for node in client.get_primaries():
+            memory, persistence, replication = [
+                await client.info(s, target_nodes=node) for s in ("memory", "persistence", "replication")
+            ]
+            found.append(facts_of(memory, persistence, replication, "unknown"))
+        return combined(found)
     memory = await client.info("memory")
     persistence = await client.info("persistence")
     replication = await client.info("replication")
@@ -133,6 +159,16 @@ async def read_facts(client: Any) -> RedisFacts:
 
 
 def read_facts_sync(client: Any) -> RedisFacts:
+    from redis.cluster import RedisCluster
+
+    if isinstance(client, RedisCluster):  # every master's, combined (as read_facts)
+        found = []
+        for node in client.get_primaries():  # type: ignore[no-untyped-call]
+            memory, persistence, replication = (
+                client.info(s, target_nodes=node) for s in ("memory", "persistence", "replication")
+            )
+            found.append(facts_of(memory, persistence, replication, "unknown"))
+        return combined(found)
     appendfsync = "unknown"
     with contextlib.suppress(Exception):
         appendfsync = appendfsync_of(client.config_get("appendfsync"))

@@ -1,13 +1,13 @@
 """Dead letters: posting entries the worker could not book, kept until an operator handles them.
 
-    ms:posting:deadletter           stream: the unhandled dead letters, each with the entry's fields
+    ms:{posting}:deadletter         stream: the unhandled dead letters, each with the entry's fields
                                     (f:<name>), where it came from (stream, id), why, when (t0: the entry's
                                     time, at: when it was dead-lettered) and by which consumer
-    ms:posting:held                 sorted set: dead letters not booked yet, scored by their entry's time
+    ms:{posting}:held               sorted set: dead letters not booked yet, scored by their entry's time
                                     (ms). The posted-through watermark never passes the lowest score, so
                                     Reconcile and GetStatement never say a dead-lettered settlement "is
                                     not on the gateway"
-    ms:posting:deadletter:handled   stream: what operators did (replay, discard), who and why
+    ms:{posting}:deadletter:handled stream: what operators did (replay, discard), who and why
 
 A replay puts the entry back into its partition stream (new id, fields `dl` and `dl_t0` added) and
 keeps its hold: the worker releases the hold in the same script that acknowledges the booked entry, so
@@ -15,9 +15,17 @@ the watermark stays at the entry's original time until it is really in the ledge
 the hold at once: the operator has decided the entry is not to be booked (it was booked by hand, or is
 garbage), and says why.
 
+    ms:{posting}:dlof:<stream>:<id> string: the dead letter an entry became (cluster mode: see below)
+
 Each change is one Lua script, so no crash can leave a dead letter without its hold or a hold that
-nothing will release. The scripts touch the partition stream and these global keys together: fine on
-one Redis node (the deployment); on a cluster they would have to move into the partition's slot."""
+nothing will release. The keys above share one slot ({posting}); on one node (or Sentinel's master) the
+scripts also acknowledge the partition stream's entry in the same script. A cluster refuses a script over
+two slots, so there each change is two steps in an order a crash between them cannot make wrong:
+dead-lettering records the letter and its hold first (once per entry: the dlof marker), then acknowledges
+the entry (a crash in between redelivers it, and it is dead-lettered again as the same letter); a replay
+adds the entry to its stream first, then removes the letter (a crash in between leaves both: the entry
+is booked once, by the ledger's key, and the letter can be discarded). Before these names had the
+{posting} tag they were ms:posting:*; the worker renames them at start (adopt_old_names)."""
 
 from __future__ import annotations
 
@@ -28,9 +36,21 @@ from typing import Any
 
 import redis
 
-DEADLETTER = "ms:posting:deadletter"
-HELD = "ms:posting:held"
-HANDLED = "ms:posting:deadletter:handled"
+from adapters.redis_topology import is_cluster
+
+DEADLETTER = "ms:{posting}:deadletter"
+HELD = "ms:{posting}:held"
+HANDLED = "ms:{posting}:deadletter:handled"
+OLD_NAMES = {
+    "ms:posting:deadletter": DEADLETTER, "ms:posting:held": HELD, "ms:posting:deadletter:handled": HANDLED
+}  # fmt: skip
+MARKER_TTL_MS = 30 * 86_400_000  # an entry redelivered after a crash within this long is one letter
+
+
+def marker_key(stream: str, entry_id: str) -> str:
+    return f"ms:{{posting}}:dlof:{stream}:{entry_id}"
+
+
 LIST_MAX = 10_000  # dead letters read at once by `list`; more means something else is badly wrong
 
 # KEYS: deadletter, held, partition stream. ARGV: group, entry id, t0 ms, the hold it replaces (a replayed
@@ -42,6 +62,28 @@ if ARGV[4] ~= '' then redis.call('ZREM', KEYS[2], ARGV[4]) end
 redis.call('XACK', KEYS[3], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[3], ARGV[2])
 return id
+"""
+
+# Cluster, first step. KEYS: deadletter, held, the entry's marker. ARGV: entry id, t0 ms, the hold it
+# replaces ('' if none), the marker's ttl ms, then the record's field/value pairs. Returns the letter's
+# id (the same one if the entry was dead-lettered before).
+DEAD_LETTER_RECORD_LUA = """
+local seen = redis.call('GET', KEYS[3])
+if seen then return seen end
+local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 5))
+redis.call('ZADD', KEYS[2], ARGV[2], id)
+if ARGV[3] ~= '' then redis.call('ZREM', KEYS[2], ARGV[3]) end
+redis.call('SET', KEYS[3], id, 'PX', ARGV[4])
+return id
+"""
+
+# Cluster, second step of a replay. KEYS: deadletter, handled. ARGV: dead letter id, stream, entry id, new
+# id, operator, now ms.
+REPLAYED_LUA = """
+if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('XADD', KEYS[2], '*', 'action', 'replay', 'dead_letter', ARGV[1], 'stream', ARGV[2], 'id', ARGV[3],
+  'new_id', ARGV[4], 'operator', ARGV[5], 'at', ARGV[6])
+return 1
 """
 
 # KEYS: deadletter, handled, partition stream. ARGV: dead letter id, operator, now ms.
@@ -163,6 +205,18 @@ def replay(client: redis.Redis, dl_id: str, operator: str) -> str | None:
     letter = find(client, dl_id)
     if letter is None:
         return None
+    if is_cluster(client):
+        fields: list[Any] = []
+        for k, v in letter.fields.items():
+            if k not in ("dl", "dl_t0"):
+                fields += [k, v]
+        fields += ["dl", dl_id, "dl_t0", str(letter.t0_ms)]
+        added = text(client.execute_command("XADD", letter.stream, "*", *fields))  # type: ignore[no-untyped-call]
+        client.eval(
+            REPLAYED_LUA, 2, DEADLETTER, HANDLED, dl_id, letter.stream, letter.entry_id, added, operator,
+            str(int(time.time() * 1000)),
+        )  # fmt: skip
+        return added
     new = client.eval(
         REPLAY_LUA, 3, DEADLETTER, HANDLED, letter.stream, dl_id, operator, str(int(time.time() * 1000))
     )
@@ -198,3 +252,16 @@ def summary(client: redis.Redis) -> Summary:
     pipe.zrange(HELD, 0, 0, withscores=True)
     length, held, lowest = pipe.execute()
     return Summary(int(length), int(held), int(lowest[0][1]) if lowest else None)
+
+
+def adopt_old_names(client: redis.Redis) -> list[str]:
+    """One node that ran a version before the {posting} tag: its dead letters, holds and handling
+    records move to the new names (RENAME: same node, atomic). Returns the names moved."""
+    moved: list[str] = []
+    if is_cluster(client):
+        return moved  # a cluster never ran the old names (they could not work on one)
+    for old, new in OLD_NAMES.items():
+        if client.exists(old) and not client.exists(new):
+            client.rename(old, new)
+            moved.append(old)
+    return moved

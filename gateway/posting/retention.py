@@ -161,13 +161,20 @@ class Retention:
                 continue
             status, corrections = text(h[b"status"]), text(h.get(b"xn", b"0"))
             account = rec.money_from(h[b"m"]).account_fen if status == "settled" else 0
-            self._archive(
-                keys=[keys.settlement_key(sid), keys.state_key(pid), index],
-                args=[sid, status, corrections, str(account)],
-                client=pipe,
+            # execute_command: a cluster pipeline blocks its evalsha method (the keys are in one slot)
+            archive_keys = [keys.settlement_key(sid), keys.state_key(pid), index]
+            pipe.execute_command(  # type: ignore[no-untyped-call]
+                "EVALSHA", self._archive.sha, 3, *archive_keys, sid, status, corrections, str(account)
             )
             calls.append((sid, pid))
-        for (_, pid), outcome in zip(calls, pipe.execute() if calls else [], strict=True):
+        outcomes = pipe.execute(raise_on_error=False) if calls else []
+        if any(isinstance(o, redis.exceptions.NoScriptError) for o in outcomes):  # Redis restarted
+            self.client.script_load(self._archive.script)
+            return self.remove(index, ids, stats, persons, staying)
+        for o in outcomes:
+            if isinstance(o, Exception):
+                raise o
+        for (_, pid), outcome in zip(calls, outcomes, strict=True):
             if text(outcome) == "OK":
                 stats.removed += 1
             elif text(outcome) == "CHANGED":  # corrected since it was read: the next sweep takes it

@@ -30,10 +30,12 @@ from redis.retry import Retry
 
 from adapters import redis_keys as keys
 from adapters.ledger.store import Entry, Ledger, LedgerUnavailable, Record, UnbalancedEntry
+from adapters.redis_topology import is_cluster, sync_client
 from adapters.settlement_records import ledger_record_from
 from gateway.engine.routing import Journal, PostingError, Transfer, mirror, route
 from gateway.posting import deadletters
 from gateway.posting.deadletters import DEADLETTER, HELD
+from gateway.posting.leases import LEASE_TTL_MS, RENEW_EVERY_MS, Leases, consumer_of
 from gateway.posting.retention import Retention, RetentionConfig
 from gateway.posting.statements import fund_spend, institution_fund_spend
 from telemetry import metrics
@@ -44,11 +46,15 @@ GROUP = "posting"
 # release (replayed dead letters): acknowledged, deleted and released at once, so a worker killed between
 # them cannot leave an entry no one reads again, nor a hold nothing releases (either would hold the
 # posted-through watermark back for good)
+# On a cluster the held set is in another slot: the script gets the stream alone, and the holds are
+# released first, by a ZREM of their own. That order is safe without atomicity: the entries are booked
+# (in the ledger) before either step, so a hold released is true, and an entry a crash leaves
+# unacknowledged is redelivered and booked again as a no-op.
 ACK_AND_DELETE = """
 local n = tonumber(ARGV[2])
 redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 3, 2 + n))
 local deleted = redis.call('XDEL', KEYS[1], unpack(ARGV, 3, 2 + n))
-if #ARGV > 2 + n then redis.call('ZREM', KEYS[2], unpack(ARGV, 3 + n)) end
+if #KEYS > 1 and #ARGV > 2 + n then redis.call('ZREM', KEYS[2], unpack(ARGV, 3 + n)) end
 return deleted
 """
 HEALTHY_WITHIN_S = 15.0  # /healthz is 200 while a loop (Redis and the ledger reached) succeeded this recently
@@ -59,11 +65,12 @@ UNEXPECTED_BACKOFF_S = 5.0  # after an exception nobody expected (logged with it
 
 
 def redis_client(url: str) -> redis.Redis:
-    """The worker's Redis client. No retries inside redis-py: a command whose reply was lost must surface
+    """The worker's Redis client (one node, Sentinel's master or a cluster: adapters/redis_topology.py).
+    No retries inside redis-py: a command whose reply was lost must surface
     here, where the loop re-reads its own pending entries (an XREADGROUP retried blindly would leave the
     lost reply's entries in our pending list unseen until a claim). Dead pooled connections are found by
     a PING before use (health_check_interval) instead."""
-    return redis.Redis.from_url(
+    return sync_client(
         url,
         socket_timeout=REDIS_SOCKET_TIMEOUT_S,
         socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
@@ -86,6 +93,14 @@ class WorkerConfig:
     retention: RetentionConfig | None = field(default_factory=RetentionConfig)  # None: never sweep
     observe_every_ms: int = 5_000  # stream, lag and budget gauges
     timezone: str = "Asia/Shanghai"  # the month of fund spend
+    # Leases (gateway/posting/leases.py): share the partitions with the other workers, each read on its
+    # own (no cross-slot XREADGROUP: what a cluster needs; forced on for a cluster client)
+    leases: bool = False
+    lease_ttl_ms: int = LEASE_TTL_MS
+    lease_renew_every_ms: int = RENEW_EVERY_MS
+    # leased partitions are polled (one non-blocking read each): after a poll that found nothing, wait
+    # poll_ms, doubling while nothing comes, up to block_ms
+    poll_ms: int = 50
 
 
 class DeferEntry(Exception):
@@ -166,9 +181,21 @@ class PostingWorker:
         self.institution_budgets: dict[tuple[str, int], int] = {}  # (institution, year) -> fen
         self._ack = client.register_script(ACK_AND_DELETE)
         self._dead_letter = client.register_script(deadletters.DEAD_LETTER_LUA)
+        self._dead_letter_record = client.register_script(deadletters.DEAD_LETTER_RECORD_LUA)
+        self.cluster = is_cluster(client)
+        self.leases = (
+            Leases(client, config.consumer, config.partitions, config.lease_ttl_ms)
+            if config.leases or self.cluster
+            else None
+        )
+        self._last_renew = float("-inf")
+        self._pending_parts: set[int] = set()  # leased partitions whose pending entries are read first
+        self._idle_polls = 0  # leases: polls in a row that found nothing
 
     def prepare(self) -> None:
         self.ledger.migrate()
+        for old in deadletters.adopt_old_names(self.client):
+            log.info("dead letters: %s renamed to its {posting} name", old)
         for stream in self.streams:
             try:
                 self.client.xgroup_create(stream, GROUP, id="0", mkstream=True)
@@ -184,6 +211,7 @@ class PostingWorker:
             try:
                 if not self._prepared:
                     self.prepare()
+                self.renew_when_due()
                 if self.step() == 0:
                     self.sweep_when_due()
                     if on_idle is not None:
@@ -221,6 +249,33 @@ class PostingWorker:
                 self._own_pending = True
                 stop.wait(UNEXPECTED_BACKOFF_S)
             healthy.set(1 if self.health()[0] else 0)
+        if self.leases is not None:
+            try:
+                self.leases.leave()
+            except redis.RedisError as exc:  # the others take over after the lease TTL instead
+                log.warning("could not release the partition leases: %s", exc)
+
+    def renew_when_due(self) -> None:
+        """Leases: every lease_renew_every_ms, the membership and the split; newly taken partitions'
+        pending entries are read first (what their last owner left unacknowledged); retention sweeps
+        only the partitions this worker owns."""
+        if self.leases is None:
+            return
+        now = time.monotonic()
+        if (now - self._last_renew) * 1000 < self.config.lease_renew_every_ms:
+            return
+        self._last_renew = now
+        change = self.leases.renew()
+        self._pending_parts |= change.taken
+        self._pending_parts &= change.owned
+        self.streams = [keys.stream_key(p) for p in sorted(change.owned)]
+        if self.retention is not None:
+            self.retention.partitions = sorted(change.owned)
+        if change.taken or change.released:
+            log.info(
+                "leases: %d partition(s) owned, %d taken, %d released, %d waiting for another worker's lease",
+                len(change.owned), len(change.taken), len(change.released), len(change.waiting),
+            )  # fmt: skip
 
     def sweep_when_due(self) -> None:
         """Retention, when there is nothing to book and the last sweep is sweep_every_s old."""
@@ -274,7 +329,62 @@ class PostingWorker:
 
     # ---------------------------------------------------------------- reading
 
+    def read_leased(self) -> list[tuple[str, str, dict[bytes, bytes]]]:
+        """One non-blocking read per owned partition (each in its own slot), as the partition's consumer:
+        first the pending entries of partitions just taken or after a failure, then new ones."""
+        assert self.leases is not None
+        owned = sorted(self.leases.owned)
+        if not owned:
+            time.sleep(self.config.poll_ms / 1000)
+            return []
+        if self._own_pending:
+            self._own_pending = False
+            self._pending_parts |= set(owned)
+        out: list[tuple[str, str, dict[bytes, bytes]]] = []
+        draining: set[int] = set()
+        pending = sorted(self._pending_parts & set(owned))
+        if pending:
+            pipe = self.client.pipeline(transaction=False)
+            for p in pending:
+                pipe.xreadgroup(GROUP, consumer_of(p), {keys.stream_key(p): "0"}, count=self.config.batch_max)
+            for p, reply in zip(pending, pipe.execute(), strict=True):
+                got = flatten(reply)
+                out += got
+                if not got:
+                    self._pending_parts.discard(p)
+                elif any(entry_id not in self.attempts for _, entry_id, _ in got):
+                    draining.add(p)  # its own backlog first; waiting entries alone do not hold it up
+        fresh = [p for p in owned if p not in draining]
+        now = time.monotonic()
+        pipe = self.client.pipeline(transaction=False)
+        claiming = (now - self._last_claim) * 1000 >= self.config.claim_every_ms
+        if claiming:  # entries pending under another consumer name (a worker without leases)
+            self._last_claim = now
+            for p in fresh:
+                pipe.xautoclaim(
+                    keys.stream_key(p), GROUP, consumer_of(p), self.config.claim_idle_ms, "0-0",
+                    count=self.config.batch_max,
+                )  # fmt: skip
+        each = max(10, self.config.batch_max // max(1, len(fresh)))
+        for p in fresh:
+            pipe.xreadgroup(GROUP, consumer_of(p), {keys.stream_key(p): ">"}, count=each)
+        replies = pipe.execute() if fresh else []
+        if claiming:
+            for p, reply in zip(fresh, replies[: len(fresh)], strict=True):
+                out += [(keys.stream_key(p), text(i), f) for i, f in reply[1] if f]
+            replies = replies[len(fresh) :]
+        for reply in replies:
+            out += flatten(reply)
+        if out:
+            self._idle_polls = 0
+        else:  # nothing anywhere: poll less often, up to block_ms, so an idle worker costs little
+            self._idle_polls = min(self._idle_polls + 1, 16)
+            time.sleep(min(self.config.poll_ms * 2 ** (self._idle_polls - 1), self.config.block_ms) / 1000)
+        return unique(out)
+
     def read(self) -> list[tuple[str, str, dict[bytes, bytes]]]:
+        if self.leases is not None:
+            return self.read_leased()
         out: list[tuple[str, str, dict[bytes, bytes]]] = []
         if self._own_pending:
             self._own_pending = False
@@ -447,6 +557,9 @@ class PostingWorker:
             self.attempts.pop(entry_id, None)
         if not by_stream:
             return
+        if self.cluster:
+            self.acknowledge_per_slot(by_stream)
+            return
         pipe = self.client.pipeline(transaction=False)
         for stream, (ids, released) in by_stream.items():
             pipe.evalsha(self._ack.sha, 2, stream, HELD, GROUP, len(ids), *ids, *released)
@@ -458,6 +571,22 @@ class PostingWorker:
             for r in results:
                 if isinstance(r, Exception):
                     raise r
+
+    def acknowledge_per_slot(self, by_stream: dict[str, tuple[list[str], list[str]]]) -> None:
+        """Cluster: the holds released first (their own slot), then each stream's entries (see
+        ACK_AND_DELETE)."""
+        released = [h for _, hs in by_stream.values() for h in hs]
+        if released:
+            self.client.zrem(HELD, *released)
+        pipe = self.client.pipeline(transaction=False)
+        for stream, (ids, _) in by_stream.items():
+            pipe.execute_command("EVALSHA", self._ack.sha, 1, stream, GROUP, len(ids), *ids)  # type: ignore[no-untyped-call]
+        results = pipe.execute(raise_on_error=False)
+        for (stream, (ids, _)), r in zip(by_stream.items(), results, strict=True):
+            if isinstance(r, redis.exceptions.NoScriptError):  # Redis restarted
+                self._ack(keys=[stream], args=[GROUP, len(ids), *ids])
+            elif isinstance(r, Exception):
+                raise r
 
     def dead_letter(self, stream: str, entry_id: str, fields: dict[bytes, bytes], reason: str) -> None:
         """Never dropped: the entry goes, with why, to the dead-letter stream, holds the posted-through
@@ -471,9 +600,16 @@ class PostingWorker:
         for k, v in fields.items():
             if k not in (b"dl", b"dl_t0"):
                 record += [b"f:" + k, v]
-        dl_id = self._dead_letter(
-            keys=[DEADLETTER, HELD, stream], args=[GROUP, entry_id, t0, replaced, *record]
-        )
+        if self.cluster:  # two steps, the letter and its hold first (gateway/posting/deadletters.py)
+            dl_id = self._dead_letter_record(
+                keys=[DEADLETTER, HELD, deadletters.marker_key(stream, entry_id)],
+                args=[entry_id, t0, replaced, deadletters.MARKER_TTL_MS, *record],
+            )
+            self._ack(keys=[stream], args=[GROUP, 1, entry_id])
+        else:
+            dl_id = self._dead_letter(
+                keys=[DEADLETTER, HELD, stream], args=[GROUP, entry_id, t0, replaced, *record]
+            )
         self.attempts.pop(entry_id, None)
         self.stats.dead_lettered += 1
         metrics.DEAD_LETTERS.inc()

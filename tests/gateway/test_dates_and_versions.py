@@ -20,6 +20,7 @@ import pytest_asyncio
 import redis
 
 from adapters.embedded_redis import EmbeddedRedis
+from adapters.redis_topology import sync_client
 from gateway.protos import pb, pb_grpc
 from gateway.server import Gateway
 from rules_cache.keys import STATIC_POINTER
@@ -130,7 +131,7 @@ async def test_a_version_that_would_overlap_or_leave_a_gap_is_refused_naming_the
     gap = tmp_path / "yc-gap.toml"
     gap.write_text(dated(text, "yc-2027.1", "2027-03-01"))
     load = [*CLI, "load", "--redis", redis_server.url, "--policy"]
-    r = redis.Redis.from_url(redis_server.url)
+    r = sync_client(redis_server.url)
     pointer = r.hgetall(STATIC_POINTER)
     refused = subprocess.run([*load, str(overlap)], capture_output=True, text=True)
     assert refused.returncode == 2

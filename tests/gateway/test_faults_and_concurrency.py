@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from adapters import redis_keys as keys
 from adapters.citydata_files import citydata_dir, read_csv
 from adapters.embedded_redis import EmbeddedRedis
+from adapters.redis_topology import async_client
 from gateway.audit import audit_redis
 from gateway.config import Config
 from gateway.protos import pb, pb_grpc
@@ -68,6 +69,7 @@ async def test_concurrent_settlements_never_exceed_the_cap_or_overdraw_the_accou
     assert report.differences == [] and report.settlements == 50, report.lines()
 
 
+@pytest.mark.single_node  # stops and restarts the one redis-server; a cluster's failover: tests/cluster/
 async def test_redis_down_gives_unavailable_within_the_deadline_and_recovers(
     gateway: Gateway, redis_server: EmbeddedRedis, stub: Any, terminal: Terminal
 ) -> None:
@@ -118,7 +120,7 @@ async def test_catalog_published_during_traffic_fails_no_request(
             row["class"] = "B"  # liver function tests become class B: 10% first self-pay from now on
     publication = Publication()
     new_version = publication.add_catalog("500000", rows, version="500000-test-2026.2")
-    client = redis.asyncio.Redis.from_url(redis_server.url)
+    client = async_client(redis_server.url)
     replies: list[Any] = []
 
     async def traffic() -> None:  # until the new version has been seen, bounded

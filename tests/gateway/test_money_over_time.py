@@ -312,6 +312,7 @@ async def test_every_malformed_operation_is_refused_before_anything_is_written(
     assert everything(sync_redis) == before
 
 
+@pytest.mark.single_node  # MONITOR of one server; on a cluster: tests/cluster/
 async def test_a_settle_costs_two_redis_round_trips(
     stub: Any, terminal: Terminal, redis_server: Any, sync_redis: redis.Redis
 ) -> None:

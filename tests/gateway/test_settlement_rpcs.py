@@ -217,6 +217,7 @@ async def test_pharmacy_pays_from_the_personal_account(stub: Any, terminal: Term
     assert (reply.split.fund_total_fen, reply.split.account_fen, reply.split.cash_fen) == (0, 12_300, 0)
 
 
+@pytest.mark.single_node  # MONITOR of one server; the cluster's three: tests/cluster/test_cluster_gateway.py
 async def test_a_settle_costs_two_redis_round_trips(stub: Any, terminal: Terminal, redis_server: Any) -> None:
     from loadtest.bench_gateway import CommandCounter
 
