@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from datetime import date
 from functools import partial
+from typing import Any
 
 from adapters.citydata_files import load_citydata
 from gateway import compiled_engine
@@ -50,6 +51,45 @@ def timed(fn: Callable[[], object], seconds: float) -> tuple[float, float, int]:
     return statistics.median(samples), samples[int(len(samples) * 0.99)], calls
 
 
+def demo_inputs() -> tuple[Any, Any, Any, Any, list[str]]:
+    """Chongqing's policy and catalog, a level-3 hospital, an employee with a personal account, and the
+    catalog's class A/B codes the bills are made of."""
+    data = load_citydata()
+    catalog = data.catalogs["500000"]
+    codes = [
+        e.code
+        for found in catalog.periods.values()
+        for e in found[:1]
+        if e.item_class.value in "AB" and not e.special_diseases
+    ]
+    # level 3, Yuzhong; PSN500000000001 has a personal account
+    return (
+        data.policies["500000"][0],
+        catalog,
+        data.institutions["H50010300001"],
+        data.persons["PSN500000000001"],
+        codes,
+    )
+
+
+def inpatient_bill(codes: list[str], n_lines: int) -> Bill:
+    lines = tuple(
+        BillLine(codes[i * 7 % len(codes)], 1234 + i * 17, 1 + i % 3, i + 1) for i in range(n_lines)
+    )
+    return Bill(VisitType.INPATIENT, lines)
+
+
+def measured(
+    bill: Bill, policy: Any, catalog: Any, inst: Any, rec: Any, seconds: float
+) -> tuple[float, float, float]:
+    """(median, p99) µs of one split of `bill`, and the baseline's median, in this process."""
+    assert isinstance(split(bill, policy, catalog, inst, rec.person, rec.state, ON), Split)
+    # partial binds this bill, and keeps the call typed (a lambda default would not)
+    median, p99, _ = timed(partial(split, bill, policy, catalog, inst, rec.person, rec.state, ON), seconds)
+    base, _, _ = timed(partial(rebuilt, bill.lines), seconds / 2)
+    return median, p99, base
+
+
 def rebuilt(lines: tuple[BillLine, ...]) -> Bill:
     """The baseline: the same bill's line tuple built again, the least work any split must do."""
     return Bill(
@@ -62,31 +102,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--only", action="store_true", help="measure this process's engine only")
     args = parser.parse_args()
-    data = load_citydata()
-    policy = data.policies["500000"][0]
-    catalog = data.catalogs["500000"]
-    inst = data.institutions["H50010300001"]  # level 3, Yuzhong
-    rec = data.persons["PSN500000000001"]  # employee with a personal account
-    codes = [
-        e.code
-        for found in catalog.periods.values()
-        for e in found[:1]
-        if e.item_class.value in "AB" and not e.special_diseases
-    ]
+    policy, catalog, inst, rec, codes = demo_inputs()
     print(f"python {platform.python_version()} on {platform.machine()}, {platform.processor() or 'cpu'}; "
           f"engine: {compiled_engine.kind()}")  # fmt: skip
     print(f"{'bill':<22}{'median µs':>11}{'p99 µs':>9}{'µs/line':>9}{'baseline µs':>13}{'ratio':>7}")
     for n_lines in (10, 60, 100):
-        lines = tuple(
-            BillLine(codes[i * 7 % len(codes)], 1234 + i * 17, 1 + i % 3, i + 1) for i in range(n_lines)
-        )
-        bill = Bill(VisitType.INPATIENT, lines)
-        assert isinstance(split(bill, policy, catalog, inst, rec.person, rec.state, ON), Split)
-        # partial binds this iteration's bill, and keeps the call typed (a lambda default would not)
-        median, p99, _ = timed(
-            partial(split, bill, policy, catalog, inst, rec.person, rec.state, ON), args.seconds
-        )
-        base, _, _ = timed(partial(rebuilt, lines), args.seconds / 2)
+        bill = inpatient_bill(codes, n_lines)
+        median, p99, base = measured(bill, policy, catalog, inst, rec, args.seconds)
         name = f"{n_lines}-line inpatient"
         per_line = median / n_lines
         print(f"{name:<22}{median:>11.1f}{p99:>9.1f}{per_line:>9.2f}{base:>13.1f}{median / base:>7.1f}x")

@@ -15,12 +15,11 @@ import platform
 from datetime import date
 from functools import partial
 
-from adapters.citydata_files import load_citydata
 from gateway import compiled_engine
 from gateway.engine import Split, split
 from gateway.engine.audit_rules import AuditKind, AuditPolicy, AuditRule, Severity
-from gateway.engine.model import Bill, BillLine, Sex, VisitType
-from loadtest.bench_engine import rebuilt, timed
+from gateway.engine.model import Sex, VisitType
+from loadtest.bench_engine import demo_inputs, inpatient_bill, measured, timed
 
 ON = date(2026, 6, 15)
 
@@ -56,17 +55,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=2.0)
     args = parser.parse_args()
-    data = load_citydata()
-    policy = data.policies["500000"][0]
-    catalog = data.catalogs["500000"]
-    inst = data.institutions["H50010300001"]  # level 3, Yuzhong
-    rec = data.persons["PSN500000000001"]  # employee with a personal account
-    codes = [
-        e.code
-        for found in catalog.periods.values()
-        for e in found[:1]
-        if e.item_class.value in "AB" and not e.special_diseases
-    ]
+    policy, catalog, inst, rec, codes = demo_inputs()
     audited = dataclasses.replace(policy, audit=audit_rules(codes))
     assert audited.audit is not None
     print(
@@ -77,16 +66,8 @@ def main() -> None:
     head = f"{'bill':<22}{'median µs':>11}{'p99 µs':>9}{'µs/line':>9}{'baseline µs':>13}{'ratio':>7}"
     print(f"{head}{'audit µs':>10}{'audit p99':>11}{'flags':>7}{'audit ratio':>13}")
     for n_lines in (10, 60, 100):
-        lines = tuple(
-            BillLine(codes[i * 7 % len(codes)], 1234 + i * 17, 1 + i % 3, i + 1) for i in range(n_lines)
-        )
-        bill = Bill(VisitType.INPATIENT, lines)
-        assert isinstance(split(bill, policy, catalog, inst, rec.person, rec.state, ON), Split)
-        # partial binds this iteration's bill, and keeps the call typed (a lambda default would not)
-        median, p99, _ = timed(
-            partial(split, bill, policy, catalog, inst, rec.person, rec.state, ON), args.seconds
-        )
-        base, _, _ = timed(partial(rebuilt, lines), args.seconds / 2)
+        bill = inpatient_bill(codes, n_lines)
+        median, p99, base = measured(bill, policy, catalog, inst, rec, args.seconds)
         flagged = split(bill, audited, catalog, inst, rec.person, rec.state, ON)
         assert isinstance(flagged, Split)
         a_median, a_p99, _ = timed(
