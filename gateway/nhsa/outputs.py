@@ -106,7 +106,7 @@ def setlinfo(
         "psn_part_amt": yuan(split.person_share_fen),
         "acct_pay": yuan(split.account_fen),
         "psn_cash_pay": yuan(split.cash_fen),
-        "hosp_part_amt": yuan(0),
+        "hosp_part_amt": yuan(split.institution_fen),  # per-disease payment: what the institution bears
         "balc": yuan(split.account_balance_after_fen),
         "acct_mulaid_pay": yuan(0),
         "medins_setl_id": msgid,

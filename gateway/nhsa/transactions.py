@@ -73,6 +73,7 @@ BILL_FIELDS = {
     "bill.lines": "feedetail",
     "bill.stay_id": "mdtrt_id",
     "bill.disease_code": "dise_codg",
+    "bill.diagnosis_codes": "diseinfo[].diag_code",
     "bill.visit_type": "med_type",
     "bill.interim": "mid_setl_flag",
     "envelope.message_id": "msgid",
@@ -515,6 +516,13 @@ class Translation:
         diseases = rows(req.input, "diseinfo")
         if diseases:
             meta["dise_codg"] = text(diseases[0], "diag_code", "input.diseinfo[0]", limit=40)
+            # every diagnosis, for the policy's audit rules (限定支付范围) and per-disease payment; how many
+            # a bill may carry is the codec's check, named back as diseinfo[].diag_code
+            meta["diag_codes"] = [
+                code
+                for i, row in enumerate(diseases)
+                if (code := text(row, "diag_code", f"input.diseinfo[{i}]", limit=40))
+            ]
         await self.store.set_meta(visit.mdtrt_id, meta)
         return {}
 
@@ -592,6 +600,7 @@ class Translation:
                 for i, d in enumerate(details)
             ],
             disease_code=text(data, "dise_codg", "input.data", limit=40) or meta.get("dise_codg", ""),
+            diagnosis_codes=list(meta.get("diag_codes", [])),
             decline_account=text(data, "acct_used_flag", "input.data", limit=1) == "0",
         )
         if visit_type == pb.VISIT_TYPE_INPATIENT:
