@@ -32,7 +32,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 
 from gateway.edge import certs
 from gateway.edge.tls import ClientTls, channel
-from gateway.protos import pb
+from gateway.protos import claims_pb, pb
 from loadtest.stack import Stack, running_stack
 from loadtest.synthetic import OUTPATIENT_10_LINES
 
@@ -78,8 +78,9 @@ def keyspace_digest(url: str) -> tuple[int, str]:
 
 def rpcs() -> list[tuple[str, str, Any, str]]:
     out = []
-    for service in pb.DESCRIPTOR.services_by_name.values():
-        out += [(service.full_name, m.name, m.input_type, "unary") for m in service.methods]
+    for module in (pb, claims_pb):
+        for service in module.DESCRIPTOR.services_by_name.values():
+            out += [(service.full_name, m.name, m.input_type, "unary") for m in service.methods]
     for module in (health_pb2, reflection_pb2):
         for service in module.DESCRIPTOR.services_by_name.values():
             for m in service.methods:
@@ -110,6 +111,16 @@ def valid_messages() -> dict[str, bytes]:
         "Reconcile": pb.ReconcileRequest(envelope=env, date_from="2026-06-01", date_to="2026-06-30"),
         "GetStatement": pb.StatementRequest(envelope=env, month="2026-06"),
         "GetClearing": pb.ClearingRequest(month="2026-06"),
+        "SubmitClaim": claims_pb.ClaimRequest(
+            claim_no="HOSTILE-C1",
+            person=person,
+            visit_type=pb.VISIT_TYPE_OUTPATIENT,
+            visit_date="2026-06-15",
+            total_fen=10_000,
+        ),
+        "ReverseClaim": claims_pb.ReverseClaimRequest(
+            reversal_no="HOSTILE-R1", claim_no="HOSTILE-C1", person=person
+        ),
         "Ping": pb.PingRequest(),
         "Check": health_pb2.HealthCheckRequest(service=""),
         "List": health_pb2.HealthListRequest(),
