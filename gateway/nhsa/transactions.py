@@ -180,6 +180,16 @@ def national_field(path: str, details: list[dict[str, Any]]) -> str:
     return BILL_FIELDS.get(path, path)
 
 
+def bill_lines(details: list[dict[str, Any]]) -> list[Any]:
+    """A visit's checked fee details as the bill's lines, numbered in upload order."""
+    return [
+        pb.BillLine(
+            code=d["code"], unit_price_fen=d["pric"], quantity=d["cnt"], line_no=i + 1, service_date=d["at"]
+        )
+        for i, d in enumerate(details)
+    ]
+
+
 class Translation:
     """The transactions of one gateway process, over the process's servicers and the national store."""
 
@@ -589,16 +599,7 @@ class Translation:
             )
         out = pb.Bill(
             visit_type=visit_type,
-            lines=[
-                pb.BillLine(
-                    code=d["code"],
-                    unit_price_fen=d["pric"],
-                    quantity=d["cnt"],
-                    line_no=i + 1,
-                    service_date=d["at"],
-                )
-                for i, d in enumerate(details)
-            ],
+            lines=bill_lines(details),
             disease_code=text(data, "dise_codg", "input.data", limit=40) or meta.get("dise_codg", ""),
             diagnosis_codes=list(meta.get("diag_codes", [])),
             decline_account=text(data, "acct_used_flag", "input.data", limit=1) == "0",
@@ -853,16 +854,7 @@ class Translation:
             visit_type=pb.VISIT_TYPE_PHARMACY,
             visit_date=day_text(meta["begntime"]),
             decline_account=text(data, "acct_used_flag", "input.data", limit=1) == "0",
-            lines=[
-                pb.BillLine(
-                    code=d["code"],
-                    unit_price_fen=d["pric"],
-                    quantity=d["cnt"],
-                    line_no=i + 1,
-                    service_date=d["at"],
-                )
-                for i, d in enumerate(details)
-            ],
+            lines=bill_lines(details),
         )
         return pb.SettleRequest(envelope=self.envelope(req), person=ref, bill=bill), meta, details
 
