@@ -70,6 +70,8 @@ def drop_postgres(admin_dsn: str, dsn: str) -> None:
 def run_worker(client: redis.Redis, dsn: str) -> tuple[threading.Event, threading.Thread, PostingWorker]:
     worker = PostingWorker(client, Ledger(dsn), WorkerConfig(consumer="bench", batch_max=500, block_ms=200))
     worker.prepare()
+    # the events' month and region, as the worker would have made them ahead (PostgreSQL: its partitions)
+    worker.ledger.ensure_partitions("2026-06", ["500000"])
     stop = threading.Event()
     thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
     thread.start()

@@ -1,10 +1,32 @@
 """The ledger schema, one text for SQLite and PostgreSQL, applied by numbered migrations. Money is
 BIGINT fen. Transfers carry one debit and one credit account each, so every entry balances by
-construction, and the database refuses a transfer that is not positive or not between two accounts."""
+construction, and the database refuses a transfer that is not positive or not between two accounts.
+
+A migration is SQL text both databases run, or a function of a cursor that only PostgreSQL runs (SQLite
+records the version and changes nothing)."""
 
 from __future__ import annotations
 
-MIGRATIONS: list[tuple[int, str]] = [
+from collections.abc import Callable
+from typing import Any
+
+from adapters.ledger.partitions import partition_ledger
+
+Migration = str | Callable[[Any], None]
+
+
+def child_columns(table: str) -> str:
+    """Migration 4 for a table that hangs off the journal: its entry's month and region, for the
+    partitioning that follows (their foreign key must name the journal's whole partitioned key)."""
+    own = f"(SELECT j.{{0}} FROM journal j WHERE j.entry_id = {table}.entry_id)"
+    return f"""
+        ALTER TABLE {table} ADD COLUMN at_month TEXT NOT NULL DEFAULT '';
+        ALTER TABLE {table} ADD COLUMN inst_region TEXT NOT NULL DEFAULT '';
+        UPDATE {table} SET at_month = {own.format("at_month")}, inst_region = {own.format("inst_region")};
+        """
+
+
+MIGRATIONS: list[tuple[int, Migration]] = [
     (
         1,
         """
@@ -162,4 +184,18 @@ MIGRATIONS: list[tuple[int, str]] = [
             WHERE state <> 'undone';
         """,
     ),
+    (
+        4,
+        # The entry's own month (from `at`, which never changes), beside the booking month (`month`,
+        # which moves on past a closed month), on the journal and the tables that hang off it: the key
+        # the ledger is partitioned by on PostgreSQL (migration 5, adapters/ledger/partitions.py).
+        """
+        ALTER TABLE journal ADD COLUMN at_month TEXT NOT NULL DEFAULT '';
+        UPDATE journal SET at_month = substr(at, 1, 7);
+        """
+        + child_columns("journal_funds")
+        + child_columns("transfers")
+        + child_columns("records"),
+    ),
+    (5, partition_ledger),
 ]

@@ -101,6 +101,10 @@ class WorkerConfig:
     # leased partitions are polled (one non-blocking read each): after a poll that found nothing, wait
     # poll_ms, doubling while nothing comes, up to block_ms
     poll_ms: int = 50
+    # PostgreSQL's ledger partitions (adapters/ledger/partitions.py) for this month and the months ahead:
+    # made at the start and this often, for each region booked (at most regions_max of them)
+    partitions_every_s: float = 6 * 3600.0
+    regions_max: int = 1000
 
 
 class DeferEntry(Exception):
@@ -191,6 +195,8 @@ class PostingWorker:
         self._last_renew = float("-inf")
         self._pending_parts: set[int] = set()  # leased partitions whose pending entries are read first
         self._idle_polls = 0  # leases: polls in a row that found nothing
+        self._last_partition = float("-inf")
+        self.regions_booked: set[str] = set()  # institutions' regions: each gets ledger partitions
 
     def prepare(self) -> None:
         self.ledger.migrate()
@@ -212,6 +218,7 @@ class PostingWorker:
                 if not self._prepared:
                     self.prepare()
                 self.renew_when_due()
+                self.partition_when_due()
                 if self.step() == 0:
                     self.sweep_when_due()
                     if on_idle is not None:
@@ -276,6 +283,21 @@ class PostingWorker:
                 "leases: %d partition(s) owned, %d taken, %d released, %d waiting for another worker's lease",
                 len(change.owned), len(change.taken), len(change.released), len(change.waiting),
             )  # fmt: skip
+
+    def partition_when_due(self) -> None:
+        """The ledger's partitions for this month and the months ahead, at the start and every
+        partitions_every_s (PostgreSQL; nothing on SQLite): an entry of a month without them would go to
+        the default partition, which then keeps that month from getting its own."""
+        now = time.monotonic()
+        if now - self._last_partition < self.config.partitions_every_s:
+            return
+        self._last_partition = now
+        created = self.ledger.ensure_partitions(self.today().strftime("%Y-%m"), self.regions_booked)
+        if created:
+            log.info(
+                "ledger partitions created: %s",
+                ", ".join(f"{m} {r or '(month)'}" for m, r in created),
+            )
 
     def sweep_when_due(self) -> None:
         """Retention, when there is nothing to book and the last sweep is sweep_every_s old."""
@@ -485,6 +507,8 @@ class PostingWorker:
         self.stats.duplicates += len(entries) - len(new)
         for journal in new:
             metrics.POSTED.labels(journal.kind).inc()
+            if len(self.regions_booked) < self.config.regions_max:
+                self.regions_booked.add(journal.inst_region)
         metrics.POSTING_DUPLICATES.inc(len(entries) - len(new))
         self.acknowledge([(s, i) for s, i, _ in entries], holds)
         for stream, entry_id, fields, reason in poison:

@@ -100,13 +100,24 @@ def test_booking_is_idempotent_and_reversal_compensates(ledger: Ledger) -> None:
 def test_the_database_refuses_what_does_not_balance(ledger: Ledger) -> None:
     journal, transfers = route(event())
     ledger.book([Entry(journal, transfers, "1-0")])
-    for bad in (
-        "INSERT INTO transfers VALUES ('S107-260615-aa', 'settle', 9, 'a', 'b', -5)",  # not positive
-        "INSERT INTO transfers VALUES ('S107-260615-aa', 'settle', 9, 'a', 'a', 5)",  # one account
-        "INSERT INTO journal_funds VALUES ('S-none', 'settle', '310100', 5)",  # no journal
+    transfer = "INSERT INTO transfers (entry_id, seq, debit, credit, amount_fen, at_month, inst_region)"
+    for bad, why in (  # not positive; between one account and itself; no journal row
+        (f"{transfer} VALUES ('S107-260615-aa', 9, 'a', 'b', -5, '2026-06', '500000')", "amount_fen"),
+        (
+            f"{transfer} VALUES ('S107-260615-aa', 9, 'a', 'a', 5, '2026-06', '500000')",
+            "debit <> credit|transfers2_check",
+        ),
+        (
+            "INSERT INTO journal_funds (entry_id, fund_code, amount_fen, at_month, inst_region)"
+            " VALUES ('S-none', '310100', 5, '2026-06', '500000')",
+            "foreign key",
+        ),
     ):
-        with pytest.raises(Exception):  # noqa: B017  IntegrityError of either driver
+        with pytest.raises(Exception, match=f"(?i){why}"):  # IntegrityError of either driver
             ledger.query(bad)
+    # the same row, well formed, is taken: the refusals above are the constraints', not the SQL's
+    with ledger.transaction() as cur:
+        cur.execute(f"{transfer} VALUES ('S107-260615-aa', 9, 'a', 'b', 5, '2026-06', '500000')")
     # funds 69,999 + cash 30,001 still add up to the total, but the transfers move 70,000 out of the funds
     unbalanced = Entry(
         dataclasses.replace(journal, settlement_id="S2", fund_total_fen=69_999, cash_fen=30_001),
