@@ -179,7 +179,7 @@ def partitioned_regions(cur: Any) -> set[str]:
         "SELECT pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
         " JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname ~ '^journal_[0-9]{4}_[0-9]{2}$'"
     )
-    out = set()
+    out: set[str] = set()
     for (bound,) in cur.fetchall():
         out.update(r for r in re.findall(r"'([^']*)'", str(bound)) if REGION_NAME.match(r))
     return out
