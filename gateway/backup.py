@@ -81,6 +81,11 @@ def run(argv: list[str], env: dict[str, str] | None = None) -> None:
 def redis_argv(url: str) -> tuple[list[str], dict[str, str]]:
     """redis-cli connection flags for a URL; the password goes in the environment (argv is visible to
     every user of the machine)."""
+    if url.startswith(("redis+cluster://", "redis+sentinel://")):
+        raise BackupError(
+            "backup and restore copy one redis-server's data; a Redis Cluster or Sentinel deployment is not"
+            " covered yet: rely on its replicas and each node's AOF (docs/OPERATIONS.md, Backup)"
+        )
     u = urlparse(url)
     argv = ["-h", u.hostname or "127.0.0.1", "-p", str(u.port or 6379)]
     if u.username:

@@ -13,10 +13,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 import pytest_asyncio
-import redis
 
 from adapters.embedded_redis import EmbeddedRedis
 from adapters.ledger.store import Ledger
+from adapters.redis_topology import sync_client
 from gateway.nhsa.amounts import dumps, fen
 from gateway.posting.worker import PostingWorker, WorkerConfig
 from gateway.server import Gateway
@@ -40,7 +40,7 @@ async def ledger_gateway(redis_server: EmbeddedRedis, tmp_path: Path) -> AsyncIt
 
 
 async def post_everything(gw: Gateway, redis_server: EmbeddedRedis) -> None:
-    sync = redis.Redis.from_url(redis_server.url)
+    sync = sync_client(redis_server.url)  # one node or the cluster (MEDSETTLE_TEST_REDIS)
     ledger = Ledger(gw.config.ledger_dsn or "")
     await asyncio.to_thread(
         run_until_caught_up, PostingWorker(sync, ledger, WorkerConfig(consumer="w")), sync

@@ -18,6 +18,7 @@ import redis
 
 from adapters.embedded_redis import EmbeddedRedis
 from adapters.ledger.store import Ledger
+from adapters.redis_topology import sync_client
 from gateway import backup as bk
 from gateway.audit import audit_redis
 from gateway.config import Config
@@ -30,7 +31,8 @@ from ..conftest import INDEX, INDEX_KEY, NOW
 from .test_rebuild import CITYDATA, history, person_keys
 from .test_worker import PERSONS, run_until_caught_up, settle_many
 
-pytestmark = pytest.mark.asyncio
+# backup copies one redis-server (a cluster URL is refused: the last test)
+pytestmark = [pytest.mark.asyncio, pytest.mark.single_node]
 ZONE = ZoneInfo("Asia/Shanghai")
 
 
@@ -83,7 +85,7 @@ async def test_a_backup_brings_back_both_stores_as_they_were(
         report = await rebuild(client, restored, export(), INDEX, NOW, force=True)
         assert report.problems == []
         assert int(restored.query("SELECT COUNT(*) FROM journal")[0][0]) == entries
-        assert person_keys(redis.Redis.from_url(redis_server.url)) == at_backup
+        assert person_keys(sync_client(redis_server.url)) == at_backup
         audited = await audit_redis(redis_server.url, ledger_dsn)
         assert audited.differences == []
     finally:
@@ -137,5 +139,11 @@ async def test_the_commands_back_up_and_restore_an_embedded_data_folder(
     assert done.returncode == 0, done.stdout + done.stderr
     assert "no differences" in done.stdout
     redis_server.start()
-    assert person_keys(redis.Redis.from_url(redis_server.url)) == at_backup
+    assert person_keys(sync_client(redis_server.url)) == at_backup
     assert list(tmp_path.glob("ledger.db.before-restore-*"))  # the ledger restored over is kept aside
+
+
+def test_a_cluster_or_sentinel_url_is_refused_saying_what_backup_covers() -> None:
+    for url in ("redis+cluster://127.0.0.1:7000,127.0.0.1:7001", "redis+sentinel://127.0.0.1:26379/mymaster"):
+        with pytest.raises(bk.BackupError, match="one redis-server's data; a Redis Cluster or Sentinel"):
+            bk.redis_argv(url)

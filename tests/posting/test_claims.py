@@ -16,11 +16,11 @@ from typing import Any
 import grpc
 import pytest
 import pytest_asyncio
-import redis
 
 from adapters import redis_keys as keys
 from adapters.embedded_redis import EmbeddedRedis
 from adapters.ledger.store import Ledger
+from adapters.redis_topology import sync_client
 from gateway.config import Config
 from gateway.data_loading import load_citydata_dir
 from gateway.posting import month_end as me
@@ -88,7 +88,7 @@ async def test_a_claim_is_split_booked_to_the_person_and_shows_in_a_statement(
     again = await stub.SubmitClaim(claim(operator_id="clerk-8"))  # the same claim, another clerk
     assert again.SerializeToString() == reply.SerializeToString()
 
-    sync = redis.Redis.from_url(redis_server.url)
+    sync = sync_client(redis_server.url)
     acc = accumulators(sync, PERSON)  # on the person's plan-year, like a stay settled at the counter
     assert (acc["ded.inpatient"], acc["fund.basic"], acc["stays.inpatient"]) == (84_000, 1_292_800, 1)
 
@@ -124,7 +124,7 @@ async def test_a_claim_number_is_idempotent_and_reuse_is_refused(
 async def test_a_case_the_policy_does_not_pay_is_refused_and_writes_nothing(
     stub: Any, redis_server: EmbeddedRedis
 ) -> None:
-    sync = redis.Redis.from_url(redis_server.url)
+    sync = sync_client(redis_server.url)
     before = {k: sync.dump(k) for k in sync.keys("*")}
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.SubmitClaim(claim("CQ-CLAIM-2026-000003", claim_case=claims_pb.CLAIM_CASE_NON_DESIGNATED))
@@ -201,7 +201,7 @@ async def test_a_booked_claim_reconciles_by_claim_number(
     claims_gateway: Gateway, stub: Any, redis_server: EmbeddedRedis, ledger_dsn: str
 ) -> None:
     await stub.SubmitClaim(claim("CQ-CLAIM-2026-000010"))
-    sync = redis.Redis.from_url(redis_server.url)
+    sync = sync_client(redis_server.url)
     ledger = Ledger(ledger_dsn)
     await asyncio.to_thread(
         run_until_caught_up, PostingWorker(sync, ledger, WorkerConfig(consumer="w")), sync
@@ -239,7 +239,7 @@ async def test_the_auditor_splits_a_claim_again_and_finds_the_ledger_agrees(
             Terminal().settle([("T000006", 2_000, 1)])
         )
     assert settled.settlement_id
-    sync = redis.Redis.from_url(redis_server.url)
+    sync = sync_client(redis_server.url)
     ledger = Ledger(ledger_dsn)
     await asyncio.to_thread(
         run_until_caught_up, PostingWorker(sync, ledger, WorkerConfig(consumer="w")), sync
@@ -270,7 +270,7 @@ async def test_a_claim_is_reversed_back_out_of_the_persons_payable(
         -2_000_000, -1_292_800, -707_200,
     )  # fmt: skip
     assert (await stub.ReverseClaim(reverse)).SerializeToString() == mirror.SerializeToString()  # idempotent
-    sync = redis.Redis.from_url(redis_server.url)
+    sync = sync_client(redis_server.url)
     acc = accumulators(sync, PERSON)
     assert (acc.get("ded.inpatient", 0), acc.get("fund.basic", 0), acc.get("stays.inpatient", 0)) == (0, 0, 0)
 

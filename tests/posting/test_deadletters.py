@@ -22,6 +22,7 @@ import redis
 
 from adapters.embedded_redis import EmbeddedRedis
 from adapters.ledger.store import Ledger
+from adapters.redis_topology import sync_client
 from gateway.config import Config
 from gateway.data_loading import load_citydata_dir
 from gateway.ops.backlog import BacklogCollector
@@ -104,7 +105,7 @@ async def reconcile_item(gw: Gateway, message_id: str, amounts: Any) -> Any:
 async def test_a_dead_letter_holds_posted_through_until_replayed_and_booked(
     sqlite_gateway: Gateway, redis_server: EmbeddedRedis, tmp_path: Path
 ) -> None:
-    gw, r, dsn = sqlite_gateway, redis.Redis.from_url(redis_server.url), sqlite_dsn(tmp_path)
+    gw, r, dsn = sqlite_gateway, sync_client(redis_server.url), sqlite_dsn(tmp_path)
     await add_persons(gw)
     Ledger(dsn).migrate()
     sids = await settle_many(gw, 6)
@@ -165,7 +166,7 @@ async def test_a_dead_letter_holds_posted_through_until_replayed_and_booked(
 async def test_a_discard_needs_a_reason_and_records_who(
     sqlite_gateway: Gateway, redis_server: EmbeddedRedis, tmp_path: Path
 ) -> None:
-    gw, r, dsn = sqlite_gateway, redis.Redis.from_url(redis_server.url), sqlite_dsn(tmp_path)
+    gw, r, dsn = sqlite_gateway, sync_client(redis_server.url), sqlite_dsn(tmp_path)
     await add_persons(gw)
     Ledger(dsn).migrate()
     sids = await settle_many(gw, 3)

@@ -22,6 +22,7 @@ from loadtest.bench_posting import event as bench_event
 from .conftest import postgres_database
 from .test_month_end import ACCOUNTS, AFTER, JULY
 from .test_routing_and_ledger import event
+from .test_worker import run_until_caught_up
 
 
 @pytest.fixture
@@ -173,8 +174,7 @@ def test_the_posting_worker_makes_the_months_partitions_for_the_regions_it_books
     assert pg.query("SELECT to_regclass('journal_2026_08') IS NOT NULL") == [(True,)]
     stream, fields = bench_event(7)  # a settlement of an institution of region 500000, in June
     sync_redis.xadd(stream, fields)  # type: ignore[arg-type]
-    while worker.step():
-        pass
+    run_until_caught_up(worker, sync_redis)
     [(sid,)] = pg.query("SELECT entry_id FROM journal")
     assert partition_of(pg, "journal", str(sid)) == {"journal_2026_06_other"}
     worker.partition_when_due()  # not due yet: nothing

@@ -12,11 +12,11 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
-import redis
 
 from adapters.citydata_files import citydata_dir
 from adapters.embedded_redis import EmbeddedRedis
 from adapters.ledger.store import Ledger
+from adapters.redis_topology import sync_client
 from gateway.config import Config
 from gateway.data_loading import load_citydata_dir
 from gateway.posting import statements
@@ -85,7 +85,7 @@ async def test_a_stay_is_settled_at_the_quota_and_booked_as_the_funds_debt(
     )
     assert (s.account_fen, s.cash_fen) == (150_000, 0)
     assert "PER_DISEASE" in s.flags
-    sync = redis.Redis.from_url(redis_server.url)
+    sync = sync_client(redis_server.url)
     assert accumulators(sync, PERSON).get("fund.per_disease") == 600_000
 
     ledger = Ledger(ledger_dsn)

@@ -12,10 +12,10 @@ from typing import Any
 import grpc
 import pytest
 import pytest_asyncio
-import redis
 
 from adapters.embedded_redis import EmbeddedRedis
 from adapters.ledger.store import Ledger
+from adapters.redis_topology import sync_client
 from gateway.config import Config
 from gateway.data_loading import load_citydata_dir
 from gateway.posting import statements
@@ -47,7 +47,7 @@ async def posted(gw: Gateway, redis_server: EmbeddedRedis, ledger_dsn: str, coun
     await add_persons(gw)
     await settle_many(gw, count, reverse_every=5)
     ledger = Ledger(ledger_dsn)
-    sync = redis.Redis.from_url(redis_server.url)
+    sync = sync_client(redis_server.url)
     await asyncio.to_thread(
         run_until_caught_up, PostingWorker(sync, ledger, WorkerConfig(consumer="w")), sync
     )

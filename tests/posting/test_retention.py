@@ -6,6 +6,7 @@ ledger has it."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from datetime import date, datetime
 from typing import Any
@@ -29,7 +30,7 @@ from gateway.server import Gateway, redis_client
 
 from ..conftest import INDEX, INDEX_KEY
 from ..gateway.conftest import CARD, HOSPITAL, Terminal, error_of
-from .test_worker import run_until_caught_up
+from .test_worker import run_until_caught_up, wait_for
 
 pytestmark = pytest.mark.asyncio
 ZONE = ZoneInfo("Asia/Shanghai")
@@ -216,8 +217,14 @@ async def test_nothing_leaves_redis_before_the_ledger_holds_it(
     swept = worker.retention.sweep()
     assert (swept.removed, swept.not_booked) == (0, 1)
     assert len(settlement_keys(sync_redis)) == 1
-    await asyncio.to_thread(run_until_caught_up, worker, sync_redis)  # booked now; swept when idle
-    assert settlement_keys(sync_redis) == []
+    stop = threading.Event()  # booked now, then swept when the worker is idle (not the same instant)
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        await wait_for(lambda: settlement_keys(sync_redis) == [], 30, lambda: worker.stats)
+    finally:
+        stop.set()
+        thread.join(10)
 
 
 async def test_a_settlement_booked_before_records_existed_is_archived_from_redis(

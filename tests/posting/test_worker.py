@@ -19,6 +19,7 @@ import redis
 from adapters import redis_keys as keys
 from adapters.embedded_redis import EmbeddedRedis
 from adapters.ledger.store import Ledger
+from adapters.redis_topology import sync_client as client_for
 from gateway.audit import audit_redis
 from gateway.codec import Envelope, PersonRef
 from gateway.correction_service import Target
@@ -132,7 +133,7 @@ def backlog(r: redis.Redis) -> int:
 
 @pytest.fixture
 def sync_client(redis_server: EmbeddedRedis) -> redis.Redis:
-    return redis.Redis.from_url(redis_server.url)
+    return client_for(redis_server.url)
 
 
 async def test_every_settlement_and_reversal_is_booked_once(

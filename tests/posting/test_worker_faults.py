@@ -61,6 +61,7 @@ def start_worker_process(redis_url: str, dsn: str) -> tuple[subprocess.Popen[str
     raise AssertionError("the worker did not start")
 
 
+@pytest.mark.single_node  # stops and restarts the one redis-server
 async def test_the_worker_process_survives_a_stall_a_restart_and_a_cut_database(
     gateway: Gateway, redis_server: EmbeddedRedis, sync_redis: redis.Redis, postgres_dsn: str
 ) -> None:
@@ -115,6 +116,9 @@ async def test_the_worker_process_survives_a_stall_a_restart_and_a_cut_database(
     direct.close()
 
 
+# without leases; a cluster's workers always lease, and a new owner reads what the dead one left pending
+# first (tests/cluster/test_worker_leases.py)
+@pytest.mark.single_node
 async def test_a_correction_waits_for_its_settlement_in_a_dead_consumers_list(
     gateway: Gateway, sync_redis: redis.Redis, ledger: Ledger
 ) -> None:
