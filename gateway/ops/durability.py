@@ -61,6 +61,8 @@ class RedisFacts:
     appendfsync: str  # "unknown" when the user may not run CONFIG GET (the gateway's ACL user)
     replicas_connected: int
     role: str
+    version: str = "unknown"  # redis_version; of a cluster, its oldest master's
+    cluster: bool = False
 
     def problems(self, durability: Durability) -> list[str]:
         """What makes this Redis unfit to serve with `durability`, in words an operator acts on."""
@@ -73,6 +75,11 @@ class RedisFacts:
             )
         if self.role != "master":
             found.append(f"Redis is a {self.role}, not the primary: point the gateway at the primary")
+        if self.cluster and version_tuple(self.version) < CLUSTER_VERSION_MIN:
+            found.append(
+                f"a master of the Redis Cluster runs Redis {self.version}: a cluster needs Redis 7 or later"
+                " (the static data's change notices go over sharded pub/sub, SSUBSCRIBE); upgrade it"
+            )
         if durability.mode == "aof" and not self.aof_enabled:
             found.append(
                 "Redis has no append-only file (appendonly no) and --durability aof relies on it: enable"
@@ -102,7 +109,25 @@ def info_fields(raw: Any) -> dict[str, str]:
     return out
 
 
-def facts_of(memory: Any, persistence: Any, replication: Any, appendfsync: str) -> RedisFacts:
+CLUSTER_VERSION_MIN = (7, 0, 0)
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """'7.0.15' -> (7, 0, 15); what does not parse sorts first (refused on a cluster: unknown)."""
+    try:
+        return tuple(int(part) for part in version.split("."))
+    except ValueError:
+        return (0,)
+
+
+def facts_of(
+    memory: Any,
+    persistence: Any,
+    replication: Any,
+    appendfsync: str,
+    server: Any = None,
+    cluster: bool = False,
+) -> RedisFacts:
     mem, per, rep = info_fields(memory), info_fields(persistence), info_fields(replication)
     return RedisFacts(
         maxmemory_policy=mem.get("maxmemory_policy", "unknown"),
@@ -110,6 +135,8 @@ def facts_of(memory: Any, persistence: Any, replication: Any, appendfsync: str) 
         appendfsync=appendfsync,
         replicas_connected=int(rep.get("connected_slaves", "0")),
         role=rep.get("role", "unknown"),
+        version=info_fields(server or {}).get("redis_version", "unknown"),
+        cluster=cluster,
     )
 
 
@@ -132,6 +159,8 @@ def combined(per_node: list[RedisFacts]) -> RedisFacts:
         appendfsync=",".join(sorted({f.appendfsync for f in per_node})),
         replicas_connected=min(f.replicas_connected for f in per_node),
         role=roles.pop() if len(roles) == 1 else "mixed",
+        version=min((f.version for f in per_node), key=version_tuple),
+        cluster=True,
     )
 
 
@@ -144,10 +173,11 @@ async def read_facts(client: Any) -> RedisFacts:
         await client.initialize()
         found = []
         for node in client.get_primaries():
-            memory, persistence, replication = [
-                await client.info(s, target_nodes=node) for s in ("memory", "persistence", "replication")
+            memory, persistence, replication, server = [
+                await client.info(s, target_nodes=node)
+                for s in ("memory", "persistence", "replication", "server")
             ]
-            found.append(facts_of(memory, persistence, replication, "unknown"))
+            found.append(facts_of(memory, persistence, replication, "unknown", server, cluster=True))
         return combined(found)
     memory = await client.info("memory")
     persistence = await client.info("persistence")
@@ -164,10 +194,10 @@ def read_facts_sync(client: Any) -> RedisFacts:
     if isinstance(client, RedisCluster):  # every master's, combined (as read_facts)
         found = []
         for node in client.get_primaries():  # type: ignore[no-untyped-call]
-            memory, persistence, replication = (
-                client.info(s, target_nodes=node) for s in ("memory", "persistence", "replication")
+            memory, persistence, replication, server = (
+                client.info(s, target_nodes=node) for s in ("memory", "persistence", "replication", "server")
             )
-            found.append(facts_of(memory, persistence, replication, "unknown"))
+            found.append(facts_of(memory, persistence, replication, "unknown", server, cluster=True))
         return combined(found)
     appendfsync = "unknown"
     with contextlib.suppress(Exception):
