@@ -203,6 +203,12 @@ RETENTION_NOT_BOOKED = Gauge(
     " booked them yet.",
     multiprocess_mode="max",
 )
+LEDGER_MONTHS_WITHOUT_PARTITIONS = Gauge(
+    "medsettle_ledger_months_without_partitions",
+    "PostgreSQL ledger: of this month and the two ahead, how many have no partitions (their entries would"
+    " go to the default partition); 0 when the worker made them, or on SQLite.",
+    multiprocess_mode="max",
+)
 WORKER_HEALTHY = "medsettle_worker_healthy"
 _worker_healthy: list[Gauge] = []
 

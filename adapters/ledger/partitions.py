@@ -185,6 +185,11 @@ def partitioned_regions(cur: Any) -> set[str]:
     return out
 
 
+def months_without_partitions(cur: Any, month: str) -> int:
+    """Of this month and the MONTHS_AHEAD after it, how many have no partitions yet."""
+    return sum(not exists(cur, month_table("journal", m)) for m in months_from(month, MONTHS_AHEAD))
+
+
 def ensure_partitions(cur: Any, month: str, regions: Iterable[str]) -> list[tuple[str, str]]:
     """This month's and the next MONTHS_AHEAD months' partitions, for `regions` and every region that
     has a partition already. Returns the (month, region) partitions created, month partitions as

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from adapters.ledger.partitions import ensure_partitions
+from adapters.ledger.partitions import ensure_partitions, months_without_partitions
 from adapters.ledger.schema import MIGRATIONS
 from adapters.settlement_records import (
     LedgerRecord,
@@ -231,6 +231,13 @@ class Ledger:
             return []
         with self.transaction() as cur:
             return ensure_partitions(cur, month, regions)
+
+    def months_without_partitions(self, month: str) -> int:
+        """PostgreSQL: of this month and the two ahead, how many have no partitions. SQLite: 0."""
+        if not self.postgres:
+            return 0
+        with self.transaction() as cur:
+            return months_without_partitions(cur, month)
 
     # ---------------------------------------------------------------- booking
 

@@ -292,7 +292,18 @@ class PostingWorker:
         if now - self._last_partition < self.config.partitions_every_s:
             return
         self._last_partition = now
-        created = self.ledger.ensure_partitions(self.today().strftime("%Y-%m"), self.regions_booked)
+        month = self.today().strftime("%Y-%m")
+        try:
+            created = self.ledger.ensure_partitions(month, self.regions_booked)
+        except LedgerUnavailable:
+            raise
+        except Exception as exc:  # booking goes on (into the default partitions); the gauge below alerts
+            log.error(
+                "could not create the ledger's partitions for %s (may the worker's database role create"
+                " tables in the ledger's schema, and does it own the ledger's tables?): %s", month, exc,
+            )  # fmt: skip
+            created = []
+        metrics.LEDGER_MONTHS_WITHOUT_PARTITIONS.set(self.ledger.months_without_partitions(month))
         if created:
             log.info(
                 "ledger partitions created: %s",

@@ -4,12 +4,15 @@ and migrations 4 and 5 carrying a ledger that already holds entries, on both dat
 from __future__ import annotations
 
 import dataclasses
+import logging
+import uuid
 from collections.abc import Iterator
 from datetime import date
 from typing import Any
 
 import pytest
 import redis
+from prometheus_client import REGISTRY
 
 from adapters.ledger.store import JOURNAL_COLUMNS, Entry, Ledger
 from adapters.settlement_records import LedgerRecord, ledger_record_json
@@ -182,3 +185,39 @@ def test_the_posting_worker_makes_the_months_partitions_for_the_regions_it_books
     worker._last_partition -= worker.config.partitions_every_s  # six hours later
     worker.partition_when_due()
     assert pg.query("SELECT to_regclass('journal_2026_07_r500000') IS NOT NULL") == [(True,)]
+
+
+def test_a_worker_that_may_not_create_partitions_books_on_and_the_gauge_says_so(
+    sync_redis: redis.Redis, pg: Ledger, caplog: pytest.LogCaptureFixture
+) -> None:
+    import psycopg
+
+    role = f"booker_{uuid.uuid4().hex[:8]}"  # may create tables and book, owns none of the ledger's
+    with psycopg.connect(pg.dsn, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN")
+        admin.execute(f"GRANT CREATE, USAGE ON SCHEMA public TO {role}")
+        admin.execute(f"GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO {role}")
+    booker = Ledger(pg.dsn.replace("postgres@", f"{role}@"))
+    try:
+        worker = PostingWorker(
+            sync_redis, booker, WorkerConfig(consumer="w1", retention=None), today=lambda: date(2027, 5, 3)
+        )
+        worker.prepare()
+        with caplog.at_level(logging.ERROR, logger="gateway.posting.worker"):
+            worker.partition_when_due()
+        assert "could not create the ledger's partitions for 2027-05" in caplog.text
+        assert "must be owner of table journal" in caplog.text
+        assert REGISTRY.get_sample_value("medsettle_ledger_months_without_partitions") == 3
+        stream, fields = bench_event(8)
+        sync_redis.xadd(stream, fields)  # type: ignore[arg-type]
+        run_until_caught_up(worker, sync_redis)  # booking goes on, into the default partition
+        assert pg.query("SELECT tableoid::regclass::text FROM journal") == [("journal_other",)]
+        pg.ensure_partitions("2027-05")  # the owner makes them: the gauge clears at the next look
+        worker._last_partition -= worker.config.partitions_every_s
+        worker.partition_when_due()
+        assert REGISTRY.get_sample_value("medsettle_ledger_months_without_partitions") == 0
+    finally:
+        booker.close()
+        with psycopg.connect(pg.dsn, autocommit=True) as admin:
+            admin.execute(f"DROP OWNED BY {role}")
+            admin.execute(f"DROP ROLE {role}")
