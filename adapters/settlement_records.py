@@ -142,7 +142,7 @@ def years_from(year: int, flat: Mapping[str, str]) -> dict[PlanKey, PlanYear]:
     parts: dict[str, dict[str, Any]] = {}
     for name, value in flat.items():
         plan, _, rest = name.partition("|")
-        p = parts.setdefault(plan, {"o": {}, "a": {}, "L": (), "s": {}})
+        p = parts.setdefault(plan, {"o": {}, "a": {}, "L": (), "s": {}, "r": {}})
         kind, _, sub = rest.partition("|")
         if kind == "L":
             p["L"] = tuple(value.split())
@@ -154,7 +154,7 @@ def years_from(year: int, flat: Mapping[str, str]) -> dict[PlanKey, PlanYear]:
     for plan, p in parts.items():
         region, _, scheme = plan.partition(":")
         key = PlanKey(region, scheme, year)
-        out[key] = PlanYear(key, p["o"], p["L"], p["a"], p["s"])
+        out[key] = PlanYear(key, p["o"], p["L"], p["a"], p["s"], p["r"])
     return out
 
 
@@ -165,6 +165,7 @@ def year_fields(y: PlanYear) -> tuple[dict[str, str], dict[str, str]]:
     texts[f"{plan}|L"] = " ".join(y.live)
     ints = {f"{plan}|a|{name}": str(v) for name, v in y.accumulators.items()}
     ints.update({f"{plan}|o|{name}": str(v) for name, v in y.opening.items()})
+    ints.update({f"{plan}|r|{name}": str(v) for name, v in y.retired.items()})
     return texts, ints
 
 

@@ -638,6 +638,7 @@ def worker(args: argparse.Namespace) -> int:
     from adapters.secret_files import mask_url
     from gateway.ops.lifeline import die_with_supervisor
     from gateway.posting.budgets import load_budgets, load_institution_budgets
+    from gateway.posting.retention import SETTLEMENT_DAYS_MIN
     from gateway.posting.worker import PostingWorker, WorkerConfig, redis_client
     from telemetry.metrics import serve_metrics
 
@@ -658,6 +659,17 @@ def worker(args: argparse.Namespace) -> int:
     )  # fmt: skip
     if config.lease_renew_every_ms * 2 > config.lease_ttl_ms:
         raise SystemExit("medsettle worker: --lease-renew-every-ms must be at most half of --lease-ttl-ms")
+    days = args.settlement_retention_days
+    if days is not None:
+        if days < SETTLEMENT_DAYS_MIN:
+            raise SystemExit(
+                f"medsettle worker: --settlement-retention-days {days}: at least {SETTLEMENT_DAYS_MIN}"
+                " (it is also the gateway's correction window)"
+            )
+        assert config.retention is not None
+        config = dataclasses.replace(
+            config, retention=dataclasses.replace(config.retention, settlement_days=days)
+        )
     if args.consumer:
         config = dataclasses.replace(config, consumer=args.consumer)
     posting = PostingWorker(redis_client(redis_url), Ledger(ledger_dsn), config)
@@ -1085,6 +1097,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--lease-renew-every-ms", type=int, default=2_000, help="renew leases and rebalance this often"
     )
+    p.add_argument(
+        "--settlement-retention-days", type=int, default=None, metavar="DAYS",
+        help="settlements settled this many days ago leave Redis for the ledger within their plan-year"
+        " (and can no longer be corrected at the gateway); default: with their plan-year",
+    )  # fmt: skip
     p.add_argument(
         "--metrics-port", type=int, default=9465, help="/metrics and /healthz; 0 any free port, -1 off"
     )

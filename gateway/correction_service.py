@@ -182,15 +182,15 @@ class CorrectionService:
 
     @staticmethod
     def archived(stored: StoredSettlement, action: Reverse | Refund) -> bytes:
-        """A settlement of a plan-year that has left Redis: its reversal, if it has one, is answered as
-        before (nothing changes); anything else would need the person-year state of that year, which
-        only the agency's books have now."""
+        """A settlement that has left Redis (its plan-year did, or retention by days took it): its
+        reversal, if it has one, is answered as before (nothing changes); anything else would need the
+        settlement's place in its plan-year, which only the agency's books have now."""
         if stored.status == "reversed" and isinstance(action, Reverse):
             logs.note(duplicate=True, archived=True)
             return stored.reversal
         raise Rejected(
             Rejection.SETTLEMENT_ARCHIVED,
-            f"{stored.settlement_id} is of plan-year {stored.plan.year}, outside the gateway's correction"
+            f"{stored.settlement_id} (plan-year {stored.plan.year}) has left the gateway's correction"
             " window: the agency corrects it by hand",
         )
 

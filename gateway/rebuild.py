@@ -199,6 +199,9 @@ async def rebuild_person(
     for key, plan_year in years.items():
         texts, ints = rec.year_fields(plan_year)
         fields: dict[Any, Any] = {**texts, **ints}
+        # written whole: a forced rebuild over a year that retention by days had trimmed must not keep
+        # its `retired` totals (the fold above has those settlements live again)
+        pipe.delete(keys.year_key(pid, key.year))
         pipe.hset(keys.year_key(pid, key.year), mapping=fields)
         report.plan_years += 1
     last = max(records, key=lambda r: r[2].version)[2]
@@ -213,6 +216,8 @@ async def rebuild_person(
     state: dict[Any, Any] = {"ver": last.version + VERSION_BUMP, "bal": balance}
     if archived_account:  # as the retention sweep leaves it: absent until something is archived
         state["arch"] = archived_account
+    else:
+        pipe.hdel(keys.state_key(pid), "arch")
     pipe.hset(keys.state_key(pid), mapping=state)
     for m, left_ms in messages_within(records, now, window_ms):
         idem = keys.idem_key(partition, m.institution, m.message_id)

@@ -14,6 +14,8 @@
 --   X k n f1 v1 .. fn vn    XADD k * with n fields
 --   S k n m1 .. mn          SADD n members (the index of a plan-year's settlements, for retention)
 --   E k ms                  PEXPIRE k ms (a message record leaves Redis after the idempotency window)
+--   K k                     DEL k, a settlement hash (retention: the ledger holds it now)
+--   R k n m1 .. mn          SREM n members (retention: from the index of a plan-year's settlements)
 -- Returns {'OK'} | {'CONFLICT'} | {'EXISTS', k, {field, value, ...}} | {'CLAIMED', value}
 --       | {'REFUSED', reason}  (malformed operations or keys of the wrong type: nothing written)
 local ops = {}
@@ -40,7 +42,7 @@ while i <= #ARGV do
     if not expect_type(k, 'hash') then return refuse('key ' .. k .. ' used as two types') end
     ops[#ops + 1] = {op, k, ARGV[i + 2], ARGV[i + 3]}
     i = i + 4
-  elseif op == 'A' then
+  elseif op == 'A' or op == 'K' then
     if not expect_type(k, 'hash') then return refuse('key ' .. k .. ' used as two types') end
     ops[#ops + 1] = {op, k}
     i = i + 2
@@ -56,10 +58,10 @@ while i <= #ARGV do
     if not ms or ms < 1 or ms % 1 ~= 0 then return refuse('operation ' .. i .. ': bad expiry') end
     ops[#ops + 1] = {op, k, ARGV[i + 2]}
     i = i + 3
-  elseif op == 'H' or op == 'I' or op == 'D' or op == 'X' or op == 'S' then
+  elseif op == 'H' or op == 'I' or op == 'D' or op == 'X' or op == 'S' or op == 'R' then
     local n = tonumber(ARGV[i + 2])
     if not n or n < 0 or n % 1 ~= 0 then return refuse('operation ' .. i .. ': bad count') end
-    local width = (op == 'D' or op == 'S') and 1 or 2
+    local width = (op == 'D' or op == 'S' or op == 'R') and 1 or 2
     local first, last = i + 3, i + 2 + n * width
     if last > #ARGV then return refuse('operation ' .. i .. ': too few operands') end
     if op == 'I' then
@@ -70,7 +72,7 @@ while i <= #ARGV do
         end
       end
     end
-    local kind = (op == 'X') and 'stream' or ((op == 'S') and 'set' or 'hash')
+    local kind = (op == 'X') and 'stream' or ((op == 'S' or op == 'R') and 'set' or 'hash')
     if not expect_type(k, kind) then
       return refuse('key ' .. k .. ' used as two types')
     end
@@ -108,6 +110,10 @@ for _, o in ipairs(ops) do
     redis.call('PEXPIRE', k, o[3])
   elseif op == 'S' then
     if o[4] >= o[3] then redis.call('SADD', k, unpack(ARGV, o[3], o[4])) end
+  elseif op == 'R' then
+    if o[4] >= o[3] then redis.call('SREM', k, unpack(ARGV, o[3], o[4])) end
+  elseif op == 'K' then
+    redis.call('DEL', k)
   elseif op == 'H' or op == 'I' then
     if o[4] >= o[3] then redis.call('HSET', k, unpack(ARGV, o[3], o[4])) end
   elseif op == 'D' then

@@ -5,7 +5,8 @@ store and the ledger and calls it.
 For a plan-year, in the order settled:
 - every live settlement split again from its recorded inputs, on the fold of the ones before it, gives
   exactly what it records: what it pays (per fund, account, cash) and what it adds to the plan-year;
-- the accumulators and the stays are the fold of those contributions on the opening;
+- the accumulators and the stays are the fold of those contributions on the opening (and on what
+  settlements retired from Redis before them added: gateway/engine/plan_year.retire);
 - no capped counter of the plan is beyond its annual maximum."""
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def audit_plan_year(
     ids = [s.settlement_id for s in settlements]
     if ids != list(year.live):
         return [f"{year.key}: live list {list(year.live)} but settlements {ids}"]
-    fold = empty(year.key, year.opening)
+    fold = empty(year.key, year.base)  # the opening and what retired settlements added
     for s in settlements:
         state = fold.state(s.inputs.account_cap_fen)
         outcome = resplit(s.inputs, state, fold.stay(s.contribution.stay_id))

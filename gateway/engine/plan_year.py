@@ -12,7 +12,15 @@ The state is the ordered list of live settlements and what they add up to:
 
 `opening` is what the core system exported for the year before the gateway settled anything. Nothing
 here does I/O: the store reads a PlanYear, the core returns the next one, the store writes it after
-comparing versions."""
+comparing versions.
+
+Retention by days (gateway/posting/retention.py) takes the oldest live settlements out of Redis before
+their plan-year ends: `retire` moves their deltas into `retired`, beside the opening, so
+
+    accumulators = opening + retired + Σ deltas of the live settlements
+
+still holds, and every live settlement still re-splits on the fold of the ones before it (only a prefix
+of the live list retires). The opening stays what the core system exported: a rebuild folds from it."""
 
 from __future__ import annotations
 
@@ -71,6 +79,12 @@ class PlanYear:
     live: tuple[str, ...] = ()  # settlement ids, in the order they were settled
     accumulators: Mapping[str, int] = field(default_factory=dict)
     stays: Mapping[str, StayTotals] = field(default_factory=dict)
+    retired: Mapping[str, int] = field(default_factory=dict)  # deltas of the settlements retired
+
+    @property
+    def base(self) -> dict[str, int]:
+        """What the live settlements fold on: the opening and what retired settlements added."""
+        return add(self.opening, self.retired)
 
     def state(self, account_balance_fen: int) -> PersonState:
         """What the engine reads: this plan-year's accumulators and the balance the bill may use."""
@@ -128,6 +142,7 @@ def append(year: PlanYear, c: Contribution) -> PlanYear:
         (*year.live, c.settlement_id),
         add(year.accumulators, c.deltas),
         with_stay(year.stays, c, 1),
+        year.retired,
     )
 
 
@@ -149,4 +164,32 @@ def before(year: PlanYear, tail: list[Contribution]) -> PlanYear:
     for c in reversed(tail):
         accumulators = add(accumulators, c.deltas, -1)
         stays = with_stay(stays, c, -1)
-    return PlanYear(year.key, year.opening, year.live[: len(year.live) - len(tail)], accumulators, stays)
+    return PlanYear(
+        year.key, year.opening, year.live[: len(year.live) - len(tail)], accumulators, stays, year.retired
+    )
+
+
+def retirable(year: PlanYear, eligible: Mapping[str, Contribution]) -> list[Contribution]:
+    """The longest prefix of the live list whose settlements may leave Redis (`eligible`: old enough,
+    and the ledger holds them as Redis does), stopping at the first of a stay: the fold of stays starts
+    empty, so a stay's settlements stay live until their plan-year leaves."""
+    out: list[Contribution] = []
+    for sid in year.live:
+        c = eligible.get(sid)
+        if c is None or c.stay_id is not None:
+            break
+        out.append(c)
+    return out
+
+
+def retire(year: PlanYear, first: list[Contribution]) -> PlanYear:
+    """The plan-year after its first live settlements leave Redis for the ledger: their deltas move from
+    the live list into `retired`; the accumulators and stays do not change."""
+    if [c.settlement_id for c in first] != list(year.live[: len(first)]):
+        raise InvariantViolation(f"{[c.settlement_id for c in first]} is not the start of {year.key}'s list")
+    if any(c.stay_id is not None for c in first):
+        raise InvariantViolation(f"a settlement of a stay cannot retire from {year.key}")
+    retired = dict(year.retired)
+    for c in first:
+        retired = add(retired, c.deltas)
+    return PlanYear(year.key, year.opening, year.live[len(first) :], year.accumulators, year.stays, retired)

@@ -11,7 +11,15 @@ so no gateway with a slow clock is still settling it), it takes the slot's index
 settlements, makes sure the ledger holds each one's record (writing one, from Redis, for a settlement
 booked before records existed), then deletes the settlement and its person's year hash, and the index
 when it is empty. A settlement the ledger has not booked yet stays, and is counted; the next sweep tries
-again."""
+again.
+
+Retention by days (`settlement_days`, off by default): within the plan-years still in the window, a
+settlement settled more than that many days ago leaves Redis too, once the ledger's replay of its records
+is exactly what Redis holds. Its plan-year stays: the pure core (gateway.engine.plan_year.retire) moves
+its deltas from the live list into the year's `retired` totals, only for a prefix of the live list and
+none of a stay, and one commit (commit.lua, compared on the person's version like any commit) writes the
+year, the account's archived total, and deletes the settlements. Such a settlement is answered from the
+ledger and can no longer be corrected at the gateway: the days are the correction window."""
 
 from __future__ import annotations
 
@@ -27,7 +35,8 @@ import redis
 from adapters import redis_keys as keys
 from adapters import settlement_records as rec
 from adapters.ledger.store import Ledger
-from gateway.engine.plan_year import PLAN_YEARS_KEPT, oldest_plan_year
+from adapters.settlement_store import StoredSettlement
+from gateway.engine.plan_year import PLAN_YEARS_KEPT, PlanYear, oldest_plan_year, retirable, retire
 from telemetry import metrics
 
 
@@ -39,6 +48,11 @@ log = logging.getLogger(__name__)
 AUDIT = logging.getLogger("medsettle.audit")
 
 
+# Retention by days keeps a settlement in Redis at least this long: past the idempotency week and a month
+# end's statements and reconciliation, the window in which terminals correct what they settled
+SETTLEMENT_DAYS_MIN = 30
+
+
 @dataclass(frozen=True, slots=True)
 class RetentionConfig:
     plan_years_kept: int = PLAN_YEARS_KEPT
@@ -46,6 +60,9 @@ class RetentionConfig:
     years_back_max: int = 10  # how far back a sweep looks for indexes of older plan-years
     batch_max: int = 500  # settlements per round trip
     sweep_every_s: float = 3600.0
+    # also retire settlements settled this many days ago from the plan-years still in the window (the
+    # gateway's correction window then ends with them); None: settlements leave with their plan-year
+    settlement_days: int | None = None
 
 
 @dataclass
@@ -53,12 +70,14 @@ class SweepStats:
     removed: int = 0
     not_booked: int = 0  # kept: the ledger has no record of it yet (or it was corrected meanwhile)
     archived_from_redis: int = 0  # booked before records existed: the record was written from Redis
+    retired: int = 0  # of plan-years still in the window, older than settlement_days (also in removed)
     years: list[tuple[int, int]] = field(default_factory=list)  # (partition, plan-year) emptied
 
     def add(self, other: SweepStats) -> None:
         self.removed += other.removed
         self.not_booked += other.not_booked
         self.archived_from_redis += other.archived_from_redis
+        self.retired += other.retired
         self.years += other.years
 
 
@@ -78,6 +97,7 @@ class Retention:
         self.client, self.ledger, self.today, self.config = client, ledger, today, config
         self.partitions = list(partitions)
         self._archive = client.register_script(lua("archive_settlement.lua"))
+        self._commit = client.register_script(lua("commit.lua"))
 
     def swept_before(self) -> int:
         """Plan-years before this one leave Redis."""
@@ -95,12 +115,18 @@ class Retention:
         for (p, y), found in zip(candidates, pipe.execute(), strict=True):
             if found:
                 total.add(self.sweep_year(p, y))
+        if self.config.settlement_days is not None:
+            cutoff = self.today() - timedelta(days=self.config.settlement_days)
+            for p in self.partitions:
+                for y in range(before, cutoff.year + 1):
+                    total.add(self.retire_year(p, y, cutoff))
         if total.removed or total.not_booked:
             AUDIT.info(
                 "retention sweep",
                 extra={
                     "event": "retention_sweep", "plan_years_before": before, "removed": total.removed,
                     "not_booked": total.not_booked, "archived_from_redis": total.archived_from_redis,
+                    "retired": total.retired,
                 },
             )  # fmt: skip
         metrics.RETENTION_REMOVED.inc(total.removed)
@@ -185,3 +211,95 @@ class Retention:
     def record_of(h: dict[bytes, bytes]) -> rec.LedgerRecord:
         """A settlement booked from an entry of the first format: its whole hash, as one record."""
         return rec.LedgerRecord(text(h[b"pid"]), text(h[b"plan"]), 0, 0, dict(h), ())
+
+    # ---------------------------------------------------------------- retention by days
+
+    def retire_year(self, partition: int, year: int, cutoff: date) -> SweepStats:
+        """The settlements of a plan-year in the window settled before `cutoff`, person by person."""
+        index = keys.plan_year_index_key(partition, year)
+        stats = SweepStats()
+        cursor = 0
+        while True:
+            cursor, members = self.client.sscan(index, cursor, count=self.config.batch_max)
+            old = [sid for sid in map(text, members) if (d := settled_on(sid)) is not None and d < cutoff]
+            if old:
+                self.retire_settlements(index, year, old, stats)
+            if cursor == 0:
+                return stats
+
+    def retire_settlements(self, index: str, year: int, ids: list[str], stats: SweepStats) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for sid in ids:
+            pipe.hgetall(keys.settlement_key(sid))
+        stored = {sid: rec.settlement_from(sid, h) for sid, h in zip(ids, pipe.execute(), strict=True) if h}
+        # exactly what Redis holds, replayed from the ledger's records: its last correction is booked too
+        in_ledger = self.ledger.archived_settlements(sorted(stored))
+        by_person: dict[str, list[StoredSettlement]] = {}
+        for sid, s in stored.items():
+            if in_ledger.get(sid) == s:
+                by_person.setdefault(s.person_id, []).append(s)
+            else:
+                stats.not_booked += 1
+        for pid, settlements in sorted(by_person.items()):
+            self.retire_person(pid, year, index, settlements, stats)
+
+    def retire_person(
+        self, pid: str, year: int, index: str, settlements: list[Any], stats: SweepStats
+    ) -> None:
+        """One commit: the person's plan-years of `year` without their retiring prefixes, the account's
+        archived total, the settlements deleted. A commit of the person's meanwhile moves the version:
+        CONFLICT, and the next sweep tries again."""
+        state_key, year_key = keys.state_key(pid), keys.year_key(pid, year)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hmget(state_key, ["ver", "arch"])
+        pipe.hgetall(year_key)
+        (ver, arch), flat = pipe.execute()
+        years = rec.years_from(year, {text(k): text(v) for k, v in flat.items()})
+        live = {sid for y in years.values() for sid in y.live}
+        going = [s for s in settlements if s.status != "settled" and s.settlement_id not in live]
+        changed: list[tuple[PlanYear, PlanYear]] = []
+        for key, plan_year in sorted(years.items()):
+            first = retirable(
+                plan_year,
+                {
+                    s.settlement_id: s.live.contribution
+                    for s in settlements
+                    if s.plan == key and s.status == "settled"
+                },
+            )
+            if first:
+                changed.append((plan_year, retire(plan_year, first)))
+                ids = {c.settlement_id for c in first}
+                going += [s for s in settlements if s.settlement_id in ids]
+        if not going:  # every old one is behind a stay, or not the oldest of its plan-year yet
+            return
+        version = int(ver or 0)
+        archived = int(arch or 0) + sum(s.live.money.account_fen for s in going if s.status == "settled")
+        commit_keys = [state_key, year_key, index, *(keys.settlement_key(s.settlement_id) for s in going)]
+        args: list[Any] = ["V", 1, version, version + 1, "I", 1, 1, "arch", archived]
+        for old, new in changed:
+            texts, ints, gone = rec.year_diff(old, new)
+            args += ["H", 2, len(texts), *(x for kv in sorted(texts.items()) for x in kv)]
+            args += ["I", 2, len(ints), *(x for kv in sorted(ints.items()) for x in kv)]
+            args += ["D", 2, len(gone), *gone]
+        for i in range(len(going)):
+            args += ["K", 4 + i]
+        args += ["R", 3, len(going), *(s.settlement_id for s in going)]
+        reply = self._commit(keys=commit_keys, args=[str(a) for a in args])
+        outcome = text(reply[0])
+        if outcome == "OK":
+            stats.removed += len(going)
+            stats.retired += len(going)
+        elif outcome == "CONFLICT":
+            stats.not_booked += len(going)  # changed since it was read: the next sweep takes it
+        else:
+            raise redis.ResponseError(f"retention commit for {pid} refused: {[text(r) for r in reply]}")
+
+
+def settled_on(settlement_id: str) -> date | None:
+    """The day in a settlement id (S017-260615-...: the gateway's date when it settled), or None."""
+    try:
+        stamp = settlement_id.split("-")[1]
+        return date(2000 + int(stamp[:2]), int(stamp[2:4]), int(stamp[4:6])) if len(stamp) == 6 else None
+    except (IndexError, ValueError):
+        return None
