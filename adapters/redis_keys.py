@@ -13,7 +13,9 @@ person's partition as its hash tag, so one Lua script can update them all in one
     ms:{p017}:stream                      stream: posting events (settle, reverse, refund, adjust)
     ms:{p017}:plan-year:<year>            set: the slot's settlement ids of that plan-year: what
                                           retention removes (with their persons' year hashes) once the
-                                          year leaves the window (gateway/posting/retention.py)
+                                          year leaves the window (gateway/posting/retention.py); and
+                                          P:<person_id> for a person whose settlements retention by
+                                          days took before, so its year hash still goes with the year
     ms:{c042}:claim:<institution>:<msgid> string: who used the message id (any person): person|kind|hash;
                                           expires with the message record it was made for
     ms:card:<digest>, ms:idno:<digest>    person id (global index); the digest is a keyed hash of the card

@@ -10,8 +10,12 @@ same run before the first settlement (static data and persons loaded).
 
 Flat means: once two plan-years are in Redis (the correction window), every later year's peak stays
 within 10% of the first full window's peak; the live settlements never exceed two plan-years' worth.
+With `--settlement-retention-days N` (retention by days, gateway/posting/retention.py) the window is N
+days of settlements instead, full from the second year; `--compare-days N` runs both, one after the
+other in the same process, and prints the second's peak memory against the first's.
 
     .venv/bin/python -m loadtest.bench_memory [--years 4] [--per-day 20] [--every-days 7]
+        [--settlement-retention-days 90 | --compare-days 90]
 
 Exits 1 when memory is not flat."""
 
@@ -70,12 +74,9 @@ class Clock:
 
 
 def live_settlements(r: redis.Redis) -> int:
-    pipe = r.pipeline(transaction=False)
-    years = range(2020, 2040)
-    for p in range(keys.PARTITIONS):
-        for y in years:
-            pipe.scard(keys.plan_year_index_key(p, y))
-    return int(sum(pipe.execute()))
+    """Settlement hashes in Redis (not the plan-year indexes, which also name persons whose settlements
+    retention by days took)."""
+    return sum(1 for _ in r.scan_iter(match="ms:{p*}:stl:*", count=1000))
 
 
 def used_memory(r: redis.Redis) -> int:
@@ -92,7 +93,9 @@ def drain(worker: PostingWorker, r: redis.Redis) -> None:
             return
 
 
-async def run(years: int, per_day: int, every_days: int, window_ms: int, folder: Path) -> list[Sample]:
+async def run(
+    years: int, per_day: int, every_days: int, window_ms: int, folder: Path, days: int | None = None
+) -> list[Sample]:
     server = EmbeddedRedis(folder / "redis").start()
     try:
         index_key = secrets.token_bytes(32)
@@ -110,11 +113,12 @@ async def run(years: int, per_day: int, every_days: int, window_ms: int, folder:
         for record in persons(PERSONS):
             await gw.store.put_person(record)
         sync = redis.Redis.from_url(server.url)
+        assert gw.store is not None
         ledger = Ledger(config.ledger_dsn or "")
         worker = PostingWorker(
             sync,
             ledger,
-            WorkerConfig(consumer="bench", retention=RetentionConfig(sweep_every_s=0)),
+            WorkerConfig(consumer="bench", retention=RetentionConfig(sweep_every_s=0, settlement_days=days)),
             today=clock.today,
         )
         worker.prepare()
@@ -155,7 +159,9 @@ async def run(years: int, per_day: int, every_days: int, window_ms: int, folder:
         server.stop()
 
 
-def verdict(samples: list[Sample], per_day: int, every_days: int) -> tuple[bool, str]:
+def verdict(
+    samples: list[Sample], per_day: int, every_days: int, days: int | None = None
+) -> tuple[bool, str]:
     baseline = samples[0].used_bytes
     peaks: dict[int, int] = {}
     for s in samples[1:]:
@@ -163,14 +169,17 @@ def verdict(samples: list[Sample], per_day: int, every_days: int) -> tuple[bool,
     years = sorted(peaks)
     if len(years) < 4:
         return False, "run at least 4 simulated years: two to fill the window, two to see it stay flat"
-    reference = peaks[years[2]]  # the first year that starts with a full window in Redis
-    worst = max(peaks[y] for y in years[3:])
+    full = 2 if days is None else 1  # the first year that starts with a full window in Redis
+    reference = peaks[years[full]]
+    worst = max(peaks[y] for y in years[full + 1 :])
     most_live = max(s.live for s in samples)
-    window = (2 * 366 + 2 * every_days) * per_day  # two plan-years, give or take a step at each end
+    kept_days = 2 * 366 if days is None else days  # two plan-years, or the days
+    window = (kept_days + 2 * every_days) * per_day  # give or take a step at each end
     lines = [
         f"baseline (static data and {PERSONS} persons, no settlement): {baseline / 2**20:.1f} MiB",
         "peak above baseline by year: " + ", ".join(f"{y} {peaks[y] / 2**20:.1f} MiB" for y in years),
-        f"most settlements live in Redis: {most_live} (two plan-years at this rate: at most {window})",
+        f"most settlements live in Redis: {most_live} ({'two plan-years' if days is None else f'{days} days'}"
+        f" at this rate: at most {window})",
     ]
     live = [s for s in samples if s.live]
     if live:
@@ -179,7 +188,7 @@ def verdict(samples: list[Sample], per_day: int, every_days: int) -> tuple[bool,
     flat = worst <= reference * (1 + FLAT_TOLERANCE) and most_live <= window
     lines.append(
         f"{'FLAT' if flat else 'NOT FLAT'}: later peaks at most {worst / reference:.2f}x the"
-        f" {years[2]} peak (tolerance {1 + FLAT_TOLERANCE:.2f}x)"
+        f" {years[full]} peak (tolerance {1 + FLAT_TOLERANCE:.2f}x)"
     )
     return flat, "\n".join(lines)
 
@@ -192,16 +201,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-day", type=int, default=20, help="settlements per simulated day")
     parser.add_argument("--every-days", type=int, default=7, help="simulated days per step")
     parser.add_argument("--idempotency-window-ms", type=int, default=2000)
+    parser.add_argument("--settlement-retention-days", type=int, default=None)
+    parser.add_argument("--compare-days", type=int, default=None, help="plan-years, then these days")
     args = parser.parse_args(argv)
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="medsettle-memory-") as folder:
-        samples = asyncio.run(
-            run(args.years, args.per_day, args.every_days, args.idempotency_window_ms, Path(folder))
+    modes = [args.settlement_retention_days] if args.compare_days is None else [None, args.compare_days]
+    peaks: list[int] = []
+    ok = True
+    for days in modes:
+        print(f"== retention: {'two plan-years' if days is None else f'{days} days'}", flush=True)
+        with tempfile.TemporaryDirectory(prefix="medsettle-memory-") as folder:
+            samples = asyncio.run(
+                run(args.years, args.per_day, args.every_days, args.idempotency_window_ms, Path(folder), days)
+            )
+        flat, report = verdict(samples, args.per_day, args.every_days, days)
+        print(report)
+        ok = ok and flat
+        peaks.append(max(s.used_bytes for s in samples) - samples[0].used_bytes)
+    if len(peaks) == 2:
+        print(
+            f"peak above baseline: two plan-years {peaks[0] / 2**20:.1f} MiB, {args.compare_days} days"
+            f" {peaks[1] / 2**20:.1f} MiB ({peaks[1] / peaks[0]:.2f}x)"
         )
-    flat, report = verdict(samples, args.per_day, args.every_days)
-    print(report)
     print(f"({time.monotonic() - started:.0f} s)")
-    return 0 if flat else 1
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

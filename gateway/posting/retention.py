@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 AUDIT = logging.getLogger("medsettle.audit")
 
 
+# In a plan-year's index, beside settlement ids: a person whose settlements retention by days took, so
+# the plan-year sweep still finds (and deletes) the person's year hash when the plan-year leaves
+PERSON_MARK = "P:"
 # Retention by days keeps a settlement in Redis at least this long: past the idempotency week and a month
 # end's statements and reconciliation, the window in which terminals correct what they settled
 SETTLEMENT_DAYS_MIN = 30
@@ -144,15 +147,18 @@ class Retention:
         while True:
             cursor, members = self.client.sscan(index, cursor, count=self.config.batch_max)
             ids = [text(m) for m in members]
+            marked = {m.removeprefix(PERSON_MARK) for m in ids if m.startswith(PERSON_MARK)}
+            persons |= marked  # retention by days took their settlements: their year hash goes now
+            ids = [m for m in ids if not m.startswith(PERSON_MARK)]
             if ids:
                 self.remove(index, ids, stats, persons, staying)
             if cursor == 0:
                 break
         done = sorted(persons - staying)
         for start in range(0, len(done), self.config.batch_max):
-            self.client.delete(
-                *(keys.year_key(pid, year) for pid in done[start : start + self.config.batch_max])
-            )
+            chunk = done[start : start + self.config.batch_max]
+            self.client.delete(*(keys.year_key(pid, year) for pid in chunk))
+            self.client.srem(index, *(PERSON_MARK + pid for pid in chunk))
         if self.client.scard(index) == 0:
             self.client.delete(index)
             stats.years.append((partition, year))
@@ -285,6 +291,8 @@ class Retention:
         for i in range(len(going)):
             args += ["K", 4 + i]
         args += ["R", 3, len(going), *(s.settlement_id for s in going)]
+        # the index keeps the person instead: the plan-year sweep deletes its year hash when the year goes
+        args += ["S", 3, 1, PERSON_MARK + pid]
         reply = self._commit(keys=commit_keys, args=[str(a) for a in args])
         outcome = text(reply[0])
         if outcome == "OK":

@@ -354,3 +354,11 @@ async def test_an_unbooked_settlement_holds_back_the_ones_settled_after_it(
     await asyncio.to_thread(run_until_caught_up, worker, sync_redis)  # booked (and maybe swept when idle)
     worker.retention.sweep()
     assert settlement_keys(sync_redis) == [] and live(sync_redis, first.person_id) == []
+    # the plan-year stays while it is in the window; when it leaves, its year hash goes with it, though
+    # none of its settlements is left in the index to name the person (the index keeps the person)
+    year_key = keys.year_key(first.person_id, 2026)
+    index = keys.plan_year_index_key(keys.partition_of(first.person_id), 2026)
+    assert sync_redis.exists(year_key) and sync_redis.smembers(index) == {f"P:{first.person_id}".encode()}
+    clock.at = datetime(2028, 1, 10, 9, tzinfo=ZONE)
+    worker.retention.sweep()
+    assert not sync_redis.exists(year_key) and not sync_redis.exists(index)
