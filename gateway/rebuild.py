@@ -196,12 +196,14 @@ async def rebuild_person(
         pipe.hset(keys.settlement_key(s.stored.settlement_id), mapping=written)
         pipe.sadd(keys.plan_year_index_key(partition, s.stored.plan.year), s.stored.settlement_id)
         report.settlements += 1
+    # each year hash written whole, once (one hash holds every plan of the person's year): a forced
+    # rebuild over a year that retention by days had trimmed must not keep its `retired` totals (the
+    # fold above has those settlements live again)
+    for year in sorted({key.year for key in years}):
+        pipe.delete(keys.year_key(pid, year))
     for key, plan_year in years.items():
         texts, ints = rec.year_fields(plan_year)
         fields: dict[Any, Any] = {**texts, **ints}
-        # written whole: a forced rebuild over a year that retention by days had trimmed must not keep
-        # its `retired` totals (the fold above has those settlements live again)
-        pipe.delete(keys.year_key(pid, key.year))
         pipe.hset(keys.year_key(pid, key.year), mapping=fields)
         report.plan_years += 1
     last = max(records, key=lambda r: r[2].version)[2]

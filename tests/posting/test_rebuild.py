@@ -6,7 +6,9 @@ difference; a terminal's resend is answered as before; and a Redis still holding
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+from datetime import date
 from typing import Any
 
 import pytest
@@ -132,3 +134,51 @@ async def test_after_a_rebuild_a_resend_gets_its_first_answer_and_settling_goes_
         Envelope("H50010300001", "T", "op", "AFTER-WIPE-1"), PersonRef("L00000001", None), BILL, "h2"
     )
     assert not later.duplicate and later.settlement_id != first.settlement_id
+
+
+async def test_a_person_with_two_plans_in_one_year_gets_both_back(
+    gateway: Gateway, sync_redis: redis.Redis, ledger: Ledger, redis_server: EmbeddedRedis
+) -> None:
+    # an employee until March who is a resident from April: both plans live in the one year hash
+    base = json.loads((CITYDATA / "persons.json").read_text(encoding="utf-8"))[0]
+    employee = {**base["enrolments"][0], "valid_to": "2026-03-31"}
+    resident = {
+        **employee,
+        "scheme": "resident",
+        "person_type": "adult",
+        "valid_from": "2026-04-01",
+        "valid_to": None,
+    }
+    record = {
+        **base, "person_id": "PSN500000000777", "card_no": "Y00000777", "id_number": "500103197803127777",
+        "enrolments": [employee, resident], "special_diseases": [],
+    }  # fmt: skip
+    assert gateway.service is not None and gateway.store is not None
+    await gateway.store.put_person(record)
+    for day, n in ((date(2026, 3, 10), 1), (date(2026, 6, 15), 2)):
+        bill = dataclasses.replace(BILL, visit_on=day)
+        env = Envelope("H50010300001", "T", "op", f"TWO{n:04d}")
+        await gateway.service.settle(env, PersonRef("Y00000777", None), bill, f"two{n}")
+    year_key = keys.year_key("PSN500000000777", 2026)
+    plans = {k.split(b"|")[0] for k in sync_redis.hkeys(year_key)}
+    assert plans == {b"500000:employee", b"500000:resident"}
+    await asyncio.to_thread(
+        run_until_caught_up,
+        PostingWorker(sync_redis, ledger, WorkerConfig(consumer="w1", retention=None)),
+        sync_redis,
+    )
+    before = sync_redis.hgetall(year_key)
+
+    sync_redis.flushall()
+    client = redis_client(redis_server.url, Config())
+    try:
+        await load_files(
+            client, policies=sorted((CITYDATA / "policies").glob("*.toml")),
+            catalogs={p.stem: p for p in sorted((CITYDATA / "catalogs").glob("*.csv"))},
+            institutions=CITYDATA / "institutions.csv",
+        )  # fmt: skip
+        report = await rebuild(client, ledger, [record], INDEX, NOW)
+    finally:
+        await client.aclose()
+    assert report.problems == [] and report.plan_years == 2
+    assert sync_redis.hgetall(year_key) == before
