@@ -86,7 +86,8 @@ def partition_ledger(cur: Any, today: str | None = None) -> None:
     cur.execute("SELECT DISTINCT at_month, inst_region FROM journal")
     held: dict[str, set[str]] = {}
     for month, region in cur.fetchall():
-        held.setdefault(str(month), set()).add(str(region))
+        if MONTH.match(str(month)):  # anything else (no entry has one) stays in the default partition
+            held.setdefault(str(month), set()).add(str(region))
     for month in months_from(month_now, MONTHS_AHEAD):
         held.setdefault(month, set())
     for month, regions in sorted(held.items()):
@@ -165,7 +166,11 @@ def attempt(cur: Any, statements: list[str]) -> bool:
     try:
         for statement in statements:
             cur.execute(statement)
-    except psycopg.errors.CheckViolation:  # rows of it sit in a default partition already
+    except (
+        psycopg.errors.CheckViolation,  # rows of it sit in a default partition already
+        psycopg.errors.DuplicateTable,  # another worker made it meanwhile
+        psycopg.errors.UniqueViolation,  # ... and has not committed yet
+    ):
         cur.execute("ROLLBACK TO SAVEPOINT partition_step")
         return False
     cur.execute("RELEASE SAVEPOINT partition_step")
@@ -190,16 +195,11 @@ def months_without_partitions(cur: Any, month: str) -> int:
     return sum(not exists(cur, month_table("journal", m)) for m in months_from(month, MONTHS_AHEAD))
 
 
-def ensure_partitions(cur: Any, month: str, regions: Iterable[str]) -> list[tuple[str, str]]:
-    """This month's and the next MONTHS_AHEAD months' partitions, for `regions` and every region that
-    has a partition already. Returns the (month, region) partitions created, month partitions as
-    (month, '')."""
+def ensure_month(cur: Any, month: str, regions: Iterable[str]) -> list[tuple[str, str]]:
+    """One month's partitions, for `regions` and every region that has a partition already. Returns the
+    (month, region) partitions created, the month's own as (month, ''). The caller commits each month on
+    its own, so a month's DDL locks are held only as long as that month takes."""
     wanted = partitioned_regions(cur) | {r for r in regions if REGION_NAME.match(r)}
-    out: list[tuple[str, str]] = []
-    for m in months_from(month, MONTHS_AHEAD):
-        had = exists(cur, month_table("journal", m))
-        ok, created = create_month(cur, m, wanted)
-        if ok and not had:
-            out.append((m, ""))
-        out += [(m, r) for r in created]
-    return out
+    had = exists(cur, month_table("journal", month))
+    ok, created = create_month(cur, month, wanted)
+    return ([(month, "")] if ok and not had else []) + [(month, r) for r in created]

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from adapters.ledger.partitions import ensure_partitions, months_without_partitions
+from adapters.ledger.partitions import MONTHS_AHEAD, ensure_month, months_from, months_without_partitions
 from adapters.ledger.schema import MIGRATIONS
 from adapters.settlement_records import (
     LedgerRecord,
@@ -229,8 +229,12 @@ class Ledger:
         (and every region that has one already); the (month, region) partitions created. SQLite: none."""
         if not self.postgres:
             return []
-        with self.transaction() as cur:
-            return ensure_partitions(cur, month, regions)
+        regions = list(regions)
+        created: list[tuple[str, str]] = []
+        for m in months_from(month, MONTHS_AHEAD):  # a transaction each
+            with self.transaction() as cur:
+                created += ensure_month(cur, m, regions)
+        return created
 
     def months_without_partitions(self, month: str) -> int:
         """PostgreSQL: of this month and the two ahead, how many have no partitions. SQLite: 0."""
@@ -452,6 +456,21 @@ class Ledger:
             fields = replayed(records)
             if b"resp" in fields:
                 out[sid] = settlement_from(sid, fields)
+        return out
+
+    def last_entry_at(self, settlement_ids: list[str]) -> dict[str, str]:
+        """When each of these settlements last changed: its latest entry's `at` (ISO, the gateway's
+        offset), for those the ledger has."""
+        out: dict[str, str] = {}
+        for start in range(0, len(settlement_ids), 500):
+            chunk = settlement_ids[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            for sid, at in self.query(
+                f"SELECT settlement_id, MAX(at) FROM journal WHERE settlement_id IN ({marks})"
+                " GROUP BY settlement_id",
+                chunk,
+            ):
+                out[str(sid)] = str(at)
         return out
 
     def by_message(self, institution: str, message_id: str) -> list[tuple[str, str]]:

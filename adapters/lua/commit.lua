@@ -10,6 +10,7 @@
 --                           to expire in ms milliseconds (the idempotency window)
 --   H k n f1 v1 .. fn vn    HSET n text fields
 --   I k n f1 v1 .. fn vn    HSET n integer fields, each a decimal integer within +/- 10^15
+--   N k n f1 d1 .. fn dn    HINCRBY n integer fields by d (within +/- 10^15): a total others add to too
 --   D k n f1 .. fn          HDEL n fields
 --   X k n f1 v1 .. fn vn    XADD k * with n fields
 --   S k n m1 .. mn          SADD n members (the index of a plan-year's settlements, for retention)
@@ -58,13 +59,13 @@ while i <= #ARGV do
     if not ms or ms < 1 or ms % 1 ~= 0 then return refuse('operation ' .. i .. ': bad expiry') end
     ops[#ops + 1] = {op, k, ARGV[i + 2]}
     i = i + 3
-  elseif op == 'H' or op == 'I' or op == 'D' or op == 'X' or op == 'S' or op == 'R' then
+  elseif op == 'H' or op == 'I' or op == 'N' or op == 'D' or op == 'X' or op == 'S' or op == 'R' then
     local n = tonumber(ARGV[i + 2])
     if not n or n < 0 or n % 1 ~= 0 then return refuse('operation ' .. i .. ': bad count') end
     local width = (op == 'D' or op == 'S' or op == 'R') and 1 or 2
     local first, last = i + 3, i + 2 + n * width
     if last > #ARGV then return refuse('operation ' .. i .. ': too few operands') end
-    if op == 'I' then
+    if op == 'I' or op == 'N' then
       for j = first + 1, last, 2 do
         local v = ARGV[j]
         if not string.match(v, '^%-?%d+$') or #v > 16 then
@@ -114,6 +115,8 @@ for _, o in ipairs(ops) do
     if o[4] >= o[3] then redis.call('SREM', k, unpack(ARGV, o[3], o[4])) end
   elseif op == 'K' then
     redis.call('DEL', k)
+  elseif op == 'N' then
+    for j = o[3], o[4], 2 do redis.call('HINCRBY', k, ARGV[j], ARGV[j + 1]) end
   elseif op == 'H' or op == 'I' then
     if o[4] >= o[3] then redis.call('HSET', k, unpack(ARGV, o[3], o[4])) end
   elseif op == 'D' then

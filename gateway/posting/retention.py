@@ -35,6 +35,7 @@ import redis
 from adapters import redis_keys as keys
 from adapters import settlement_records as rec
 from adapters.ledger.store import Ledger
+from adapters.redis_store import IDEMPOTENCY_RETENTION_DAYS
 from adapters.settlement_store import StoredSettlement
 from gateway.engine.plan_year import PLAN_YEARS_KEPT, PlanYear, oldest_plan_year, retirable, retire
 from telemetry import metrics
@@ -66,6 +67,7 @@ class RetentionConfig:
     # also retire settlements settled this many days ago from the plan-years still in the window (the
     # gateway's correction window then ends with them); None: settlements leave with their plan-year
     settlement_days: int | None = None
+    idempotency_days: int = IDEMPOTENCY_RETENTION_DAYS  # the gateways' message records' window
 
 
 @dataclass
@@ -240,26 +242,37 @@ class Retention:
         stored = {sid: rec.settlement_from(sid, h) for sid, h in zip(ids, pipe.execute(), strict=True) if h}
         # exactly what Redis holds, replayed from the ledger's records: its last correction is booked too
         in_ledger = self.ledger.archived_settlements(sorted(stored))
+        # and nothing of it within the idempotency window: a resend of its settle or of a correction is
+        # answered from the settlement hash, so it stays until every message record of it has expired
+        last_change = self.ledger.last_entry_at(sorted(stored))
+        quiet_before = self.today() - timedelta(days=self.config.idempotency_days)
         by_person: dict[str, list[StoredSettlement]] = {}
         for sid, s in stored.items():
-            if in_ledger.get(sid) == s:
-                by_person.setdefault(s.person_id, []).append(s)
-            else:
+            if in_ledger.get(sid) != s:
                 stats.not_booked += 1
+            elif date.fromisoformat(last_change[sid][:10]) < quiet_before:
+                by_person.setdefault(s.person_id, []).append(s)
         for pid, settlements in sorted(by_person.items()):
             self.retire_person(pid, year, index, settlements, stats)
 
     def retire_person(
-        self, pid: str, year: int, index: str, settlements: list[Any], stats: SweepStats
+        self, pid: str, year: int, index: str, checked: list[StoredSettlement], stats: SweepStats
     ) -> None:
         """One commit: the person's plan-years of `year` without their retiring prefixes, the account's
-        archived total, the settlements deleted. A commit of the person's meanwhile moves the version:
-        CONFLICT, and the next sweep tries again."""
+        archived total, the settlements deleted. The version is read first and the settlements again
+        after it: what the commit deletes is what the ledger was checked against as of that version, and
+        a commit of the person's since moves the version: CONFLICT, and the next sweep tries again."""
         state_key, year_key = keys.state_key(pid), keys.year_key(pid, year)
         pipe = self.client.pipeline(transaction=False)
-        pipe.hmget(state_key, ["ver", "arch"])
+        pipe.hmget(state_key, ["ver"])
         pipe.hgetall(year_key)
-        (ver, arch), flat = pipe.execute()
+        for s in checked:
+            pipe.hgetall(keys.settlement_key(s.settlement_id))
+        (ver,), flat, *now = pipe.execute()
+        settlements = [
+            s for s, h in zip(checked, now, strict=True) if h and rec.settlement_from(s.settlement_id, h) == s
+        ]
+        stats.not_booked += len(checked) - len(settlements)  # corrected since the ledger was asked
         years = rec.years_from(year, {text(k): text(v) for k, v in flat.items()})
         live = {sid for y in years.values() for sid in y.live}
         going = [s for s in settlements if s.status != "settled" and s.settlement_id not in live]
@@ -280,9 +293,10 @@ class Retention:
         if not going:  # every old one is behind a stay, or not the oldest of its plan-year yet
             return
         version = int(ver or 0)
-        archived = int(arch or 0) + sum(s.live.money.account_fen for s in going if s.status == "settled")
+        paid = sum(s.live.money.account_fen for s in going if s.status == "settled")
         commit_keys = [state_key, year_key, index, *(keys.settlement_key(s.settlement_id) for s in going)]
-        args: list[Any] = ["V", 1, version, version + 1, "I", 1, 1, "arch", archived]
+        # arch by increment: the plan-year sweep's archive script adds to it without moving the version
+        args: list[Any] = ["V", 1, version, version + 1, "N", 1, 1, "arch", paid]
         for old, new in changed:
             texts, ints, gone = rec.year_diff(old, new)
             args += ["H", 2, len(texts), *(x for kv in sorted(texts.items()) for x in kv)]

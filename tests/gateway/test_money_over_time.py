@@ -293,6 +293,9 @@ async def test_a_key_of_the_wrong_type_refuses_the_whole_commit(
         (["V", "9", "0", "1"], "bad key index"),
         (["I", "1", "1", "bal", "12.5"], "not an integer"),
         (["I", "1", "1", "bal", "1" + "0" * 16], "not an integer"),
+        (["N", "1", "1", "arch", "-3.5"], "not an integer"),  # retention's increment of arch
+        (["R", "1", "1", "S1"], "used as two types"),  # SREM on the state hash
+        (["K", "0"], "bad key index"),
         (["H", "1", "3", "a", "b"], "too few operands"),
         (["H", "1", "x"], "bad count"),
         (["Q", "1"], "unknown operation"),

@@ -19,12 +19,13 @@ import pytest_asyncio
 import redis
 
 from adapters import redis_keys as keys
+from adapters import settlement_records as rec
 from adapters.embedded_redis import EmbeddedRedis
 from adapters.ledger.store import Ledger
 from gateway.audit import audit_redis
 from gateway.config import Config
 from gateway.data_loading import load_citydata_dir
-from gateway.posting.retention import RetentionConfig
+from gateway.posting.retention import RetentionConfig, SweepStats
 from gateway.posting.worker import PostingWorker, WorkerConfig
 from gateway.protos import pb, pb_grpc
 from gateway.rebuild import rebuild
@@ -362,3 +363,42 @@ async def test_an_unbooked_settlement_holds_back_the_ones_settled_after_it(
     clock.at = datetime(2028, 1, 10, 9, tzinfo=ZONE)
     worker.retention.sweep()
     assert not sync_redis.exists(year_key) and not sync_redis.exists(index)
+
+
+async def test_a_settlement_changed_within_the_idempotency_window_stays_and_its_resend_is_answered(
+    stub: Any, terminal: Terminal, sync_redis: redis.Redis, ledger: Ledger, clock: Clock
+) -> None:
+    clock.at = datetime(2026, 3, 1, 10, tzinfo=ZONE)
+    settled = await stub.Settle(outpatient(terminal, "2026-03-01"))
+    clock.at = datetime(2026, 6, 29, 10, tzinfo=ZONE)  # reversed long after, two days before the sweep
+    request = pb.ReverseRequest(envelope=terminal.envelope(), settlement_id=settled.settlement_id)
+    reversal = await stub.Reverse(request)
+    config = WorkerConfig(consumer="w1", retention=RetentionConfig(sweep_every_s=3600, settlement_days=90))
+    worker = PostingWorker(sync_redis, ledger, config, today=clock.today)
+    assert worker.retention is not None
+    await asyncio.to_thread(run_until_caught_up, worker, sync_redis)
+    clock.at = datetime(2026, 7, 1, 9, tzinfo=ZONE)
+    assert worker.retention.sweep().retired == 0  # settled 122 days ago, but reversed 2 days ago
+    assert (await stub.Reverse(request)).SerializeToString() == reversal.SerializeToString()
+    clock.at = datetime(2026, 7, 7, 9, tzinfo=ZONE)  # the reversal's message record has expired
+    assert worker.retention.sweep().retired == 1 and settlement_keys(sync_redis) == []
+
+
+async def test_a_settlement_corrected_after_the_ledger_was_asked_is_not_retired(
+    stub: Any, terminal: Terminal, sync_redis: redis.Redis, ledger: Ledger, clock: Clock
+) -> None:
+    clock.at = datetime(2026, 3, 1, 10, tzinfo=ZONE)
+    settled = await stub.Settle(outpatient(terminal, "2026-03-01"))
+    config = WorkerConfig(consumer="w1", retention=RetentionConfig(sweep_every_s=3600, settlement_days=90))
+    worker = PostingWorker(sync_redis, ledger, config, today=clock.today)
+    assert worker.retention is not None
+    await asyncio.to_thread(run_until_caught_up, worker, sync_redis)
+    key = keys.settlement_key(settled.settlement_id)
+    checked = rec.settlement_from(settled.settlement_id, sync_redis.hgetall(key))  # what the ledger holds
+    await stub.Reverse(pb.ReverseRequest(envelope=terminal.envelope(), settlement_id=settled.settlement_id))
+    # the sweep's commit comes with what it checked before the reversal: refused, nothing deleted
+    stats = SweepStats()
+    index = keys.plan_year_index_key(keys.partition_of(settled.person_id), 2026)
+    worker.retention.retire_person(settled.person_id, 2026, index, [checked], stats)
+    assert (stats.retired, stats.not_booked) == (0, 1)
+    assert sync_redis.exists(key) and sync_redis.hget(key, "status") == b"reversed"
