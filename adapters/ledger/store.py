@@ -376,16 +376,10 @@ class Ledger:
 
     def booked_entries(self, entry_ids: Iterable[str]) -> set[str]:
         """Which of these entries are in the ledger already."""
-        ids = sorted(set(entry_ids))
-        found: set[str] = set()
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            marks = ", ".join("?" * len(chunk))
-            found |= {
-                str(r[0])
-                for r in self.query(f"SELECT entry_id FROM journal WHERE entry_id IN ({marks})", chunk)
-            }
-        return found
+        rows = self.query_ids(
+            "SELECT entry_id FROM journal WHERE entry_id IN ({marks})", sorted(set(entry_ids))
+        )
+        return {str(r[0]) for r in rows}
 
     # ---------------------------------------------------------------- the archive: what left Redis
 
@@ -412,15 +406,12 @@ class Ledger:
 
     def archived(self, settlement_ids: list[str]) -> set[str]:
         """Which of these settlements the ledger holds the settle record of (retention may remove them)."""
-        found: set[str] = set()
-        for start in range(0, len(settlement_ids), 500):
-            chunk = settlement_ids[start : start + 500]
-            marks = ", ".join("?" * len(chunk))
-            found |= {
-                str(r[0])
-                for r in self.query(f"SELECT entry_id FROM records WHERE entry_id IN ({marks})", chunk)
-            }
-        return found
+        return {
+            str(r[0])
+            for r in self.query_ids(
+                "SELECT entry_id FROM records WHERE entry_id IN ({marks})", settlement_ids
+            )
+        }
 
     def archive_from_store(self, records: list[tuple[str, LedgerRecord]]) -> None:
         """Records of settlements booked before the ledger kept them, written from what Redis holds,
@@ -442,15 +433,12 @@ class Ledger:
     def archived_settlements(self, settlement_ids: list[str]) -> dict[str, StoredSettlement]:
         """The settlements as their records replay, for those of these ids the ledger keeps records of."""
         bodies: dict[str, list[LedgerRecord]] = {}
-        for start in range(0, len(settlement_ids), 500):
-            chunk = settlement_ids[start : start + 500]
-            marks = ", ".join("?" * len(chunk))
-            for sid, body in self.query(
-                f"SELECT settlement_id, body FROM records WHERE settlement_id IN ({marks})"
-                " ORDER BY settlement_id, version, entry_id",
-                chunk,
-            ):
-                bodies.setdefault(str(sid), []).append(ledger_record_from(body))
+        for sid, body in self.query_ids(
+            "SELECT settlement_id, body FROM records WHERE settlement_id IN ({marks})"
+            " ORDER BY settlement_id, version, entry_id",
+            settlement_ids,
+        ):
+            bodies.setdefault(str(sid), []).append(ledger_record_from(body))
         out = {}
         for sid, records in bodies.items():
             fields = replayed(records)
@@ -461,17 +449,12 @@ class Ledger:
     def last_entry_at(self, settlement_ids: list[str]) -> dict[str, str]:
         """When each of these settlements last changed: its latest entry's `at` (ISO, the gateway's
         offset), for those the ledger has."""
-        out: dict[str, str] = {}
-        for start in range(0, len(settlement_ids), 500):
-            chunk = settlement_ids[start : start + 500]
-            marks = ", ".join("?" * len(chunk))
-            for sid, at in self.query(
-                f"SELECT settlement_id, MAX(at) FROM journal WHERE settlement_id IN ({marks})"
-                " GROUP BY settlement_id",
-                chunk,
-            ):
-                out[str(sid)] = str(at)
-        return out
+        rows = self.query_ids(
+            "SELECT settlement_id, MAX(at) FROM journal WHERE settlement_id IN ({marks})"
+            " GROUP BY settlement_id",
+            settlement_ids,
+        )
+        return {str(sid): str(at) for sid, at in rows}
 
     def by_message(self, institution: str, message_id: str) -> list[tuple[str, str]]:
         """The entries an institution's message id made: (settlement id, kind)."""
@@ -523,6 +506,13 @@ class Ledger:
             if int(amount):
                 out[str(sid)][1][str(code)] = int(amount)
         return out
+
+    def query_ids(self, text: str, ids: Sequence[str], chunk_max: int = 500) -> Iterator[tuple[Any, ...]]:
+        """The rows of `text`, whose `{marks}` is the placeholders of an IN list, for `ids` chunk_max at
+        a time (a statement's parameters are bounded)."""
+        for start in range(0, len(ids), chunk_max):
+            chunk = list(ids[start : start + chunk_max])
+            yield from self.query(text.format(marks=", ".join("?" * len(chunk))), chunk)
 
     def query(self, text: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         with self.transaction() as cur:

@@ -53,6 +53,15 @@ def person_keys(r: redis.Redis) -> dict[str, Any]:
     return {k: v for k, v in out.items() if ":stream" not in k}
 
 
+async def load_static(client: Any) -> None:
+    """The demo's policies, catalogs and institutions, into a Redis that lost them."""
+    await load_files(
+        client, policies=sorted((CITYDATA / "policies").glob("*.toml")),
+        catalogs={p.stem: p for p in sorted((CITYDATA / "catalogs").glob("*.csv"))},
+        institutions=CITYDATA / "institutions.csv",
+    )  # fmt: skip
+
+
 async def history(gw: Gateway) -> list[str]:
     """60 settlements over 40 persons, every 7th reversed, four partial refunds of persons' latest ones."""
     await add_persons(gw)
@@ -77,11 +86,7 @@ async def test_a_wiped_redis_comes_back_from_the_ledger_exactly(
     sync_redis.flushall()
     client = redis_client(redis_server.url, Config())
     try:
-        await load_files(
-            client, policies=sorted((CITYDATA / "policies").glob("*.toml")),
-            catalogs={p.stem: p for p in sorted((CITYDATA / "catalogs").glob("*.csv"))},
-            institutions=CITYDATA / "institutions.csv",
-        )  # fmt: skip
+        await load_static(client)
         export = [*json.loads((CITYDATA / "persons.json").read_text(encoding="utf-8")), *persons(PERSONS)]
         report = await rebuild(client, ledger, export, INDEX, NOW)
         assert report.problems == []
@@ -172,11 +177,7 @@ async def test_a_person_with_two_plans_in_one_year_gets_both_back(
     sync_redis.flushall()
     client = redis_client(redis_server.url, Config())
     try:
-        await load_files(
-            client, policies=sorted((CITYDATA / "policies").glob("*.toml")),
-            catalogs={p.stem: p for p in sorted((CITYDATA / "catalogs").glob("*.csv"))},
-            institutions=CITYDATA / "institutions.csv",
-        )  # fmt: skip
+        await load_static(client)
         report = await rebuild(client, ledger, [record], INDEX, NOW)
     finally:
         await client.aclose()
