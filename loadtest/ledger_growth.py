@@ -1,6 +1,7 @@
 """Ledger bytes per settlement, measured: `count` 10-line Settles (every tenth reversed) through the
 service layer on an embedded redis-server, booked by the posting worker into a fresh PostgreSQL
-database, then each table's size with its indexes (pg_total_relation_size) divided by the settlements.
+database, then each table's size with its indexes (pg_total_relation_size, summed over its partitions)
+divided by the settlements.
 The yearly growth in docs/SCALING.md is this times the settlements a year.
 
     python -m loadtest.ledger_growth --count 5000 [--postgres postgresql://postgres@127.0.0.1:5432/postgres]
@@ -69,7 +70,11 @@ def main(argv: list[str] | None = None) -> int:
             conn.execute("VACUUM ANALYZE")
             total = 0
             for table in TABLES:
-                (size,) = conn.execute(f"SELECT pg_total_relation_size('{table}')").fetchone() or (0,)
+                # a partitioned table holds nothing itself: its size is its partitions' (PostgreSQL 12+)
+                (size,) = conn.execute(
+                    "SELECT COALESCE(SUM(pg_total_relation_size(relid)), 0) FROM pg_partition_tree(%s)",
+                    (table,),
+                ).fetchone() or (0,)
                 (rows,) = conn.execute(f"SELECT count(*) FROM {table}").fetchone() or (0,)
                 total += int(size)
                 print(f"{table:14s} {rows:7d} rows  {int(size) / count:7.0f} bytes per settlement")
