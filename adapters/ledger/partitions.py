@@ -18,7 +18,8 @@ What the layout has to respect:
   and it still refuses a second settle entry of the same settlement in its month.
 - Foreign keys to a partitioned table must name its whole key, so the child tables carry at_month and
   inst_region too, and their rows live in the same month and region partitions as their journal row.
-- Months are created ahead (ensure_partitions, by the posting worker at its start and every few hours).
+- Months are created ahead (ensure_month, a transaction each through Ledger.ensure_partitions, by the
+  posting worker at its start and every few hours).
   An entry of a month that has no partition (older than the ledger's partitioning) goes to the top-level
   DEFAULT partition. A partition cannot be created for a month or region whose rows already sit in a
   default (PostgreSQL checks, and refuses); such rows stay where they are, and correct, and the next

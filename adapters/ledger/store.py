@@ -12,7 +12,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from adapters.ledger.partitions import MONTHS_AHEAD, ensure_month, months_from, months_without_partitions
+from adapters.ledger.partitions import (
+    MONTHS_AHEAD,
+    ensure_month,
+    month_after,
+    months_from,
+    months_without_partitions,
+)
 from adapters.ledger.schema import MIGRATIONS
 from adapters.settlement_records import (
     LedgerRecord,
@@ -85,9 +91,7 @@ def journal_row(entry: Entry, closed: set[tuple[str, str]], booked_at: str) -> t
     )  # fmt: skip
 
 
-def next_month(month: str) -> str:
-    year, number = int(month[:4]), int(month[5:7])
-    return f"{year + number // 12:04d}-{number % 12 + 1:02d}"
+next_month = month_after  # "2026-12" -> "2027-01": the month a closed month's late entries go to
 
 
 class LedgerUnavailable(Exception):
